@@ -1,0 +1,679 @@
+//! The state machine for one certificate.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{CertConfig, ConfigError, Policy, name_covers, retry_cap};
+use crate::event::{
+    Action, CachedCert, CertInfo, CertProblem, Certificate, Event, FailureKind, Notice, OrderError,
+    OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,
+};
+use crate::rng::SplitMix64;
+use crate::time::{UnixTime, duration_millis};
+
+/// Where the lifecycle is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for [`Event::CacheLoaded`].
+    LoadingCache { deadline: UnixTime },
+    /// No certificate installed yet; ordering until `deadline`.
+    Starting { deadline: UnixTime, cached_expired: Option<UnixTime> },
+    /// A certificate is installed and is always served from now on.
+    Running,
+    /// [`Action::FailStartup`] was emitted; every event is ignored.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Served {
+    cert: Certificate,
+    renew_at: UnixTime,
+    expiry_reported: bool,
+}
+
+/// Writing the served certificate to the cache.
+#[derive(Clone, Debug, Default)]
+struct StoreState {
+    in_flight: Option<RequestId>,
+    /// A newer certificate was installed while a write was in flight.
+    dirty: bool,
+    retry_at: Option<UnixTime>,
+    failures: u32,
+}
+
+/// Checking the CA's renewal information (ARI) for the served certificate.
+#[derive(Clone, Debug, Default)]
+struct AriState {
+    next_check: Option<UnixTime>,
+    in_flight: Option<RequestId>,
+    unsupported: bool,
+}
+
+/// The machine behind [`CertLifecycle`] and [`crate::CertFleet`]: it writes actions into a
+/// caller-supplied sink so a fleet can share one queue among a million certificates.
+#[derive(Clone, Debug)]
+pub(crate) struct Machine {
+    policy: Arc<Policy>,
+    domains: Arc<[String]>,
+    rng: SplitMix64,
+    /// The latest `now` seen; time never goes backwards inside the machine.
+    clock: UnixTime,
+    clock_behind: bool,
+    started_at: UnixTime,
+    phase: Phase,
+    serving: Option<Served>,
+    order_in_flight: Option<OrderId>,
+    /// Set while a failure streak gates the next order.
+    retry_at: Option<UnixTime>,
+    failures: u32,
+    startup_attempts: u32,
+    last_error: Option<OrderError>,
+    store: StoreState,
+    ari: AriState,
+    next_id: u64,
+    reported_wake: Option<UnixTime>,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        policy: Arc<Policy>,
+        cert: &CertConfig,
+        now: UnixTime,
+        out: &mut impl FnMut(Action),
+    ) -> Self {
+        let deadline = now.saturating_add(policy.startup_timeout);
+        let mut machine = Self {
+            domains: cert.domains().clone(),
+            rng: SplitMix64::new(cert.seed()),
+            clock: now,
+            clock_behind: false,
+            started_at: now,
+            phase: Phase::LoadingCache { deadline },
+            serving: None,
+            order_in_flight: None,
+            retry_at: None,
+            failures: 0,
+            startup_attempts: 0,
+            last_error: None,
+            store: StoreState::default(),
+            ari: AriState::default(),
+            next_id: 1,
+            reported_wake: None,
+            policy,
+        };
+        out(Action::LoadCache { domains: machine.domains.clone() });
+        machine.report_wake(out);
+        machine
+    }
+
+    pub(crate) fn handle(&mut self, now: UnixTime, event: Event, out: &mut impl FnMut(Action)) {
+        if self.phase == Phase::Failed {
+            return;
+        }
+        let now = self.observe_clock(now, out);
+        match event {
+            Event::Tick => {}
+            Event::CacheLoaded { cert, retry } => self.on_cache_loaded(now, cert, retry, out),
+            Event::OrderSucceeded { order, cert } => self.on_order_succeeded(now, order, cert, out),
+            Event::OrderFailed { order, error } => self.on_order_failed(now, order, error, out),
+            Event::StoreFinished { request, result } => {
+                self.on_store_finished(now, request, result, out);
+            }
+            Event::RenewalInfo { request, info } => self.on_renewal_info(now, request, info, out),
+        }
+        self.on_time(now, out);
+        self.report_wake(out);
+    }
+
+    /// The next time the machine wants a tick. Never in the past after `handle` returns, except
+    /// for timers that are due exactly at the current instant and already handled.
+    pub(crate) fn poll_timeout(&self) -> Option<UnixTime> {
+        match self.phase {
+            Phase::Failed => None,
+            Phase::LoadingCache { deadline } => Some(deadline),
+            Phase::Starting { deadline, .. } => Some(match self.next_order_time() {
+                Some(at) => at.min(deadline),
+                None => deadline,
+            }),
+            Phase::Running => {
+                let expiry = self
+                    .serving
+                    .as_ref()
+                    .filter(|s| !s.expiry_reported)
+                    .map(|s| s.cert.info.not_after);
+                [self.next_order_time(), expiry, self.store.retry_at, self.ari.next_check]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+        }
+    }
+
+    pub(crate) fn reported_wake(&self) -> Option<UnixTime> {
+        self.reported_wake
+    }
+
+    pub(crate) fn serving(&self) -> Option<&CertInfo> {
+        self.serving.as_ref().map(|s| &s.cert.info)
+    }
+
+    pub(crate) fn renew_at(&self) -> Option<UnixTime> {
+        self.serving.as_ref().map(|s| s.renew_at)
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    pub(crate) fn has_failed(&self) -> bool {
+        self.phase == Phase::Failed
+    }
+
+    pub(crate) fn order_in_flight(&self) -> Option<OrderId> {
+        self.order_in_flight
+    }
+
+    pub(crate) fn domains(&self) -> &Arc<[String]> {
+        &self.domains
+    }
+
+    /// Time never runs backwards inside the machine: a backwards `now` counts as no time passed.
+    fn observe_clock(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) -> UnixTime {
+        if now < self.clock {
+            if !self.clock_behind {
+                self.clock_behind = true;
+                let by = self.clock.saturating_since(now);
+                out(Action::Log(Notice::ClockWentBackwards { by }));
+            }
+            return self.clock;
+        }
+        self.clock_behind = false;
+        self.clock = now;
+        now
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn report_wake(&mut self, out: &mut impl FnMut(Action)) {
+        let wake = self.poll_timeout();
+        if wake != self.reported_wake {
+            self.reported_wake = wake;
+            out(Action::ScheduleWake(wake));
+        }
+    }
+
+    fn next_order_time(&self) -> Option<UnixTime> {
+        if self.order_in_flight.is_some() {
+            return None;
+        }
+        match self.phase {
+            Phase::Starting { .. } => Some(self.retry_at.unwrap_or(UnixTime::EPOCH)),
+            Phase::Running => self.retry_at.or(self.serving.as_ref().map(|s| s.renew_at)),
+            Phase::LoadingCache { .. } | Phase::Failed => None,
+        }
+    }
+
+    /// Fires every timer that is due at `now`.
+    fn on_time(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) {
+        match self.phase {
+            Phase::Failed => return,
+            Phase::LoadingCache { deadline } | Phase::Starting { deadline, .. } if now >= deadline => {
+                return self.fail_startup(now, None, out);
+            }
+            Phase::LoadingCache { .. } => return,
+            Phase::Starting { .. } | Phase::Running => {}
+        }
+        if self.next_order_time().is_some_and(|at| at <= now) {
+            self.start_order(out);
+        }
+        if let Some(served) = &mut self.serving
+            && !served.expiry_reported
+            && now >= served.cert.info.not_after
+        {
+            served.expiry_reported = true;
+            let not_after = served.cert.info.not_after;
+            out(Action::Log(Notice::CertExpired { not_after }));
+        }
+        if self.store.retry_at.is_some_and(|at| at <= now) {
+            self.store.retry_at = None;
+            self.store_served(out);
+        }
+        if self.ari.next_check.is_some_and(|at| at <= now) {
+            self.ari.next_check = None;
+            self.fetch_renewal_info(now, out);
+        }
+    }
+
+    fn on_cache_loaded(
+        &mut self,
+        now: UnixTime,
+        cert: CachedCert,
+        retry: Option<RetryState>,
+        out: &mut impl FnMut(Action),
+    ) {
+        let Phase::LoadingCache { deadline } = self.phase else {
+            return out(Action::Log(Notice::IgnoredStale("cache load")));
+        };
+        let restored = retry.unwrap_or_default();
+        self.failures = restored.failures;
+        self.last_error.clone_from(&restored.last_error);
+        let mut cached_expired = None;
+        match cert {
+            CachedCert::Found(cert) => match self.check_installable(now, &cert.info) {
+                Ok(()) => {
+                    out(Action::Log(Notice::CachedCertAdopted { not_after: cert.info.not_after }));
+                    self.install(now, cert, out);
+                    return self.restore_renewal_backoff(now, &restored, out);
+                }
+                Err(problem) => {
+                    if let CertProblem::Expired { not_after } = problem {
+                        cached_expired = Some(not_after);
+                    }
+                    out(Action::Log(Notice::CachedCertUnusable(problem)));
+                }
+            },
+            CachedCert::Missing => out(Action::Log(Notice::CacheMissing)),
+            CachedCert::Unreadable { reason } => {
+                out(Action::Log(Notice::CacheUnreadable { reason }));
+            }
+        }
+        self.phase = Phase::Starting { deadline, cached_expired };
+        // Without a certificate only a wait the CA imposed is honoured: other failures are
+        // retried at once, since nothing can be served until an order succeeds.
+        let rate_limited = matches!(
+            restored.last_error,
+            Some(OrderError { kind: FailureKind::RateLimited { .. }, .. })
+        );
+        if let Some(at) = restored.next_attempt_at.filter(|at| rate_limited && *at > now) {
+            if at >= deadline {
+                return self.fail_startup(now, Some(at), out);
+            }
+            self.retry_at = Some(at);
+            out(Action::Log(Notice::RetryStateRestored {
+                failures: self.failures,
+                next_attempt_at: at,
+            }));
+        }
+    }
+
+    /// With a served certificate, a persisted failure streak keeps gating renewal orders.
+    fn restore_renewal_backoff(
+        &mut self,
+        now: UnixTime,
+        restored: &RetryState,
+        out: &mut impl FnMut(Action),
+    ) {
+        let renewal_due = self.serving.as_ref().is_some_and(|s| s.renew_at <= now);
+        match restored.next_attempt_at {
+            Some(at) if renewal_due && self.failures > 0 => {
+                let at = at.max(now);
+                self.retry_at = Some(at);
+                out(Action::Log(Notice::RetryStateRestored {
+                    failures: self.failures,
+                    next_attempt_at: at,
+                }));
+            }
+            // A streak from before the served certificate was issued no longer applies.
+            _ => {
+                self.failures = 0;
+                self.last_error = None;
+            }
+        }
+    }
+
+    fn start_order(&mut self, out: &mut impl FnMut(Action)) {
+        let order = OrderId(self.next_id());
+        self.order_in_flight = Some(order);
+        if matches!(self.phase, Phase::Starting { .. }) {
+            self.startup_attempts += 1;
+        }
+        let attempt = self.failures.saturating_add(1);
+        out(Action::Log(Notice::OrderStarted { order, attempt }));
+        out(Action::StartOrder {
+            order,
+            domains: self.domains.clone(),
+            attempt,
+            replacing: self.serving.as_ref().map(|s| s.cert.bundle.clone()),
+        });
+    }
+
+    fn on_order_succeeded(
+        &mut self,
+        now: UnixTime,
+        order: OrderId,
+        cert: Certificate,
+        out: &mut impl FnMut(Action),
+    ) {
+        if self.order_in_flight != Some(order) {
+            return out(Action::Log(Notice::IgnoredStale("order completion")));
+        }
+        self.order_in_flight = None;
+        if let Err(problem) = self.check_installable(now, &cert.info) {
+            let detail = problem.to_string();
+            out(Action::Log(Notice::IssuedCertRejected(problem)));
+            let error = OrderError { kind: FailureKind::InvalidCertificate, detail };
+            return self.order_failed(now, error, out);
+        }
+        let renewal = self.serving.is_some();
+        let not_after = cert.info.not_after;
+        self.install(now, cert, out);
+        out(Action::Log(Notice::CertIssued { not_after, renewal }));
+        self.retry_at = None;
+        self.last_error = None;
+        if self.failures > 0 {
+            self.failures = 0;
+            out(Action::PersistRetryState(RetryState::default()));
+        }
+        self.store_served(out);
+    }
+
+    fn on_order_failed(
+        &mut self,
+        now: UnixTime,
+        order: OrderId,
+        error: OrderError,
+        out: &mut impl FnMut(Action),
+    ) {
+        if self.order_in_flight != Some(order) {
+            return out(Action::Log(Notice::IgnoredStale("order completion")));
+        }
+        self.order_in_flight = None;
+        self.order_failed(now, error, out);
+    }
+
+    fn order_failed(&mut self, now: UnixTime, error: OrderError, out: &mut impl FnMut(Action)) {
+        self.failures = self.failures.saturating_add(1);
+        let attempt = self.failures;
+        let served = self.serving.as_ref().map(|s| (s.cert.info.lifetime(), s.cert.info.not_after));
+        let (delay, serving) = match served {
+            Some((lifetime, not_after)) => {
+                let cap = retry_cap(&self.policy, lifetime);
+                let delay = match error.kind {
+                    // Retrying a refused request soon only burns rate limits.
+                    FailureKind::Rejected => cap + self.jitter(cap / 4),
+                    _ => self.backoff(self.policy.retry_min, cap, self.failures),
+                };
+                let serving = if not_after > now {
+                    Serving::ValidUntil(not_after)
+                } else {
+                    Serving::ExpiredSince(not_after)
+                };
+                (delay, serving)
+            }
+            None => {
+                let (min, max) = (self.policy.startup_retry_min, self.policy.startup_retry_max);
+                (self.backoff(min, max, self.startup_attempts), Serving::Nothing)
+            }
+        };
+        let delay = match error.kind {
+            FailureKind::RateLimited { retry_after: Some(ra) } => {
+                delay.max(ra.min(self.policy.retry_after_max))
+            }
+            _ => delay,
+        };
+        let retry_at = now.saturating_add(delay);
+        self.last_error = Some(error.clone());
+        out(Action::PersistRetryState(RetryState {
+            failures: self.failures,
+            next_attempt_at: Some(retry_at),
+            last_error: Some(error.clone()),
+        }));
+        if let Phase::Starting { deadline, .. } = self.phase
+            && retry_at >= deadline
+        {
+            let blocked = matches!(error.kind, FailureKind::RateLimited { .. }).then_some(retry_at);
+            return self.fail_startup(now, blocked, out);
+        }
+        self.retry_at = Some(retry_at);
+        out(Action::Log(Notice::OrderFailed { attempt, error, retry_at, serving }));
+    }
+
+    /// `min * 2^(n-1)` capped at `max`, then jittered down by up to half.
+    fn backoff(&mut self, min: Duration, max: Duration, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+        let full = min.saturating_mul(factor).min(max);
+        full / 2 + self.jitter(full / 2)
+    }
+
+    /// A random duration in `0..=max`.
+    fn jitter(&mut self, max: Duration) -> Duration {
+        Duration::from_millis(self.rng.up_to(duration_millis(max)))
+    }
+
+    fn fail_startup(&mut self, now: UnixTime, blocked_until: Option<UnixTime>, out: &mut impl FnMut(Action)) {
+        let cached_expired = match self.phase {
+            Phase::Starting { cached_expired, .. } => cached_expired,
+            _ => None,
+        };
+        self.phase = Phase::Failed;
+        self.order_in_flight = None;
+        out(Action::FailStartup(StartupFailure {
+            domains: self.domains.clone(),
+            attempts: self.startup_attempts,
+            waited: now.saturating_since(self.started_at),
+            cached_expired,
+            last_error: self.last_error.clone(),
+            blocked_until,
+        }));
+    }
+
+    fn check_installable(&self, now: UnixTime, info: &CertInfo) -> Result<(), CertProblem> {
+        if now < info.not_before {
+            return Err(CertProblem::NotYetValid { not_before: info.not_before });
+        }
+        if now >= info.not_after {
+            return Err(CertProblem::Expired { not_after: info.not_after });
+        }
+        let missing: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| !info.names.iter().any(|n| name_covers(n, d)))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(CertProblem::MissingNames(missing));
+        }
+        match &self.serving {
+            Some(served) if info.not_after <= served.cert.info.not_after => Err(CertProblem::NotNewer {
+                not_after: info.not_after,
+                serving_until: served.cert.info.not_after,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Serves `cert` from now on (already checked by `check_installable`).
+    fn install(&mut self, now: UnixTime, cert: Certificate, out: &mut impl FnMut(Action)) {
+        let renew_at = self.renewal_time(&cert.info);
+        let not_after = cert.info.not_after;
+        out(Action::InstallCert(cert.clone()));
+        self.serving = Some(Served { cert, renew_at, expiry_reported: false });
+        if self.phase != Phase::Running {
+            self.phase = Phase::Running;
+            out(Action::Ready { not_after });
+        }
+        self.ari.in_flight = None;
+        self.ari.next_check = (!self.ari.unsupported).then_some(now);
+    }
+
+    /// `not_after` minus the renewal threshold, minus a seeded spread.
+    fn renewal_time(&mut self, info: &CertInfo) -> UnixTime {
+        let lifetime = info.lifetime();
+        let threshold = self.policy.renew_when_remaining.of(lifetime);
+        let spread = self.jitter(self.policy.renewal_spread.of(lifetime));
+        info.not_after.saturating_sub(threshold).saturating_sub(spread)
+    }
+
+    /// Writes the served certificate, or marks it for writing once the write in flight ends.
+    fn store_served(&mut self, out: &mut impl FnMut(Action)) {
+        let Some(served) = &self.serving else { return };
+        if self.store.in_flight.is_some() {
+            self.store.dirty = true;
+            return;
+        }
+        let cert = served.cert.clone();
+        let request = RequestId(self.next_id());
+        self.store.in_flight = Some(request);
+        self.store.dirty = false;
+        self.store.retry_at = None;
+        out(Action::StoreCert { request, cert });
+    }
+
+    fn on_store_finished(
+        &mut self,
+        now: UnixTime,
+        request: RequestId,
+        result: Result<(), String>,
+        out: &mut impl FnMut(Action),
+    ) {
+        if self.store.in_flight != Some(request) {
+            return out(Action::Log(Notice::IgnoredStale("store completion")));
+        }
+        self.store.in_flight = None;
+        match result {
+            Ok(()) => {
+                self.store.failures = 0;
+                if self.store.dirty {
+                    self.store_served(out);
+                }
+            }
+            Err(reason) => {
+                self.store.failures = self.store.failures.saturating_add(1);
+                let delay =
+                    self.backoff(self.policy.retry_min, self.policy.retry_max, self.store.failures);
+                let retry_at = now.saturating_add(delay);
+                self.store.retry_at = Some(retry_at);
+                out(Action::Log(Notice::StoreFailed { reason, retry_at }));
+            }
+        }
+    }
+
+    /// Asks for the CA's renewal window, unless a renewal is already under way.
+    fn fetch_renewal_info(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) {
+        let Some(served) = &self.serving else { return };
+        let renewing = self.order_in_flight.is_some() || self.failures > 0 || now >= served.renew_at;
+        if renewing || self.ari.unsupported || self.ari.in_flight.is_some() {
+            return;
+        }
+        let cert = served.cert.bundle.clone();
+        let request = RequestId(self.next_id());
+        self.ari.in_flight = Some(request);
+        out(Action::FetchRenewalInfo { request, cert });
+    }
+
+    fn on_renewal_info(
+        &mut self,
+        now: UnixTime,
+        request: RequestId,
+        info: RenewalInfo,
+        out: &mut impl FnMut(Action),
+    ) {
+        if self.ari.in_flight != Some(request) {
+            return out(Action::Log(Notice::IgnoredStale("renewal information")));
+        }
+        self.ari.in_flight = None;
+        let (policy_min, policy_max) = (self.policy.retry_min, self.policy.retry_after_max);
+        let ask_again = |retry_after: Option<Duration>, default: Duration| {
+            now.saturating_add(retry_after.unwrap_or(default).clamp(policy_min, policy_max))
+        };
+        match info {
+            RenewalInfo::Window { start, end, retry_after } if start <= end => {
+                let pick = start.saturating_add(self.jitter(end.saturating_since(start)));
+                if let Some(served) = &mut self.serving
+                    && pick < served.renew_at
+                {
+                    served.renew_at = pick.max(now);
+                    out(Action::Log(Notice::RenewalMovedEarlier {
+                        window_start: start,
+                        window_end: end,
+                        renew_at: served.renew_at,
+                    }));
+                }
+                self.ari.next_check = Some(ask_again(retry_after, self.policy.renewal_info_interval));
+            }
+            RenewalInfo::Unsupported => self.ari.unsupported = true,
+            RenewalInfo::Window { retry_after, .. } | RenewalInfo::Failed { retry_after } => {
+                self.ari.next_check = Some(ask_again(retry_after, self.policy.renewal_info_interval));
+            }
+        }
+    }
+}
+
+/// The lifecycle of one certificate: events with the current time in, actions out.
+///
+/// Drive it like this, and nothing else:
+/// 1. after [`CertLifecycle::new`] and after every [`CertLifecycle::handle`], drain
+///    [`CertLifecycle::poll_action`] until it returns `None`, carrying out each action;
+/// 2. sleep until [`CertLifecycle::poll_timeout`] (or until an IO result arrives), then call
+///    `handle(now, Event::Tick)` (or the IO result's event).
+///
+/// `handle` never fails. Late, duplicate or unknown completions, early ticks and a clock that
+/// goes backwards are harmless.
+#[derive(Debug)]
+pub struct CertLifecycle {
+    machine: Machine,
+    actions: VecDeque<Action>,
+}
+
+impl CertLifecycle {
+    /// A lifecycle for `cert`, started at `now`. Its first action is [`Action::LoadCache`].
+    pub fn new(policy: Arc<Policy>, cert: &CertConfig, now: UnixTime) -> Result<Self, ConfigError> {
+        policy.validate()?;
+        let mut actions = VecDeque::new();
+        let machine = Machine::new(policy, cert, now, &mut |a| actions.push_back(a));
+        Ok(Self { machine, actions })
+    }
+
+    /// Feeds one event that happened at `now`.
+    pub fn handle(&mut self, now: UnixTime, event: Event) {
+        let actions = &mut self.actions;
+        self.machine.handle(now, event, &mut |a| actions.push_back(a));
+    }
+
+    /// The next action to carry out; drain until `None` after every `handle`.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call `handle(now, Event::Tick)` next; `None` once startup has failed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<UnixTime> {
+        self.machine.poll_timeout()
+    }
+
+    /// The certificate being served, if any.
+    pub fn serving(&self) -> Option<&CertInfo> {
+        self.machine.serving()
+    }
+
+    /// When the served certificate will be renewed (absent failures).
+    pub fn renew_at(&self) -> Option<UnixTime> {
+        self.machine.renew_at()
+    }
+
+    /// `true` once a certificate is installed (after [`Action::Ready`]).
+    pub fn is_ready(&self) -> bool {
+        self.machine.is_ready()
+    }
+
+    /// `true` after [`Action::FailStartup`].
+    pub fn has_failed(&self) -> bool {
+        self.machine.has_failed()
+    }
+
+    /// The order awaiting an answer, if any.
+    pub fn order_in_flight(&self) -> Option<OrderId> {
+        self.machine.order_in_flight()
+    }
+
+    /// The configured names.
+    pub fn domains(&self) -> &Arc<[String]> {
+        self.machine.domains()
+    }
+}
