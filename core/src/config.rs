@@ -22,7 +22,7 @@ impl Ratio {
     }
 
     /// `d * num / den`, computed in milliseconds without overflow.
-    pub(crate) fn of(self, d: Duration) -> Duration {
+    pub fn of(self, d: Duration) -> Duration {
         let ms = u128::from(crate::time::duration_millis(d));
         let part = ms * u128::from(self.num) / u128::from(self.den.max(1));
         Duration::from_millis(u64::try_from(part).unwrap_or(u64::MAX))
@@ -49,6 +49,9 @@ pub struct Policy {
     /// Largest retry delay once serving (default 4 h). Short-lived certificates use less: at most
     /// a 36th of their lifetime, so a 6-day certificate gets many attempts before it expires.
     pub retry_max: Duration,
+    /// An order still unanswered after this long counts as failed (default 10 min). Adapters
+    /// must bound each order by the same timeout.
+    pub order_timeout: Duration,
     /// A CA's Retry-After longer than this is capped to it (default 24 h).
     pub retry_after_max: Duration,
     /// How often the CA's renewal information (ARI) is checked when it gives no Retry-After
@@ -66,6 +69,7 @@ impl Default for Policy {
             startup_retry_max: Duration::from_secs(8),
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(4 * 3600),
+            order_timeout: Duration::from_secs(600),
             retry_after_max: Duration::from_secs(24 * 3600),
             renewal_info_interval: Duration::from_secs(6 * 3600),
         }
@@ -94,9 +98,13 @@ impl Policy {
         if self.startup_retry_max < self.startup_retry_min || self.retry_max < self.retry_min {
             return Err(ConfigError::Policy("a maximum retry delay is below its minimum"));
         }
-        if self.startup_timeout.is_zero() || self.renewal_info_interval < Duration::from_secs(60) {
+        if self.startup_timeout.is_zero()
+            || self.order_timeout < Duration::from_secs(1)
+            || self.renewal_info_interval < Duration::from_secs(60)
+        {
             return Err(ConfigError::Policy(
-                "startup_timeout must be positive and renewal_info_interval at least 60 s",
+                "startup_timeout must be positive, order_timeout at least 1 s and \
+                 renewal_info_interval at least 60 s",
             ));
         }
         Ok(())

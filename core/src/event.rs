@@ -263,13 +263,16 @@ pub struct StartupFailure {
     pub domains: Arc<[String]>,
     /// Orders attempted since start.
     pub attempts: u32,
+    /// Consecutive failed orders, including those before a restart.
+    pub failures: u32,
     /// How long it tried.
     pub waited: Duration,
     /// If the cache held a certificate that had expired, its end of validity.
     pub cached_expired: Option<UnixTime>,
     /// The last error, if any order was attempted or a persisted one blocks ordering.
     pub last_error: Option<OrderError>,
-    /// Set when the CA's rate limit forbids any attempt before this time.
+    /// Set when the CA answered the last order with an error and backing off forbids any
+    /// attempt before this time (after the startup deadline).
     pub blocked_until: Option<UnixTime>,
 }
 
@@ -283,7 +286,9 @@ impl fmt::Display for StartupFailure {
         match self.blocked_until {
             Some(until) => write!(
                 f,
-                "the CA rate-limits new orders until {until}, after the startup timeout"
+                "after {} failed order(s) answered by the CA, the next is not allowed before \
+                 {until}, beyond the startup timeout ({} attempt(s) since start)",
+                self.failures, self.attempts
             )?,
             None => write!(
                 f,
@@ -365,7 +370,7 @@ impl fmt::Display for CertProblem {
 /// A typed log message; adapters render it with [`Notice::level`] and `Display`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
-    /// No cached certificate: ordering one.
+    /// No cached certificate.
     CacheMissing,
     /// The cache could not be used: ordering a new certificate.
     CacheUnreadable {
@@ -470,7 +475,7 @@ impl Notice {
 impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::CacheMissing => f.write_str("no cached certificate; ordering one"),
+            Self::CacheMissing => f.write_str("no cached certificate"),
             Self::CacheUnreadable { reason } => {
                 write!(f, "cached certificate unusable ({reason}); ordering a new one")
             }

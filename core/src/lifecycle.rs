@@ -10,7 +10,7 @@ use crate::event::{
     OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,
 };
 use crate::rng::SplitMix64;
-use crate::time::{UnixTime, duration_millis};
+use crate::time::{Human, UnixTime, duration_millis};
 
 /// Where the lifecycle is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,10 @@ pub(crate) struct Machine {
     phase: Phase,
     serving: Option<Served>,
     order_in_flight: Option<OrderId>,
+    /// When the order in flight counts as failed if it has not been answered.
+    order_deadline: UnixTime,
+    /// An order that timed out; its answer is still taken until the next order starts.
+    late_order: Option<OrderId>,
     /// Set while a failure streak gates the next order.
     retry_at: Option<UnixTime>,
     failures: u32,
@@ -92,6 +96,8 @@ impl Machine {
             phase: Phase::LoadingCache { deadline },
             serving: None,
             order_in_flight: None,
+            order_deadline: now,
+            late_order: None,
             retry_at: None,
             failures: 0,
             startup_attempts: 0,
@@ -132,20 +138,26 @@ impl Machine {
         match self.phase {
             Phase::Failed => None,
             Phase::LoadingCache { deadline } => Some(deadline),
-            Phase::Starting { deadline, .. } => Some(match self.next_order_time() {
-                Some(at) => at.min(deadline),
-                None => deadline,
-            }),
+            Phase::Starting { deadline, .. } => {
+                let next = self.next_order_time().or(self.unanswered_order_deadline());
+                Some(next.map_or(deadline, |at| at.min(deadline)))
+            }
             Phase::Running => {
                 let expiry = self
                     .serving
                     .as_ref()
                     .filter(|s| !s.expiry_reported)
                     .map(|s| s.cert.info.not_after);
-                [self.next_order_time(), expiry, self.store.retry_at, self.ari.next_check]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                [
+                    self.next_order_time(),
+                    self.unanswered_order_deadline(),
+                    expiry,
+                    self.store.retry_at,
+                    self.ari.next_check,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
         }
     }
@@ -207,6 +219,10 @@ impl Machine {
         }
     }
 
+    fn unanswered_order_deadline(&self) -> Option<UnixTime> {
+        self.order_in_flight.map(|_| self.order_deadline)
+    }
+
     fn next_order_time(&self) -> Option<UnixTime> {
         if self.order_in_flight.is_some() {
             return None;
@@ -223,13 +239,30 @@ impl Machine {
         match self.phase {
             Phase::Failed => return,
             Phase::LoadingCache { deadline } | Phase::Starting { deadline, .. } if now >= deadline => {
+                if self.order_in_flight.take().is_some() {
+                    // The order reached the CA and may still be running there: record it as a
+                    // failure, so a restart backs off instead of ordering again at once.
+                    let detail = format!(
+                        "no answer within the startup timeout ({})",
+                        Human(self.policy.startup_timeout)
+                    );
+                    let error = OrderError { kind: FailureKind::ServerError, detail };
+                    return self.order_failed(now, error, out);
+                }
                 return self.fail_startup(now, None, out);
             }
             Phase::LoadingCache { .. } => return,
             Phase::Starting { .. } | Phase::Running => {}
         }
+        if self.unanswered_order_deadline().is_some_and(|at| at <= now) {
+            // The adapter bounds every order by `order_timeout`; an order still unanswered
+            // counts as failed, and its late answer will be ignored as stale.
+            self.late_order = self.order_in_flight.take();
+            let detail = format!("no answer within {}", Human(self.policy.order_timeout));
+            self.order_failed(now, OrderError { kind: FailureKind::Unreachable, detail }, out);
+        }
         if self.next_order_time().is_some_and(|at| at <= now) {
-            self.start_order(out);
+            self.start_order(now, out);
         }
         if let Some(served) = &mut self.serving
             && !served.expiry_reported
@@ -283,13 +316,14 @@ impl Machine {
             }
         }
         self.phase = Phase::Starting { deadline, cached_expired };
-        // Without a certificate only a wait the CA imposed is honoured: other failures are
-        // retried at once, since nothing can be served until an order succeeds.
-        let rate_limited = matches!(
-            restored.last_error,
-            Some(OrderError { kind: FailureKind::RateLimited { .. }, .. })
-        );
-        if let Some(at) = restored.next_attempt_at.filter(|at| rate_limited && *at > now) {
+        // Without a certificate, a persisted wait is honoured only if the CA answered the last
+        // order: failures to reach it cost no rate limit, and nothing can be served until an
+        // order succeeds.
+        let ca_answered = restored
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.kind != FailureKind::Unreachable);
+        if let Some(at) = restored.next_attempt_at.filter(|at| ca_answered && *at > now) {
             if at >= deadline {
                 return self.fail_startup(now, Some(at), out);
             }
@@ -326,9 +360,11 @@ impl Machine {
         }
     }
 
-    fn start_order(&mut self, out: &mut impl FnMut(Action)) {
+    fn start_order(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) {
         let order = OrderId(self.next_id());
         self.order_in_flight = Some(order);
+        self.late_order = None;
+        self.order_deadline = now.saturating_add(self.policy.order_timeout);
         if matches!(self.phase, Phase::Starting { .. }) {
             self.startup_attempts += 1;
         }
@@ -349,13 +385,19 @@ impl Machine {
         cert: Certificate,
         out: &mut impl FnMut(Action),
     ) {
-        if self.order_in_flight != Some(order) {
+        // An order that overran its timeout still counts if no other order has started since.
+        let late = self.late_order == Some(order) && self.order_in_flight.is_none();
+        if self.order_in_flight != Some(order) && !late {
             return out(Action::Log(Notice::IgnoredStale("order completion")));
         }
         self.order_in_flight = None;
+        self.late_order = None;
         if let Err(problem) = self.check_installable(now, &cert.info) {
             let detail = problem.to_string();
             out(Action::Log(Notice::IssuedCertRejected(problem)));
+            if late {
+                return; // its failure was counted when it timed out
+            }
             let error = OrderError { kind: FailureKind::InvalidCertificate, detail };
             return self.order_failed(now, error, out);
         }
@@ -405,9 +447,16 @@ impl Machine {
                 };
                 (delay, serving)
             }
-            None => {
+            // Starting: retry within seconds only when the CA was not reached. An answer from
+            // the CA (5xx, rejection, rate limit) means retrying soon, or after a restart, would
+            // only burn its rate limits.
+            None if error.kind == FailureKind::Unreachable => {
                 let (min, max) = (self.policy.startup_retry_min, self.policy.startup_retry_max);
                 (self.backoff(min, max, self.startup_attempts), Serving::Nothing)
+            }
+            None => {
+                let (min, max) = (self.policy.retry_min, self.policy.retry_max);
+                (self.backoff(min, max, self.failures), Serving::Nothing)
             }
         };
         let delay = match error.kind {
@@ -426,7 +475,7 @@ impl Machine {
         if let Phase::Starting { deadline, .. } = self.phase
             && retry_at >= deadline
         {
-            let blocked = matches!(error.kind, FailureKind::RateLimited { .. }).then_some(retry_at);
+            let blocked = (error.kind != FailureKind::Unreachable).then_some(retry_at);
             return self.fail_startup(now, blocked, out);
         }
         self.retry_at = Some(retry_at);
@@ -455,6 +504,7 @@ impl Machine {
         out(Action::FailStartup(StartupFailure {
             domains: self.domains.clone(),
             attempts: self.startup_attempts,
+            failures: self.failures,
             waited: now.saturating_since(self.started_at),
             cached_expired,
             last_error: self.last_error.clone(),

@@ -1,0 +1,120 @@
+//! Test support for certloop: the deterministic lifecycle simulator, scripted scenario traces,
+//! and the bodies of the fuzz targets (so ordinary tests run them over the checked-in corpus).
+
+#![forbid(unsafe_code)]
+
+pub mod fuzz_bodies;
+pub mod script;
+pub mod sim;
+
+use std::time::Duration;
+
+pub use sim::{Report, Sim, SimConfig, Violation};
+
+/// Totals over many seeds.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Seeds run.
+    pub seeds: u64,
+    /// Sum of the per-seed reports (trace hashes are xor-ed).
+    pub total: Report,
+}
+
+/// Runs seeds `first..first + count`, each for `days`, on `threads` threads. Stops at the first
+/// violation (the lowest failing seed among those run).
+pub fn run_seeds(first: u64, count: u64, days: u64, threads: usize) -> Result<Summary, Violation> {
+    let threads = threads.max(1) as u64;
+    let results: Vec<Result<Summary, Violation>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut summary = Summary::default();
+                    let mut seed = first + t;
+                    while seed < first + count {
+                        let report = Sim::new(SimConfig::from_seed(seed, days), false).run()?;
+                        summary.add(&report);
+                        seed += threads;
+                    }
+                    Ok(summary)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("simulation thread panicked")).collect()
+    });
+    let mut summary = Summary::default();
+    let mut first_violation: Option<Violation> = None;
+    for result in results {
+        match result {
+            Ok(s) => summary.merge(&s),
+            Err(v) => {
+                if first_violation.as_ref().is_none_or(|f| v.seed < f.seed) {
+                    first_violation = Some(v);
+                }
+            }
+        }
+    }
+    first_violation.map_or(Ok(summary), Err)
+}
+
+impl Summary {
+    fn add(&mut self, r: &Report) {
+        self.seeds += 1;
+        let t = &mut self.total;
+        t.trace_hash ^= r.trace_hash;
+        t.steps += r.steps;
+        t.orders += r.orders;
+        t.order_failures += r.order_failures;
+        t.installs += r.installs;
+        t.failed_startups += r.failed_startups;
+        t.crashes += r.crashes;
+        t.warnings += r.warnings;
+        t.errors += r.errors;
+    }
+
+    fn merge(&mut self, other: &Self) {
+        let seeds = self.seeds + other.seeds;
+        self.add(&other.total);
+        self.seeds = seeds;
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.total;
+        write!(
+            f,
+            "{} seeds: {} steps, {} orders ({} failed), {} installs, {} failed startups, {} crashes, \
+             {} warnings ({} errors)",
+            self.seeds,
+            t.steps,
+            t.orders,
+            t.order_failures,
+            t.installs,
+            t.failed_startups,
+            t.crashes,
+            t.warnings,
+            t.errors
+        )
+    }
+}
+
+/// Parses `SIM_SEED`/`SIM_COUNT`-style numbers, with a clear message.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// One simulated year.
+pub const YEAR_DAYS: u64 = 365;
+
+/// Two cores on the reference machine.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Convenience for docs and tests.
+pub fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
