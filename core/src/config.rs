@@ -86,7 +86,9 @@ impl Policy {
             ));
         }
         if !ratio_ok(self.renewal_spread) {
-            return Err(ConfigError::Policy("renewal_spread must be a fraction below 1"));
+            return Err(ConfigError::Policy(
+                "renewal_spread must be a fraction below 1",
+            ));
         }
         if self.startup_retry_min < Duration::from_millis(100)
             || self.retry_min < Duration::from_secs(1)
@@ -96,7 +98,9 @@ impl Policy {
             ));
         }
         if self.startup_retry_max < self.startup_retry_min || self.retry_max < self.retry_min {
-            return Err(ConfigError::Policy("a maximum retry delay is below its minimum"));
+            return Err(ConfigError::Policy(
+                "a maximum retry delay is below its minimum",
+            ));
         }
         if self.startup_timeout.is_zero()
             || self.order_timeout < Duration::from_secs(1)
@@ -121,7 +125,10 @@ pub struct CertConfig {
 impl CertConfig {
     /// Validates the names (DNS names, optionally one leading `*.` wildcard label) and keeps them
     /// in the configured order, which is also the order cache keys are derived from.
-    pub fn new(domains: impl IntoIterator<Item = impl Into<String>>, seed: u64) -> Result<Self, ConfigError> {
+    pub fn new(
+        domains: impl IntoIterator<Item = impl Into<String>>,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
         let domains: Vec<String> = domains.into_iter().map(Into::into).collect();
         if domains.is_empty() {
             return Err(ConfigError::NoDomains);
@@ -131,11 +138,17 @@ impl CertConfig {
                 domain: d.clone(),
                 problem,
             })?;
-            if domains[..i].iter().any(|earlier| earlier.eq_ignore_ascii_case(d)) {
+            if domains[..i]
+                .iter()
+                .any(|earlier| earlier.eq_ignore_ascii_case(d))
+            {
                 return Err(ConfigError::DuplicateDomain(d.clone()));
             }
         }
-        Ok(Self { domains: domains.into(), seed })
+        Ok(Self {
+            domains: domains.into(),
+            seed,
+        })
     }
 
     /// The names, in configured order.
@@ -162,7 +175,10 @@ pub fn validate_dns_name(name: &str) -> Result<(), &'static str> {
         if label.is_empty() || label.len() > 63 {
             return Err("each label must be 1 to 63 characters");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err("only letters, digits, '-' and a leading '*.' are allowed");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -211,7 +227,9 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoDomains => f.write_str("no domains configured"),
-            Self::InvalidDomain { domain, problem } => write!(f, "invalid domain {domain:?}: {problem}"),
+            Self::InvalidDomain { domain, problem } => {
+                write!(f, "invalid domain {domain:?}: {problem}")
+            }
             Self::DuplicateDomain(d) => write!(f, "domain {d:?} is listed twice"),
             Self::Policy(p) => write!(f, "invalid renewal policy: {p}"),
         }
@@ -252,8 +270,20 @@ mod tests {
     #[test]
     fn validates_names() {
         assert!(CertConfig::new(["example.com", "*.example.com"], 0).is_ok());
-        assert_eq!(CertConfig::new(Vec::<String>::new(), 0), Err(ConfigError::NoDomains));
-        for bad in ["", "a..b", "-a.com", "a_b.com", "a.com.", "127.0.0.1", "*.", "a.*.com"] {
+        assert_eq!(
+            CertConfig::new(Vec::<String>::new(), 0),
+            Err(ConfigError::NoDomains)
+        );
+        for bad in [
+            "",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "a.com.",
+            "127.0.0.1",
+            "*.",
+            "a.*.com",
+        ] {
             assert!(CertConfig::new([bad], 0).is_err(), "{bad:?} accepted");
         }
         assert_eq!(

@@ -359,7 +359,10 @@ impl fmt::Display for CertProblem {
             Self::Expired { not_after } => write!(f, "expired at {not_after}"),
             Self::NotYetValid { not_before } => write!(f, "not valid before {not_before}"),
             Self::MissingNames(names) => write!(f, "does not cover {}", names.join(", ")),
-            Self::NotNewer { not_after, serving_until } => write!(
+            Self::NotNewer {
+                not_after,
+                serving_until,
+            } => write!(
                 f,
                 "expires at {not_after}, not after the served certificate ({serving_until})"
             ),
@@ -477,14 +480,21 @@ impl fmt::Display for Notice {
         match self {
             Self::CacheMissing => f.write_str("no cached certificate"),
             Self::CacheUnreadable { reason } => {
-                write!(f, "cached certificate unusable ({reason}); ordering a new one")
+                write!(
+                    f,
+                    "cached certificate unusable ({reason}); ordering a new one"
+                )
             }
             Self::CachedCertAdopted { not_after } => {
                 write!(f, "serving cached certificate valid until {not_after}")
             }
             Self::CachedCertUnusable(p) => write!(f, "cached certificate {p}; ordering a new one"),
             Self::OrderStarted { order, attempt } => {
-                write!(f, "ordering certificate (order {}, attempt {attempt})", order.0)
+                write!(
+                    f,
+                    "ordering certificate (order {}, attempt {attempt})",
+                    order.0
+                )
             }
             Self::CertIssued { not_after, renewal } => write!(
                 f,
@@ -492,13 +502,26 @@ impl fmt::Display for Notice {
                 if *renewal { "renewed" } else { "new" }
             ),
             Self::IssuedCertRejected(p) => {
-                write!(f, "CA issued a certificate that {p}; keeping the current one")
+                write!(
+                    f,
+                    "CA issued a certificate that {p}; keeping the current one"
+                )
             }
-            Self::OrderFailed { attempt, error, retry_at, serving } => {
-                write!(f, "order attempt {attempt} failed: {error}; retrying at {retry_at}")?;
+            Self::OrderFailed {
+                attempt,
+                error,
+                retry_at,
+                serving,
+            } => {
+                write!(
+                    f,
+                    "order attempt {attempt} failed: {error}; retrying at {retry_at}"
+                )?;
                 match serving {
                     Serving::Nothing => Ok(()),
-                    Serving::ValidUntil(t) => write!(f, "; serving current certificate, valid until {t}"),
+                    Serving::ValidUntil(t) => {
+                        write!(f, "; serving current certificate, valid until {t}")
+                    }
                     Serving::ExpiredSince(t) => {
                         write!(f, "; still serving the certificate that EXPIRED at {t}")
                     }
@@ -509,18 +532,32 @@ impl fmt::Display for Notice {
                 "served certificate expired at {not_after}; still serving it while renewal is retried"
             ),
             Self::StoreFailed { reason, retry_at } => {
-                write!(f, "could not write certificate cache: {reason}; retrying at {retry_at}")
+                write!(
+                    f,
+                    "could not write certificate cache: {reason}; retrying at {retry_at}"
+                )
             }
-            Self::RenewalMovedEarlier { window_start, window_end, renew_at } => write!(
+            Self::RenewalMovedEarlier {
+                window_start,
+                window_end,
+                renew_at,
+            } => write!(
                 f,
                 "CA suggests renewing between {window_start} and {window_end}; renewing at {renew_at}"
             ),
-            Self::RetryStateRestored { failures, next_attempt_at } => write!(
+            Self::RetryStateRestored {
+                failures,
+                next_attempt_at,
+            } => write!(
                 f,
                 "{failures} earlier failed order(s) restored from cache; next attempt at {next_attempt_at}"
             ),
             Self::ClockWentBackwards { by } => {
-                write!(f, "system clock went back by {}; treating it as no time passed", Human(*by))
+                write!(
+                    f,
+                    "system clock went back by {}; treating it as no time passed",
+                    Human(*by)
+                )
             }
             Self::IgnoredStale(what) => write!(f, "ignored stale {what}"),
         }

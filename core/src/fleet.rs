@@ -65,14 +65,26 @@ impl CertFleet {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
-                self.slots.push(Slot { generation: 0, machine: None });
+                self.slots.push(Slot {
+                    generation: 0,
+                    machine: None,
+                });
                 u32::try_from(self.slots.len() - 1).expect("more than 2^32 certificates")
             }
         };
         let slot = &mut self.slots[index as usize];
-        let id = CertId { index, generation: slot.generation };
-        let mut sink = Sink { id, wakes: &mut self.wakes, actions: &mut self.actions };
-        slot.machine = Some(Machine::new(self.policy.clone(), cert, now, &mut |a| sink.push(a)));
+        let id = CertId {
+            index,
+            generation: slot.generation,
+        };
+        let mut sink = Sink {
+            id,
+            wakes: &mut self.wakes,
+            actions: &mut self.actions,
+        };
+        slot.machine = Some(Machine::new(self.policy.clone(), cert, now, &mut |a| {
+            sink.push(a)
+        }));
         self.len += 1;
         id
     }
@@ -163,20 +175,31 @@ impl CertFleet {
 
     fn machine(&self, id: CertId) -> Option<&Machine> {
         let slot = self.slots.get(id.index as usize)?;
-        (slot.generation == id.generation).then_some(slot.machine.as_ref()).flatten()
+        (slot.generation == id.generation)
+            .then_some(slot.machine.as_ref())
+            .flatten()
     }
 
     /// Hands `event` to `id`'s machine; with `for_wake`, only if that is still its wake time.
     fn deliver(&mut self, now: UnixTime, id: CertId, event: Event, for_wake: Option<UnixTime>) {
-        let Some(slot) = self.slots.get_mut(id.index as usize) else { return };
-        let Some(machine) = slot.machine.as_mut().filter(|_| slot.generation == id.generation)
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        let Some(machine) = slot
+            .machine
+            .as_mut()
+            .filter(|_| slot.generation == id.generation)
         else {
             return;
         };
         if for_wake.is_some_and(|at| machine.reported_wake() != Some(at)) {
             return;
         }
-        let mut sink = Sink { id, wakes: &mut self.wakes, actions: &mut self.actions };
+        let mut sink = Sink {
+            id,
+            wakes: &mut self.wakes,
+            actions: &mut self.actions,
+        };
         machine.handle(now, event, &mut |a| sink.push(a));
     }
 
@@ -208,7 +231,8 @@ impl Sink<'_> {
     fn push(&mut self, action: Action) {
         match action {
             Action::ScheduleWake(Some(at)) => {
-                self.wakes.push(Reverse((at, self.id.index, self.id.generation)));
+                self.wakes
+                    .push(Reverse((at, self.id.index, self.id.generation)));
             }
             Action::ScheduleWake(None) => {}
             other => self.actions.push_back((self.id, other)),

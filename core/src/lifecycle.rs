@@ -18,7 +18,10 @@ enum Phase {
     /// Waiting for [`Event::CacheLoaded`].
     LoadingCache { deadline: UnixTime },
     /// No certificate installed yet; ordering until `deadline`.
-    Starting { deadline: UnixTime, cached_expired: Option<UnixTime> },
+    Starting {
+        deadline: UnixTime,
+        cached_expired: Option<UnixTime>,
+    },
     /// A certificate is installed and is always served from now on.
     Running,
     /// [`Action::FailStartup`] was emitted; every event is ignored.
@@ -48,6 +51,8 @@ struct AriState {
     next_check: Option<UnixTime>,
     in_flight: Option<RequestId>,
     unsupported: bool,
+    /// The last window applied; the same window is not re-drawn (that would drift to its start).
+    window: Option<(UnixTime, UnixTime)>,
 }
 
 /// The machine behind [`CertLifecycle`] and [`crate::CertFleet`]: it writes actions into a
@@ -108,7 +113,9 @@ impl Machine {
             reported_wake: None,
             policy,
         };
-        out(Action::LoadCache { domains: machine.domains.clone() });
+        out(Action::LoadCache {
+            domains: machine.domains.clone(),
+        });
         machine.report_wake(out);
         machine
     }
@@ -238,7 +245,9 @@ impl Machine {
     fn on_time(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) {
         match self.phase {
             Phase::Failed => return,
-            Phase::LoadingCache { deadline } | Phase::Starting { deadline, .. } if now >= deadline => {
+            Phase::LoadingCache { deadline } | Phase::Starting { deadline, .. }
+                if now >= deadline =>
+            {
                 if self.order_in_flight.take().is_some() {
                     // The order reached the CA and may still be running there: record it as a
                     // failure, so a restart backs off instead of ordering again at once.
@@ -246,7 +255,10 @@ impl Machine {
                         "no answer within the startup timeout ({})",
                         Human(self.policy.startup_timeout)
                     );
-                    let error = OrderError { kind: FailureKind::ServerError, detail };
+                    let error = OrderError {
+                        kind: FailureKind::ServerError,
+                        detail,
+                    };
                     return self.order_failed(now, error, out);
                 }
                 return self.fail_startup(now, None, out);
@@ -259,7 +271,14 @@ impl Machine {
             // counts as failed, and its late answer will be ignored as stale.
             self.late_order = self.order_in_flight.take();
             let detail = format!("no answer within {}", Human(self.policy.order_timeout));
-            self.order_failed(now, OrderError { kind: FailureKind::Unreachable, detail }, out);
+            self.order_failed(
+                now,
+                OrderError {
+                    kind: FailureKind::Unreachable,
+                    detail,
+                },
+                out,
+            );
         }
         if self.next_order_time().is_some_and(|at| at <= now) {
             self.start_order(now, out);
@@ -299,7 +318,9 @@ impl Machine {
         match cert {
             CachedCert::Found(cert) => match self.check_installable(now, &cert.info) {
                 Ok(()) => {
-                    out(Action::Log(Notice::CachedCertAdopted { not_after: cert.info.not_after }));
+                    out(Action::Log(Notice::CachedCertAdopted {
+                        not_after: cert.info.not_after,
+                    }));
                     self.install(now, cert, out);
                     return self.restore_renewal_backoff(now, &restored, out);
                 }
@@ -315,7 +336,10 @@ impl Machine {
                 out(Action::Log(Notice::CacheUnreadable { reason }));
             }
         }
-        self.phase = Phase::Starting { deadline, cached_expired };
+        self.phase = Phase::Starting {
+            deadline,
+            cached_expired,
+        };
         // Without a certificate, a persisted wait is honoured only if the CA answered the last
         // order: failures to reach it cost no rate limit, and nothing can be served until an
         // order succeeds.
@@ -323,7 +347,10 @@ impl Machine {
             .last_error
             .as_ref()
             .is_some_and(|e| e.kind != FailureKind::Unreachable);
-        if let Some(at) = restored.next_attempt_at.filter(|at| ca_answered && *at > now) {
+        if let Some(at) = restored
+            .next_attempt_at
+            .filter(|at| ca_answered && *at > now)
+        {
             if at >= deadline {
                 return self.fail_startup(now, Some(at), out);
             }
@@ -398,7 +425,10 @@ impl Machine {
             if late {
                 return; // its failure was counted when it timed out
             }
-            let error = OrderError { kind: FailureKind::InvalidCertificate, detail };
+            let error = OrderError {
+                kind: FailureKind::InvalidCertificate,
+                detail,
+            };
             return self.order_failed(now, error, out);
         }
         let renewal = self.serving.is_some();
@@ -431,7 +461,10 @@ impl Machine {
     fn order_failed(&mut self, now: UnixTime, error: OrderError, out: &mut impl FnMut(Action)) {
         self.failures = self.failures.saturating_add(1);
         let attempt = self.failures;
-        let served = self.serving.as_ref().map(|s| (s.cert.info.lifetime(), s.cert.info.not_after));
+        let served = self
+            .serving
+            .as_ref()
+            .map(|s| (s.cert.info.lifetime(), s.cert.info.not_after));
         let (delay, serving) = match served {
             Some((lifetime, not_after)) => {
                 let cap = retry_cap(&self.policy, lifetime);
@@ -452,7 +485,10 @@ impl Machine {
             // only burn its rate limits.
             None if error.kind == FailureKind::Unreachable => {
                 let (min, max) = (self.policy.startup_retry_min, self.policy.startup_retry_max);
-                (self.backoff(min, max, self.startup_attempts), Serving::Nothing)
+                (
+                    self.backoff(min, max, self.startup_attempts),
+                    Serving::Nothing,
+                )
             }
             None => {
                 let (min, max) = (self.policy.retry_min, self.policy.retry_max);
@@ -460,9 +496,9 @@ impl Machine {
             }
         };
         let delay = match error.kind {
-            FailureKind::RateLimited { retry_after: Some(ra) } => {
-                delay.max(ra.min(self.policy.retry_after_max))
-            }
+            FailureKind::RateLimited {
+                retry_after: Some(ra),
+            } => delay.max(ra.min(self.policy.retry_after_max)),
             _ => delay,
         };
         let retry_at = now.saturating_add(delay);
@@ -479,12 +515,19 @@ impl Machine {
             return self.fail_startup(now, blocked, out);
         }
         self.retry_at = Some(retry_at);
-        out(Action::Log(Notice::OrderFailed { attempt, error, retry_at, serving }));
+        out(Action::Log(Notice::OrderFailed {
+            attempt,
+            error,
+            retry_at,
+            serving,
+        }));
     }
 
     /// `min * 2^(n-1)` capped at `max`, then jittered down by up to half.
     fn backoff(&mut self, min: Duration, max: Duration, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(n.saturating_sub(1).min(31))
+            .unwrap_or(u32::MAX);
         let full = min.saturating_mul(factor).min(max);
         full / 2 + self.jitter(full / 2)
     }
@@ -494,7 +537,12 @@ impl Machine {
         Duration::from_millis(self.rng.up_to(duration_millis(max)))
     }
 
-    fn fail_startup(&mut self, now: UnixTime, blocked_until: Option<UnixTime>, out: &mut impl FnMut(Action)) {
+    fn fail_startup(
+        &mut self,
+        now: UnixTime,
+        blocked_until: Option<UnixTime>,
+        out: &mut impl FnMut(Action),
+    ) {
         let cached_expired = match self.phase {
             Phase::Starting { cached_expired, .. } => cached_expired,
             _ => None,
@@ -514,10 +562,14 @@ impl Machine {
 
     fn check_installable(&self, now: UnixTime, info: &CertInfo) -> Result<(), CertProblem> {
         if now < info.not_before {
-            return Err(CertProblem::NotYetValid { not_before: info.not_before });
+            return Err(CertProblem::NotYetValid {
+                not_before: info.not_before,
+            });
         }
         if now >= info.not_after {
-            return Err(CertProblem::Expired { not_after: info.not_after });
+            return Err(CertProblem::Expired {
+                not_after: info.not_after,
+            });
         }
         let missing: Vec<String> = self
             .domains
@@ -529,10 +581,12 @@ impl Machine {
             return Err(CertProblem::MissingNames(missing));
         }
         match &self.serving {
-            Some(served) if info.not_after <= served.cert.info.not_after => Err(CertProblem::NotNewer {
-                not_after: info.not_after,
-                serving_until: served.cert.info.not_after,
-            }),
+            Some(served) if info.not_after <= served.cert.info.not_after => {
+                Err(CertProblem::NotNewer {
+                    not_after: info.not_after,
+                    serving_until: served.cert.info.not_after,
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -542,12 +596,17 @@ impl Machine {
         let renew_at = self.renewal_time(&cert.info);
         let not_after = cert.info.not_after;
         out(Action::InstallCert(cert.clone()));
-        self.serving = Some(Served { cert, renew_at, expiry_reported: false });
+        self.serving = Some(Served {
+            cert,
+            renew_at,
+            expiry_reported: false,
+        });
         if self.phase != Phase::Running {
             self.phase = Phase::Running;
             out(Action::Ready { not_after });
         }
         self.ari.in_flight = None;
+        self.ari.window = None;
         self.ari.next_check = (!self.ari.unsupported).then_some(now);
     }
 
@@ -556,7 +615,9 @@ impl Machine {
         let lifetime = info.lifetime();
         let threshold = self.policy.renew_when_remaining.of(lifetime);
         let spread = self.jitter(self.policy.renewal_spread.of(lifetime));
-        info.not_after.saturating_sub(threshold).saturating_sub(spread)
+        info.not_after
+            .saturating_sub(threshold)
+            .saturating_sub(spread)
     }
 
     /// Writes the served certificate, or marks it for writing once the write in flight ends.
@@ -594,8 +655,11 @@ impl Machine {
             }
             Err(reason) => {
                 self.store.failures = self.store.failures.saturating_add(1);
-                let delay =
-                    self.backoff(self.policy.retry_min, self.policy.retry_max, self.store.failures);
+                let delay = self.backoff(
+                    self.policy.retry_min,
+                    self.policy.retry_max,
+                    self.store.failures,
+                );
                 let retry_at = now.saturating_add(delay);
                 self.store.retry_at = Some(retry_at);
                 out(Action::Log(Notice::StoreFailed { reason, retry_at }));
@@ -606,7 +670,8 @@ impl Machine {
     /// Asks for the CA's renewal window, unless a renewal is already under way.
     fn fetch_renewal_info(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) {
         let Some(served) = &self.serving else { return };
-        let renewing = self.order_in_flight.is_some() || self.failures > 0 || now >= served.renew_at;
+        let renewing =
+            self.order_in_flight.is_some() || self.failures > 0 || now >= served.renew_at;
         if renewing || self.ari.unsupported || self.ari.in_flight.is_some() {
             return;
         }
@@ -632,24 +697,44 @@ impl Machine {
             now.saturating_add(retry_after.unwrap_or(default).clamp(policy_min, policy_max))
         };
         match info {
-            RenewalInfo::Window { start, end, retry_after } if start <= end => {
-                let pick = start.saturating_add(self.jitter(end.saturating_since(start)));
-                if let Some(served) = &mut self.serving
-                    && pick < served.renew_at
-                {
-                    served.renew_at = pick.max(now);
-                    out(Action::Log(Notice::RenewalMovedEarlier {
-                        window_start: start,
-                        window_end: end,
-                        renew_at: served.renew_at,
-                    }));
+            RenewalInfo::Window {
+                start,
+                end,
+                retry_after,
+            } if start <= end => {
+                if self.ari.window != Some((start, end)) {
+                    self.ari.window = Some((start, end));
+                    self.apply_renewal_window(now, start, end, out);
                 }
-                self.ari.next_check = Some(ask_again(retry_after, self.policy.renewal_info_interval));
+                self.ari.next_check =
+                    Some(ask_again(retry_after, self.policy.renewal_info_interval));
             }
             RenewalInfo::Unsupported => self.ari.unsupported = true,
             RenewalInfo::Window { retry_after, .. } | RenewalInfo::Failed { retry_after } => {
-                self.ari.next_check = Some(ask_again(retry_after, self.policy.renewal_info_interval));
+                self.ari.next_check =
+                    Some(ask_again(retry_after, self.policy.renewal_info_interval));
             }
+        }
+    }
+
+    /// Renews at a random time inside the CA's window (RFC 9773), if that is earlier.
+    fn apply_renewal_window(
+        &mut self,
+        now: UnixTime,
+        start: UnixTime,
+        end: UnixTime,
+        out: &mut impl FnMut(Action),
+    ) {
+        let pick = start.saturating_add(self.jitter(end.saturating_since(start)));
+        if let Some(served) = &mut self.serving
+            && pick < served.renew_at
+        {
+            served.renew_at = pick.max(now);
+            out(Action::Log(Notice::RenewalMovedEarlier {
+                window_start: start,
+                window_end: end,
+                renew_at: served.renew_at,
+            }));
         }
     }
 }
@@ -682,7 +767,8 @@ impl CertLifecycle {
     /// Feeds one event that happened at `now`.
     pub fn handle(&mut self, now: UnixTime, event: Event) {
         let actions = &mut self.actions;
-        self.machine.handle(now, event, &mut |a| actions.push_back(a));
+        self.machine
+            .handle(now, event, &mut |a| actions.push_back(a));
     }
 
     /// The next action to carry out; drain until `None` after every `handle`.

@@ -127,15 +127,26 @@ mod tests {
     #[test]
     fn displays_rfc3339() {
         assert_eq!(UnixTime::EPOCH.to_string(), "1970-01-01T00:00:00Z");
-        assert_eq!(UnixTime::from_secs(1_795_881_374).to_string(), "2026-11-28T15:56:14Z");
-        assert_eq!(UnixTime::from_secs(951_782_400).to_string(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            UnixTime::from_secs(1_795_881_374).to_string(),
+            "2026-11-28T15:56:14Z"
+        );
+        assert_eq!(
+            UnixTime::from_secs(951_782_400).to_string(),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]
     fn saturates() {
         let t = UnixTime::from_millis(5);
         assert_eq!(t.saturating_sub(Duration::from_secs(1)), UnixTime::EPOCH);
-        assert_eq!(UnixTime::from_millis(u64::MAX).saturating_add(Duration::MAX).as_millis(), u64::MAX);
+        assert_eq!(
+            UnixTime::from_millis(u64::MAX)
+                .saturating_add(Duration::MAX)
+                .as_millis(),
+            u64::MAX
+        );
         assert_eq!(t.saturating_since(UnixTime::from_millis(9)), Duration::ZERO);
     }
 
@@ -144,7 +155,10 @@ mod tests {
         assert_eq!(Human(Duration::from_millis(250)).to_string(), "250ms");
         assert_eq!(Human(Duration::from_secs(45)).to_string(), "45s");
         assert_eq!(Human(Duration::from_secs(90 * 86_400)).to_string(), "90d");
-        assert_eq!(Human(Duration::from_secs(2 * 86_400 + 3 * 3600 + 7)).to_string(), "2d3h");
+        assert_eq!(
+            Human(Duration::from_secs(2 * 86_400 + 3 * 3600 + 7)).to_string(),
+            "2d3h"
+        );
         assert_eq!(Human(Duration::from_secs(3600 + 5)).to_string(), "1h");
     }
 }

@@ -39,7 +39,10 @@ pub fn run_seeds(first: u64, count: u64, days: u64, threads: usize) -> Result<Su
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("simulation thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("simulation thread panicked"))
+            .collect()
     });
     let mut summary = Summary::default();
     let mut first_violation: Option<Violation> = None;
@@ -101,7 +104,10 @@ impl std::fmt::Display for Summary {
 /// Parses `SIM_SEED`/`SIM_COUNT`-style numbers, with a clear message.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
         Err(_) => default,
     }
 }

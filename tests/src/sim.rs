@@ -125,8 +125,14 @@ impl SimConfig {
                     4 => InitialCache::Corrupt,
                     _ => InitialCache::WrongNames,
                 };
-                let domains = (0..=rng.up_to(2)).map(|n| format!("n{n}.cert{i}.example")).collect();
-                CertSpec { domains, lifetime, initial }
+                let domains = (0..=rng.up_to(2))
+                    .map(|n| format!("n{n}.cert{i}.example"))
+                    .collect();
+                CertSpec {
+                    domains,
+                    lifetime,
+                    initial,
+                }
             })
             .collect();
         let mut rate = |max: u64| if rng.chance(1, 4) { 0 } else { rng.up_to(max) };
@@ -148,19 +154,38 @@ impl SimConfig {
             ari_urgent: rate(5),
             ari: 0,
         };
-        let rates = Rates { ari: if rng.chance(1, 3) { 100 } else { 0 }, ..rates };
+        let rates = Rates {
+            ari: if rng.chance(1, 3) { 100 } else { 0 },
+            ..rates
+        };
         let heal_day = days.saturating_sub(30).max(days * 2 / 3);
-        Self { seed, days, heal_day, certs, rates }
+        Self {
+            seed,
+            days,
+            heal_day,
+            certs,
+            rates,
+        }
     }
 }
 
 impl fmt::Display for SimConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = &self.rates;
-        write!(f, "SEED={} days={} heal_day={} certs=[", self.seed, self.days, self.heal_day)?;
+        write!(
+            f,
+            "SEED={} days={} heal_day={} certs=[",
+            self.seed, self.days, self.heal_day
+        )?;
         for (i, c) in self.certs.iter().enumerate() {
             let sep = if i == 0 { "" } else { " " };
-            write!(f, "{sep}{}x{}d/{:?}", c.domains.len(), c.lifetime.as_secs() / 86_400, c.initial)?;
+            write!(
+                f,
+                "{sep}{}x{}d/{:?}",
+                c.domains.len(),
+                c.lifetime.as_secs() / 86_400,
+                c.initial
+            )?;
         }
         write!(
             f,
@@ -239,7 +264,11 @@ impl fmt::Display for Violation {
 }
 
 enum SimEvent {
-    Deliver { cert: usize, id: CertId, event: Event },
+    Deliver {
+        cert: usize,
+        id: CertId,
+        event: Event,
+    },
     Wake,
     Skew(i64),
     Crash(usize),
@@ -448,7 +477,11 @@ impl Sim {
 
     fn push(&mut self, at: u64, what: SimEvent) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued { at, seq: self.seq, what }));
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            what,
+        }));
     }
 
     /// The wall clock the certificate's process reads.
@@ -471,7 +504,11 @@ impl Sim {
                 if self.scheduled_wake == Some(self.now) {
                     self.scheduled_wake = None;
                 }
-                self.log(format_args!("tick (fleet wake {:?}, observed {})", self.fleet.poll_timeout(), observed.as_millis()));
+                self.log(format_args!(
+                    "tick (fleet wake {:?}, observed {})",
+                    self.fleet.poll_timeout(),
+                    observed.as_millis()
+                ));
                 // Only the machines whose wake is due see this time.
                 for cert in 0..self.tracks.len() {
                     if let Some(id) = self.tracks[cert].id
@@ -519,7 +556,13 @@ impl Sim {
         Ok(())
     }
 
-    fn deliver(&mut self, cert: usize, id: CertId, now: UnixTime, event: Event) -> Result<(), String> {
+    fn deliver(
+        &mut self,
+        cert: usize,
+        id: CertId,
+        now: UnixTime,
+        event: Event,
+    ) -> Result<(), String> {
         self.advance_clock(cert, now);
         let track = &mut self.tracks[cert];
         let mut must_install = None;
@@ -528,7 +571,9 @@ impl Sim {
                 let valid = matches!(cached, CachedCert::Found(c) if installable(&c.info, track.clock, &track.config, None));
                 track.cache_valid_at_load = Some(valid);
                 track.cache_expired_at_load = match cached {
-                    CachedCert::Found(c) if c.info.not_after <= track.clock => Some(c.info.not_after),
+                    CachedCert::Found(c) if c.info.not_after <= track.clock => {
+                        Some(c.info.not_after)
+                    }
                     _ => None,
                 };
             }
@@ -537,14 +582,19 @@ impl Sim {
             {
                 return Ok(());
             }
-            Event::OrderSucceeded { order, cert: issued } if track.outstanding.is_some_and(|o| o.0 == *order) => {
+            Event::OrderSucceeded {
+                order,
+                cert: issued,
+            } if track.outstanding.is_some_and(|o| o.0 == *order) => {
                 track.outstanding = None;
                 let current = track.installed.as_ref().map(|i| i.not_after);
                 if installable(&issued.info, track.clock, &track.config, current) {
                     must_install = Some(issued.info.not_after);
                 }
             }
-            Event::OrderFailed { order, .. } if track.outstanding.is_some_and(|o| o.0 == *order) => {
+            Event::OrderFailed { order, .. }
+                if track.outstanding.is_some_and(|o| o.0 == *order) =>
+            {
                 track.outstanding = None;
                 track.failed_orders += 1;
             }
@@ -554,13 +604,17 @@ impl Sim {
         self.fleet.handle(now, id, event);
         let loaded_valid = self.tracks[cert].cache_valid_at_load == Some(true);
         if loaded_valid && !self.fleet.is_ready(id) {
-            return Err(format!("cert{cert}: a valid cached certificate did not make it ready"));
+            return Err(format!(
+                "cert{cert}: a valid cached certificate did not make it ready"
+            ));
         }
         if let Some(not_after) = must_install {
             self.drain()?;
             let installed = self.tracks[cert].installed.as_ref().map(|i| i.not_after);
             if installed != Some(not_after) {
-                return Err(format!("cert{cert}: an installable certificate was not installed"));
+                return Err(format!(
+                    "cert{cert}: an installable certificate was not installed"
+                ));
             }
         }
         Ok(())
@@ -575,7 +629,9 @@ impl Sim {
     fn drain(&mut self) -> Result<(), String> {
         while let Some((id, action)) = self.fleet.poll_action() {
             let Some(cert) = self.tracks.iter().position(|t| t.id == Some(id)) else {
-                return Err(format!("action for an unknown certificate id {id:?}: {action:?}"));
+                return Err(format!(
+                    "action for an unknown certificate id {id:?}: {action:?}"
+                ));
             };
             self.fingerprint(cert, &action);
             self.log(format_args!("cert{cert} -> {}", describe_action(&action)));
@@ -594,12 +650,17 @@ impl Sim {
                     (Some(_), true) => {
                         // The adapter moves a corrupt file aside: it is gone from the cache.
                         track.stored = None;
-                        CachedCert::Unreadable { reason: "cached_cert_x: not PEM".into() }
+                        CachedCert::Unreadable {
+                            reason: "cached_cert_x: not PEM".into(),
+                        }
                     }
                     (Some(c), false) => CachedCert::Found(c.clone()),
                     (None, _) => CachedCert::Missing,
                 };
-                let event = Event::CacheLoaded { cert: loaded, retry: track.retry.clone() };
+                let event = Event::CacheLoaded {
+                    cert: loaded,
+                    retry: track.retry.clone(),
+                };
                 self.push(self.now + 1, SimEvent::Deliver { cert, id, event });
             }
             Action::StartOrder { order, domains, .. } => {
@@ -609,7 +670,9 @@ impl Sim {
                     // Only an order past its timeout may be superseded; the adapter then
                     // cancels it, so its answer never arrives.
                     if track.clock < started.saturating_add(self.policy.order_timeout) {
-                        return Err(format!("cert{cert}: order {order:?} started while {previous:?} in flight"));
+                        return Err(format!(
+                            "cert{cert}: order {order:?} started while {previous:?} in flight"
+                        ));
                     }
                     track.cancelled.push(previous);
                 }
@@ -628,12 +691,18 @@ impl Sim {
                     ));
                 }
                 track.installed = Some(new.info);
+                track.retry_due_by = None;
             }
             Action::Ready { .. } => {
                 let track = &mut self.tracks[cert];
-                let valid = track.installed.as_ref().is_some_and(|i| i.is_valid_at(track.clock));
+                let valid = track
+                    .installed
+                    .as_ref()
+                    .is_some_and(|i| i.is_valid_at(track.clock));
                 if !valid || track.ready {
-                    return Err(format!("cert{cert}: Ready without a valid certificate, or twice"));
+                    return Err(format!(
+                        "cert{cert}: Ready without a valid certificate, or twice"
+                    ));
                 }
                 track.ready = true;
             }
@@ -646,7 +715,14 @@ impl Sim {
                     Ok(())
                 };
                 let at = self.now + 1 + self.rng.up_to(50);
-                self.push(at, SimEvent::Deliver { cert, id, event: Event::StoreFinished { request, result } });
+                self.push(
+                    at,
+                    SimEvent::Deliver {
+                        cert,
+                        id,
+                        event: Event::StoreFinished { request, result },
+                    },
+                );
             }
             // Written beside the cache; if this write failed, a restart could not honour the
             // backoff, so the order-rate invariant assumes it succeeds.
@@ -654,7 +730,14 @@ impl Sim {
             Action::FetchRenewalInfo { request, .. } => {
                 let info = self.renewal_info(cert, observed);
                 let at = self.now + 10 + self.rng.up_to(2 * SECOND);
-                self.push(at, SimEvent::Deliver { cert, id, event: Event::RenewalInfo { request, info } });
+                self.push(
+                    at,
+                    SimEvent::Deliver {
+                        cert,
+                        id,
+                        event: Event::RenewalInfo { request, info },
+                    },
+                );
             }
             Action::Log(notice) => self.notice(cert, id, &notice)?,
             Action::FailStartup(failure) => self.failed_startup(cert, &failure)?,
@@ -664,14 +747,27 @@ impl Sim {
     }
 
     /// The fake CA: decides an order's fate from the fault rates.
-    fn order(&mut self, cert: usize, id: CertId, order: OrderId, domains: &[String]) -> Result<(), String> {
+    fn order(
+        &mut self,
+        cert: usize,
+        id: CertId,
+        order: OrderId,
+        domains: &[String],
+    ) -> Result<(), String> {
         let rates = self.cfg.rates.clone();
         let faulty = !self.healed;
-        let in_outage = faulty && self.outages.iter().any(|&(s, e)| (s..e).contains(&self.now));
+        let in_outage = faulty
+            && self
+                .outages
+                .iter()
+                .any(|&(s, e)| (s..e).contains(&self.now));
         let fault = |rng: &mut SplitMix64, rate: u64| faulty && rng.chance(rate, 100);
         let error = |kind, detail: &str| Event::OrderFailed {
             order,
-            error: OrderError { kind, detail: detail.to_owned() },
+            error: OrderError {
+                kind,
+                detail: detail.to_owned(),
+            },
         };
         if in_outage || fault(&mut self.rng, rates.unreachable) {
             let at = self.now + 100 + self.rng.up_to(30 * SECOND);
@@ -681,7 +777,11 @@ impl Sim {
         }
         self.count_ca_order(cert)?;
         let slow = fault(&mut self.rng, rates.slow);
-        let latency = if slow { self.rng.up_to(9 * MINUTE) } else { 50 + self.rng.up_to(5 * SECOND) };
+        let latency = if slow {
+            self.rng.up_to(9 * MINUTE)
+        } else {
+            50 + self.rng.up_to(5 * SECOND)
+        };
         let issued_at = self.now + latency;
         let mut roll = if faulty { self.rng.up_to(99) } else { 100 };
         let mut next = |rate: u64| {
@@ -691,12 +791,24 @@ impl Sim {
         };
         let lifetime = self.tracks[cert].lifetime;
         let event = if next(rates.server_error) {
-            error(FailureKind::ServerError, "urn:ietf:params:acme:error:serverInternal: 503")
+            error(
+                FailureKind::ServerError,
+                "urn:ietf:params:acme:error:serverInternal: 503",
+            )
         } else if next(rates.rate_limited) {
-            let retry_after = self.rng.chance(1, 2).then(|| Duration::from_millis(self.rng.up_to(3 * HOUR)));
-            error(FailureKind::RateLimited { retry_after }, "urn:ietf:params:acme:error:rateLimited")
+            let retry_after = self
+                .rng
+                .chance(1, 2)
+                .then(|| Duration::from_millis(self.rng.up_to(3 * HOUR)));
+            error(
+                FailureKind::RateLimited { retry_after },
+                "urn:ietf:params:acme:error:rateLimited",
+            )
         } else if next(rates.rejected) {
-            error(FailureKind::Rejected, "urn:ietf:params:acme:error:rejectedIdentifier")
+            error(
+                FailureKind::Rejected,
+                "urn:ietf:params:acme:error:rejectedIdentifier",
+            )
         } else if next(rates.wrong_names) {
             self.issue(order, issued_at, lifetime, vec!["wrong.example".into()])
         } else if next(rates.expired_issue) {
@@ -720,7 +832,10 @@ impl Sim {
             names: names.into(),
         };
         let bundle = CertBundle::new(self.serial.to_be_bytes().to_vec());
-        Event::OrderSucceeded { order, cert: Certificate { info, bundle } }
+        Event::OrderSucceeded {
+            order,
+            cert: Certificate { info, bundle },
+        }
     }
 
     fn renewal_info(&mut self, cert: usize, now: UnixTime) -> RenewalInfo {
@@ -740,14 +855,22 @@ impl Sim {
         // The CA suggests the middle third of the remaining-third window, a little early.
         let lifetime = info.lifetime();
         let end = info.not_after.saturating_sub(lifetime / 3);
-        RenewalInfo::Window { start: end.saturating_sub(lifetime / 15), end, retry_after: None }
+        RenewalInfo::Window {
+            start: end.saturating_sub(lifetime / 15),
+            end,
+            retry_after: None,
+        }
     }
 
     fn count_ca_order(&mut self, cert: usize) -> Result<(), String> {
         let track = &mut self.tracks[cert];
         let now = UnixTime::from_millis(self.now);
         track.ca_orders.push_back(now);
-        while track.ca_orders.front().is_some_and(|t| now.saturating_since(*t) >= Duration::from_secs(3600)) {
+        while track
+            .ca_orders
+            .front()
+            .is_some_and(|t| now.saturating_since(*t) >= Duration::from_secs(3600))
+        {
             track.ca_orders.pop_front();
         }
         if track.ca_orders.len() > MAX_CA_ORDERS_PER_HOUR {
@@ -774,10 +897,15 @@ impl Sim {
             Notice::OrderFailed { retry_at, .. } => {
                 self.report.order_failures += 1;
                 if track.installed.is_some() {
-                    let bound = self.policy.retry_after_max.max(self.policy.retry_max * 5 / 4);
+                    let bound = self
+                        .policy
+                        .retry_after_max
+                        .max(self.policy.retry_max * 5 / 4);
                     let due_by = track.clock.saturating_add(bound + Duration::from_secs(1));
                     if *retry_at > due_by {
-                        return Err(format!("cert{cert}: retry scheduled at {retry_at}, beyond the backoff bound {due_by}"));
+                        return Err(format!(
+                            "cert{cert}: retry scheduled at {retry_at}, beyond the backoff bound {due_by}"
+                        ));
                     }
                     track.retry_due_by = Some(due_by);
                 }
@@ -791,21 +919,32 @@ impl Sim {
         self.report.failed_startups += 1;
         let track = &mut self.tracks[cert];
         if track.installed.is_some() || track.ready {
-            return Err(format!("cert{cert}: FailStartup after a certificate was installed"));
+            return Err(format!(
+                "cert{cert}: FailStartup after a certificate was installed"
+            ));
         }
         if track.cache_valid_at_load == Some(true) {
-            return Err(format!("cert{cert}: FailStartup although the cache held a valid certificate"));
+            return Err(format!(
+                "cert{cert}: FailStartup although the cache held a valid certificate"
+            ));
         }
         let waited = track.clock.saturating_since(track.started);
         if waited > self.policy.startup_timeout {
             return Err(format!("cert{cert}: startup failed only after {waited:?}"));
         }
-        let explained = track.failed_orders > 0 || track.gated || failure.blocked_until.is_some() || track.outstanding.is_some();
+        let explained = track.failed_orders > 0
+            || track.gated
+            || failure.blocked_until.is_some()
+            || track.outstanding.is_some();
         if !explained {
-            return Err(format!("cert{cert}: FailStartup without a failed, gated or hung order: {failure}"));
+            return Err(format!(
+                "cert{cert}: FailStartup without a failed, gated or hung order: {failure}"
+            ));
         }
         if failure.cached_expired != track.cache_expired_at_load {
-            return Err(format!("cert{cert}: FailStartup misreports the cached certificate: {failure}"));
+            return Err(format!(
+                "cert{cert}: FailStartup misreports the cached certificate: {failure}"
+            ));
         }
         track.id = None;
         let at = self.now + 5 * SECOND + self.rng.up_to(2 * MINUTE);
@@ -819,25 +958,37 @@ impl Sim {
             let Some(id) = track.id else { continue };
             let wake = self.fleet.wake_of(id);
             if self.fleet.has_failed(id) {
-                return Err(format!("cert{cert}: failed instance still running in the simulator"));
+                return Err(format!(
+                    "cert{cert}: failed instance still running in the simulator"
+                ));
             }
             match wake {
                 Some(at) if at <= track.clock => {
-                    return Err(format!("cert{cert}: wake {at} ({} ms) is not after now {} ms: a tight loop", at.as_millis(), track.clock.as_millis()));
+                    return Err(format!(
+                        "cert{cert}: wake {at} ({} ms) is not after now {} ms: a tight loop",
+                        at.as_millis(),
+                        track.clock.as_millis()
+                    ));
                 }
                 None => return Err(format!("cert{cert}: a running lifecycle has no wake time")),
                 Some(_) => {}
             }
             if self.fleet.is_ready(id) != track.ready {
-                return Err(format!("cert{cert}: readiness disagrees with the actions seen"));
+                return Err(format!(
+                    "cert{cert}: readiness disagrees with the actions seen"
+                ));
             }
             if track.ready && self.fleet.serving(id) != track.installed.as_ref() {
-                return Err(format!("cert{cert}: the served certificate is not the last one installed"));
+                return Err(format!(
+                    "cert{cert}: the served certificate is not the last one installed"
+                ));
             }
             if let Some(due) = track.retry_due_by
                 && track.clock > due
             {
-                return Err(format!("cert{cert}: no retry by {due} after a failed renewal"));
+                return Err(format!(
+                    "cert{cert}: no retry by {due} after a failed renewal"
+                ));
             }
         }
         if self.healed && self.now >= START + self.cfg.heal_day * DAY + CONVERGE_WITHIN {
@@ -849,7 +1000,11 @@ impl Sim {
     /// Liveness: after healing, every certificate is served, valid, with more than its renewal
     /// threshold left (less a minute for an order in flight).
     fn check_converged(&self, final_check: bool) -> Result<(), String> {
-        let when = if final_check { "at the end" } else { "after healing" };
+        let when = if final_check {
+            "at the end"
+        } else {
+            "after healing"
+        };
         for (cert, track) in self.tracks.iter().enumerate() {
             let Some(info) = track.installed.as_ref().filter(|_| track.id.is_some()) else {
                 return Err(format!("cert{cert}: no certificate served {when}"));
@@ -867,7 +1022,9 @@ impl Sim {
     }
 
     fn schedule_wake(&mut self) {
-        let Some(at) = self.fleet.poll_timeout() else { return };
+        let Some(at) = self.fleet.poll_timeout() else {
+            return;
+        };
         // Adapters sleep on a monotonic timer for (wake - wall clock now).
         let true_at = self.now + at.as_millis().saturating_sub(self.observed().as_millis());
         if self.scheduled_wake.is_none_or(|s| true_at < s) {
@@ -892,15 +1049,27 @@ impl Sim {
     fn log(&self, line: fmt::Arguments<'_>) {
         if self.verbose {
             let t = Duration::from_millis(self.now - START);
-            println!("{:>12} {:>13} {line}", format!("+{}", certloop_core::Human(t)), self.now - START);
+            println!(
+                "{:>12} {:>13} {line}",
+                format!("+{}", certloop_core::Human(t)),
+                self.now - START
+            );
         }
     }
 }
 
 /// What the simulator, independently of the core, considers installable.
-fn installable(info: &CertInfo, now: UnixTime, config: &CertConfig, current: Option<UnixTime>) -> bool {
+fn installable(
+    info: &CertInfo,
+    now: UnixTime,
+    config: &CertConfig,
+    current: Option<UnixTime>,
+) -> bool {
     info.is_valid_at(now)
-        && config.domains().iter().all(|d| info.names.iter().any(|n| n == d))
+        && config
+            .domains()
+            .iter()
+            .all(|d| info.names.iter().any(|n| n == d))
         && current.is_none_or(|c| info.not_after > c)
 }
 
@@ -920,7 +1089,10 @@ fn initial_cache(spec: &CertSpec, lifetime: u64, index: usize) -> Option<Certifi
         not_after: UnixTime::from_millis(not_after),
         names: names.into(),
     };
-    Some(Certificate { info, bundle: CertBundle::new(vec![0xCA, index as u8]) })
+    Some(Certificate {
+        info,
+        bundle: CertBundle::new(vec![0xCA, index as u8]),
+    })
 }
 
 /// One line describing an event, for traces.
@@ -934,7 +1106,11 @@ pub fn describe_event(event: &Event) -> String {
                 CachedCert::Found(c) => format!("cert until {}", c.info.not_after),
             };
             match retry {
-                Some(r) => format!("CacheLoaded({cert}; {} failures, next {:?})", r.failures, r.next_attempt_at.map(|t| t.to_string())),
+                Some(r) => format!(
+                    "CacheLoaded({cert}; {} failures, next {:?})",
+                    r.failures,
+                    r.next_attempt_at.map(|t| t.to_string())
+                ),
                 None => format!("CacheLoaded({cert})"),
             }
         }
@@ -946,8 +1122,21 @@ pub fn describe_event(event: &Event) -> String {
             cert.info.not_after
         ),
         Event::OrderFailed { order, error } => format!("OrderFailed#{} {error}", order.0),
-        Event::StoreFinished { request, result } => format!("StoreFinished#{} {result:?}", request.0),
-        Event::RenewalInfo { request, info } => format!("RenewalInfo#{} {info:?}", request.0),
+        Event::StoreFinished { request, result } => {
+            format!("StoreFinished#{} {result:?}", request.0)
+        }
+        Event::RenewalInfo { request, info } => match info {
+            RenewalInfo::Window {
+                start,
+                end,
+                retry_after,
+            } => format!(
+                "RenewalInfo#{} window {start}..{end}, ask again after {}",
+                request.0,
+                retry_after.map_or("-".to_owned(), |d| certloop_core::Human(*d).to_string())
+            ),
+            other => format!("RenewalInfo#{} {other:?}", request.0),
+        },
     }
 }
 
@@ -955,13 +1144,24 @@ pub fn describe_event(event: &Event) -> String {
 pub fn describe_action(action: &Action) -> String {
     match action {
         Action::LoadCache { .. } => "LoadCache".into(),
-        Action::StartOrder { order, attempt, replacing, .. } => format!(
+        Action::StartOrder {
+            order,
+            attempt,
+            replacing,
+            ..
+        } => format!(
             "StartOrder#{} attempt {attempt}{}",
             order.0,
-            if replacing.is_some() { " (replacing)" } else { "" }
+            if replacing.is_some() {
+                " (replacing)"
+            } else {
+                ""
+            }
         ),
         Action::InstallCert(c) => format!("InstallCert until {}", c.info.not_after),
-        Action::StoreCert { request, cert } => format!("StoreCert#{} until {}", request.0, cert.info.not_after),
+        Action::StoreCert { request, cert } => {
+            format!("StoreCert#{} until {}", request.0, cert.info.not_after)
+        }
         Action::PersistRetryState(r) => format!(
             "PersistRetryState({} failures, next {})",
             r.failures,
@@ -971,6 +1171,9 @@ pub fn describe_action(action: &Action) -> String {
         Action::Log(n) => format!("Log({:?}: {n})", n.level()),
         Action::Ready { not_after } => format!("Ready until {not_after}"),
         Action::FailStartup(f) => format!("FailStartup: {f}"),
-        Action::ScheduleWake(at) => format!("ScheduleWake({})", at.map_or("none".to_owned(), |t| t.to_string())),
+        Action::ScheduleWake(at) => format!(
+            "ScheduleWake({})",
+            at.map_or("none".to_owned(), |t| t.to_string())
+        ),
     }
 }

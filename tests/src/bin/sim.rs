@@ -12,7 +12,8 @@ use certloop_sim::{Sim, SimConfig, YEAR_DAYS, default_threads, run_seeds};
 
 fn main() -> ExitCode {
     let mut seed = None;
-    let (mut first, mut count, mut days, mut verbose, mut random) = (0, 1000, YEAR_DAYS, false, false);
+    let (mut first, mut count, mut days, mut verbose, mut random) =
+        (0, 1000, YEAR_DAYS, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |what: &str| -> u64 {
@@ -30,7 +31,9 @@ fn main() -> ExitCode {
             "--verbose" => verbose = true,
             "--random" => random = true,
             other => {
-                eprintln!("certloop-sim: unknown argument {other:?} (see the source header for usage)");
+                eprintln!(
+                    "certloop-sim: unknown argument {other:?} (see the source header for usage)"
+                );
                 return ExitCode::from(2);
             }
         }
