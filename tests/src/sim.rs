@@ -1133,7 +1133,7 @@ pub fn describe_event(event: &Event) -> String {
             } => format!(
                 "RenewalInfo#{} window {start}..{end}, ask again after {}",
                 request.0,
-                retry_after.map_or("-".to_owned(), |d| certloop_core::Human(*d).to_string())
+                retry_after.map_or("-".to_owned(), |d| certloop_core::Human(d).to_string())
             ),
             other => format!("RenewalInfo#{} {other:?}", request.0),
         },
