@@ -46,8 +46,9 @@ pub struct Policy {
     pub startup_retry_max: Duration,
     /// First retry delay once serving (default 60 s); doubles per consecutive failure.
     pub retry_min: Duration,
-    /// Largest retry delay once serving (default 4 h). Short-lived certificates use less: at most
-    /// a 36th of their lifetime, so a 6-day certificate gets many attempts before it expires.
+    /// Largest retry delay once serving (default 4 h). Short-lived certificates use less: a 36th
+    /// of their lifetime but at least a 16th of this, so a 6-day certificate gets a dozen
+    /// attempts before it expires and a one-hour certificate cannot cause an order storm.
     pub retry_max: Duration,
     /// An order still unanswered after this long counts as failed (default 10 min). Adapters
     /// must bound each order by the same timeout.
@@ -239,9 +240,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The retry delay cap for a certificate of this lifetime: a 36th of the lifetime, within
-/// `[retry_min, retry_max]`.
+/// `[retry_max / 16, retry_max]`.
 pub(crate) fn retry_cap(policy: &Policy, lifetime: Duration) -> Duration {
-    (lifetime / 36).clamp(policy.retry_min, policy.retry_max)
+    // Never below a 16th of `retry_max` (15 min by default): even a certificate that lives an
+    // hour must not make the CA see more than a handful of orders an hour.
+    let floor = (policy.retry_max / 16).max(policy.retry_min);
+    (lifetime / 36).clamp(floor, policy.retry_max)
 }
 
 /// Human-readable summary of the policy, for the simulator's header and docs.
@@ -310,6 +314,7 @@ mod tests {
         assert_eq!(retry_cap(&p, 90 * day), Duration::from_secs(4 * 3600));
         assert_eq!(retry_cap(&p, 6 * day), Duration::from_secs(4 * 3600));
         assert_eq!(retry_cap(&p, day), Duration::from_secs(2400));
+        assert_eq!(retry_cap(&p, day / 24), Duration::from_secs(900));
         assert_eq!(Ratio::new(1, 3).of(90 * day), 30 * day);
     }
 }

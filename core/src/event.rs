@@ -442,7 +442,7 @@ pub enum Notice {
         /// Next attempt.
         next_attempt_at: UnixTime,
     },
-    /// `now` went backwards; the core treats it as no time having passed.
+    /// `now` went backwards; duration timers keep their remaining time.
     ClockWentBackwards {
         /// By how much.
         by: Duration,
@@ -555,7 +555,7 @@ impl fmt::Display for Notice {
             Self::ClockWentBackwards { by } => {
                 write!(
                     f,
-                    "system clock went back by {}; treating it as no time passed",
+                    "system clock went back by {}; timers keep their remaining time",
                     Human(*by)
                 )
             }

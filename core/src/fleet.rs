@@ -44,6 +44,8 @@ pub struct CertFleet {
     wakes: BinaryHeap<Reverse<(UnixTime, u32, u32)>>,
     actions: VecDeque<(CertId, Action)>,
     len: usize,
+    /// The `now` of the previous call, to notice the wall clock being set back.
+    last_now: Option<UnixTime>,
 }
 
 impl CertFleet {
@@ -57,11 +59,13 @@ impl CertFleet {
             wakes: BinaryHeap::new(),
             actions: VecDeque::new(),
             len: 0,
+            last_now: None,
         })
     }
 
     /// Starts managing `cert` at `now`; its first action is [`Action::LoadCache`].
     pub fn insert(&mut self, now: UnixTime, cert: &CertConfig) -> CertId {
+        self.observe_clock(now);
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -104,12 +108,14 @@ impl CertFleet {
 
     /// Feeds one event for one certificate. Events for unknown or removed ids are ignored.
     pub fn handle(&mut self, now: UnixTime, id: CertId, event: Event) {
+        self.observe_clock(now);
         self.deliver(now, id, event, None);
         self.prune_wakes();
     }
 
     /// Ticks every certificate whose wake time is due at `now`.
     pub fn handle_timeout(&mut self, now: UnixTime) {
+        self.observe_clock(now);
         while let Some(&Reverse((at, index, generation))) = self.wakes.peek() {
             if at > now {
                 break;
@@ -178,6 +184,26 @@ impl CertFleet {
         (slot.generation == id.generation)
             .then_some(slot.machine.as_ref())
             .flatten()
+    }
+
+    /// When the wall clock was set back, every machine must hear of it so that its duration
+    /// timers move back too (otherwise they would stall for as long as the jump). This is the
+    /// one operation that visits every certificate; it happens only when the clock jumps back.
+    fn observe_clock(&mut self, now: UnixTime) {
+        if self.last_now.is_some_and(|last| now < last) {
+            for index in 0..self.slots.len() {
+                let slot = &self.slots[index];
+                if slot.machine.is_some() {
+                    let id = CertId {
+                        index: index as u32,
+                        generation: slot.generation,
+                    };
+                    self.deliver(now, id, Event::Tick, None);
+                }
+            }
+            self.prune_wakes();
+        }
+        self.last_now = Some(now);
     }
 
     /// Hands `event` to `id`'s machine; with `for_wake`, only if that is still its wake time.

@@ -56,6 +56,6 @@ pub use event::{
     Notice, OrderError, OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,
 };
 pub use fleet::{CertFleet, CertId};
-pub use lifecycle::CertLifecycle;
+pub use lifecycle::{CertLifecycle, ORDER_BUDGET};
 pub use rng::SplitMix64;
 pub use time::{Human, UnixTime};

@@ -12,6 +12,9 @@ use crate::event::{
 use crate::rng::SplitMix64;
 use crate::time::{Human, UnixTime, duration_millis};
 
+/// Orders per certificate in any rolling hour, at most.
+pub const ORDER_BUDGET: usize = 8;
+
 /// Where the lifecycle is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -62,9 +65,8 @@ pub(crate) struct Machine {
     policy: Arc<Policy>,
     domains: Arc<[String]>,
     rng: SplitMix64,
-    /// The latest `now` seen; time never goes backwards inside the machine.
+    /// The latest `now` seen.
     clock: UnixTime,
-    clock_behind: bool,
     started_at: UnixTime,
     phase: Phase,
     serving: Option<Served>,
@@ -73,6 +75,9 @@ pub(crate) struct Machine {
     order_deadline: UnixTime,
     /// An order that timed out; its answer is still taken until the next order starts.
     late_order: Option<OrderId>,
+    /// Start times of the last ORDER_BUDGET orders (a ring; EPOCH where unused).
+    recent_orders: [UnixTime; ORDER_BUDGET],
+    recent_next: usize,
     /// Set while a failure streak gates the next order.
     retry_at: Option<UnixTime>,
     failures: u32,
@@ -96,13 +101,14 @@ impl Machine {
             domains: cert.domains().clone(),
             rng: SplitMix64::new(cert.seed()),
             clock: now,
-            clock_behind: false,
             started_at: now,
             phase: Phase::LoadingCache { deadline },
             serving: None,
             order_in_flight: None,
             order_deadline: now,
             late_order: None,
+            recent_orders: [UnixTime::EPOCH; ORDER_BUDGET],
+            recent_next: 0,
             retry_at: None,
             failures: 0,
             startup_attempts: 0,
@@ -197,17 +203,31 @@ impl Machine {
         &self.domains
     }
 
-    /// Time never runs backwards inside the machine: a backwards `now` counts as no time passed.
+    /// A `now` before the previous one means the wall clock was set back. Timers that measure
+    /// a duration (startup deadline, backoff, order timeout, store retry, ARI polling) move back
+    /// with it, so they keep their remaining time instead of stalling for as long as the clock
+    /// jumped; wall-clock points (renewal time, expiry) stay where they are.
     fn observe_clock(&mut self, now: UnixTime, out: &mut impl FnMut(Action)) -> UnixTime {
         if now < self.clock {
-            if !self.clock_behind {
-                self.clock_behind = true;
-                let by = self.clock.saturating_since(now);
-                out(Action::Log(Notice::ClockWentBackwards { by }));
+            let by = self.clock.saturating_since(now);
+            out(Action::Log(Notice::ClockWentBackwards { by }));
+            let back = |t: &mut UnixTime| *t = t.saturating_sub(by);
+            if let Phase::LoadingCache { deadline } | Phase::Starting { deadline, .. } =
+                &mut self.phase
+            {
+                back(deadline);
             }
-            return self.clock;
+            back(&mut self.started_at);
+            back(&mut self.order_deadline);
+            for timer in [
+                &mut self.retry_at,
+                &mut self.store.retry_at,
+                &mut self.ari.next_check,
+            ] {
+                timer.as_mut().map(back);
+            }
+            self.recent_orders.iter_mut().for_each(back);
         }
-        self.clock_behind = false;
         self.clock = now;
         now
     }
@@ -234,11 +254,17 @@ impl Machine {
         if self.order_in_flight.is_some() {
             return None;
         }
-        match self.phase {
-            Phase::Starting { .. } => Some(self.retry_at.unwrap_or(UnixTime::EPOCH)),
-            Phase::Running => self.retry_at.or(self.serving.as_ref().map(|s| s.renew_at)),
-            Phase::LoadingCache { .. } | Phase::Failed => None,
-        }
+        let wanted = match self.phase {
+            Phase::Starting { .. } => self.retry_at.unwrap_or(UnixTime::EPOCH),
+            Phase::Running => self
+                .retry_at
+                .or(self.serving.as_ref().map(|s| s.renew_at))?,
+            Phase::LoadingCache { .. } | Phase::Failed => return None,
+        };
+        // Whatever the policy and the CA do (short-lived certificates, successes that are at once
+        // due for renewal), at most ORDER_BUDGET orders start in any rolling hour.
+        let oldest = self.recent_orders[self.recent_next];
+        Some(wanted.max(oldest.saturating_add(Duration::from_secs(3600))))
     }
 
     /// Fires every timer that is due at `now`.
@@ -391,6 +417,8 @@ impl Machine {
         let order = OrderId(self.next_id());
         self.order_in_flight = Some(order);
         self.late_order = None;
+        self.recent_orders[self.recent_next] = now;
+        self.recent_next = (self.recent_next + 1) % ORDER_BUDGET;
         self.order_deadline = now.saturating_add(self.policy.order_timeout);
         if matches!(self.phase, Phase::Starting { .. }) {
             self.startup_attempts += 1;
@@ -523,13 +551,14 @@ impl Machine {
         }));
     }
 
-    /// `min * 2^(n-1)` capped at `max`, then jittered down by up to half.
+    /// `min * 2^(n-1)` capped at `max`, then jittered down by up to a quarter (enough to
+    /// spread a fleet, little enough to keep the worst-case order rate low).
     fn backoff(&mut self, min: Duration, max: Duration, n: u32) -> Duration {
         let factor = 1u32
             .checked_shl(n.saturating_sub(1).min(31))
             .unwrap_or(u32::MAX);
         let full = min.saturating_mul(factor).min(max);
-        full / 2 + self.jitter(full / 2)
+        full - self.jitter(full / 4)
     }
 
     /// A random duration in `0..=max`.
