@@ -225,6 +225,10 @@ impl Checker {
     }
 
     fn drain(&mut self, lc: &mut CertLifecycle, now: UnixTime) {
+        // A clock set back moves the core's order timeout back by as much; mirror it.
+        if let Some((_, started)) = &mut self.outstanding {
+            *started = started.saturating_sub(self.clock.saturating_since(now));
+        }
         self.clock = now;
         while let Some(action) = lc.poll_action() {
             let wake_cleared = action == Action::ScheduleWake(None);

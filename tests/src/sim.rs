@@ -645,7 +645,12 @@ impl Sim {
 
     /// Mirrors the machine's clock: the last time it was handed.
     fn advance_clock(&mut self, cert: usize, now: UnixTime) {
-        self.tracks[cert].clock = now;
+        let track = &mut self.tracks[cert];
+        // A clock set back moves the core's order timeout back by as much; mirror it.
+        if let Some((_, started)) = &mut track.outstanding {
+            *started = started.saturating_sub(track.clock.saturating_since(now));
+        }
+        track.clock = now;
     }
 
     fn drain(&mut self) -> Result<(), String> {
