@@ -105,16 +105,10 @@ impl fmt::Display for Human {
             (secs % 3600 / 60, "m"),
             (secs % 60, "s"),
         ];
-        // Two most significant non-zero units are precise enough for logs.
-        let mut written = 0;
-        for (value, unit) in parts.into_iter().skip_while(|(v, _)| *v == 0) {
-            if written == 2 {
-                break;
-            }
-            if value != 0 {
-                write!(f, "{value}{unit}")?;
-            }
-            written += 1;
+        // The two most significant units are precise enough for logs.
+        let units = parts.into_iter().skip_while(|(v, _)| *v == 0).take(2);
+        for (value, unit) in units.filter(|(v, _)| *v != 0) {
+            write!(f, "{value}{unit}")?;
         }
         Ok(())
     }

@@ -126,7 +126,7 @@ fn error(a: u8, b: u8) -> OrderError {
         0 => FailureKind::Unreachable,
         1 => FailureKind::ServerError,
         2 => FailureKind::RateLimited {
-            retry_after: (b % 2 == 0).then(|| Duration::from_secs(u64::from(b) * 997)),
+            retry_after: b.is_multiple_of(2).then(|| Duration::from_secs(u64::from(b) * 997)),
         },
         3 => FailureKind::Rejected,
         _ => FailureKind::InvalidCertificate,
@@ -138,7 +138,7 @@ fn error(a: u8, b: u8) -> OrderError {
 }
 
 fn retry_state(c: u8, now: UnixTime) -> Option<RetryState> {
-    (c % 3 == 0).then(|| RetryState {
+    c.is_multiple_of(3).then(|| RetryState {
         failures: u32::from(c),
         next_attempt_at: Some(now.saturating_add(Duration::from_secs(u64::from(c) * 60))),
         last_error: Some(error(c, c)),
@@ -206,13 +206,13 @@ impl Checker {
 
     fn store_ref(&self, c: u8) -> RequestId {
         self.last_store
-            .filter(|_| c % 3 != 0)
+            .filter(|_| !c.is_multiple_of(3))
             .unwrap_or(RequestId(u64::from(c)))
     }
 
     fn ari_ref(&self, c: u8) -> RequestId {
         self.last_ari
-            .filter(|_| c % 3 != 0)
+            .filter(|_| !c.is_multiple_of(3))
             .unwrap_or(RequestId(u64::from(c)))
     }
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a fresh Debian machine (idempotent).
+set -euo pipefail
+need=()
+for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+if ((${#need[@]})); then
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+    echo "setup: installing ${need[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -q
+    "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${need[@]}" ca-certificates
+fi
