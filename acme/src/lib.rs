@@ -1,8 +1,25 @@
-//! `certloop-acme`: the parts both runtime adapters share, written once.
+//! `certloop-acme`: everything both runtime adapters need, written once and generic over a
+//! four-operation [`runtime::Runtime`] seam (connect, sleep, spawn, unblock).
 //!
-//! - [`cache`]: the rustls-acme compatible `DirCache` format as pure functions (file names,
-//!   certificate files, sidecar state), so the codec is fuzzed without any IO.
+//! - [`cache`]: the rustls-acme compatible `DirCache` format as pure functions.
+//! - [`store`]: the cache directory on disk (atomic writes, 0600/0700, lock, set-aside).
+//! - [`tls`]: the one crypto provider, shared server settings, the SNI and TLS-ALPN-01 resolver.
+//! - [`http01`]: HTTP-01 tokens and a minimal port-80 responder.
+//! - [`http_client`]: instant-acme's HTTP client over the seam, with timeouts and Retry-After.
+//! - [`order`]: the ACME step runner (account, order, challenges, polling, finalization).
+//! - [`driver`]: the loop that drives a `CertFleet` and carries out its actions.
 
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod driver;
+pub mod http01;
+pub mod http_client;
+pub mod order;
+pub mod runtime;
+pub mod store;
+pub mod tls;
+
+pub use driver::{AcmeConfig, AcmeHandle, Directory, LifecycleEvent, StartError, start};
+pub use order::{ChallengeKind, ExternalAccount};
+pub use runtime::Runtime;

@@ -126,7 +126,9 @@ fn error(a: u8, b: u8) -> OrderError {
         0 => FailureKind::Unreachable,
         1 => FailureKind::ServerError,
         2 => FailureKind::RateLimited {
-            retry_after: b.is_multiple_of(2).then(|| Duration::from_secs(u64::from(b) * 997)),
+            retry_after: b
+                .is_multiple_of(2)
+                .then(|| Duration::from_secs(u64::from(b) * 997)),
         },
         3 => FailureKind::Rejected,
         _ => FailureKind::InvalidCertificate,

@@ -53,24 +53,30 @@ fn run(certs: usize) -> Run {
     loop {
         while let Some((id, action)) = fleet.poll_action() {
             let reply = match action {
-                Action::LoadCache { .. } => {
-                    Some(Event::CacheLoaded { cert: CachedCert::Missing, retry: None })
-                }
+                Action::LoadCache { .. } => Some(Event::CacheLoaded {
+                    cert: CachedCert::Missing,
+                    retry: None,
+                }),
                 Action::StartOrder { order, domains, .. } => {
                     let info = CertInfo {
                         not_before: now,
                         not_after: now.saturating_add(LIFETIME),
                         names: domains.clone(),
                     };
-                    let cert = Certificate { info, bundle: bundle.clone() };
+                    let cert = Certificate {
+                        info,
+                        bundle: bundle.clone(),
+                    };
                     Some(Event::OrderSucceeded { order, cert })
                 }
-                Action::StoreCert { request, .. } => {
-                    Some(Event::StoreFinished { request, result: Ok(()) })
-                }
-                Action::FetchRenewalInfo { request, .. } => {
-                    Some(Event::RenewalInfo { request, info: RenewalInfo::Unsupported })
-                }
+                Action::StoreCert { request, .. } => Some(Event::StoreFinished {
+                    request,
+                    result: Ok(()),
+                }),
+                Action::FetchRenewalInfo { request, .. } => Some(Event::RenewalInfo {
+                    request,
+                    info: RenewalInfo::Unsupported,
+                }),
                 Action::FailStartup(f) => panic!("unexpected startup failure: {f}"),
                 _ => None,
             };
@@ -98,7 +104,12 @@ fn run(certs: usize) -> Run {
         let serving = fleet.serving(*id).expect("every certificate is served");
         assert!(serving.is_valid_at(end), "certificate lapsed");
     }
-    Run { certs, events, elapsed, rss_per_cert }
+    Run {
+        certs,
+        events,
+        elapsed,
+        rss_per_cert,
+    }
 }
 
 fn main() {

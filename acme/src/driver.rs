@@ -1,0 +1,675 @@
+//! The lifecycle driver: one loop per cache directory that feeds a `CertFleet` with IO results
+//! and the time, and carries out its actions. It translates and never decides. Generic over the
+//! runtime seam, so the tokio and smol crates share it.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use certloop_core::{
+    Action, CertConfig, CertFleet, CertId, Event, Level, Notice, Policy, RenewalInfo, Serving,
+    UnixTime,
+};
+use instant_acme::CertificateIdentifier;
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+
+use crate::cache::decode_cert_file;
+use crate::http_client::RetryAfterSlot;
+use crate::http01::Http01Tokens;
+use crate::order::{AcmeContext, ChallengeKind, ExternalAccount};
+use crate::runtime::{Runtime, timeout};
+use crate::store::{DirStore, StoreError};
+use crate::tls::{CertResolver, certified_key_from_bundle, server_config};
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Which ACME directory to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Directory {
+    /// Let's Encrypt production.
+    Production,
+    /// Let's Encrypt staging.
+    Staging,
+    /// Any directory URL (https).
+    Url(String),
+}
+
+impl Directory {
+    /// `production`, `staging`, or an `https://` URL.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "production" => Ok(Self::Production),
+            "staging" => Ok(Self::Staging),
+            url if url.starts_with("https://") && url.len() > "https://".len() => {
+                Ok(Self::Url(url.to_owned()))
+            }
+            other => Err(format!(
+                "ACME directory {other:?} is not \"production\", \"staging\" or an https:// URL"
+            )),
+        }
+    }
+
+    /// The directory URL.
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Production => LETS_ENCRYPT_PRODUCTION,
+            Self::Staging => LETS_ENCRYPT_STAGING,
+            Self::Url(url) => url,
+        }
+    }
+}
+
+/// What to manage.
+#[derive(Clone, Debug)]
+pub struct AcmeConfig {
+    /// One entry per certificate: its names (the first certificate is the SNI fallback).
+    pub certs: Vec<Vec<String>>,
+    /// The ACME directory.
+    pub directory: Directory,
+    /// Account contacts, e.g. `mailto:ops@example.com`.
+    pub contacts: Vec<String>,
+    /// The cache directory (one per listener).
+    pub cache_dir: PathBuf,
+    /// TLS-ALPN-01 (default) or HTTP-01.
+    pub challenge: ChallengeKind,
+    /// Extra roots for the directory's HTTPS (e.g. Pebble's test CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// External Account Binding, if the CA requires it.
+    pub eab: Option<ExternalAccount>,
+    /// Renewal and retry policy.
+    pub policy: Policy,
+}
+
+impl AcmeConfig {
+    /// Defaults for one certificate covering `domains`.
+    pub fn new(domains: Vec<String>, cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            certs: vec![domains],
+            directory: Directory::Production,
+            contacts: Vec::new(),
+            cache_dir: cache_dir.into(),
+            challenge: ChallengeKind::TlsAlpn01,
+            extra_roots: Vec::new(),
+            eab: None,
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// Why certificate management could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(String),
+    /// The cache directory is unusable.
+    Store(StoreError),
+    /// No valid certificate could be had (the failure table says: do not start).
+    NoCertificate {
+        /// The certificate's names.
+        domains: Vec<String>,
+        /// The directory URL.
+        directory: String,
+        /// The core's account of what happened.
+        reason: String,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid ACME configuration: {e}"),
+            Self::Store(e) => write!(f, "{e}"),
+            Self::NoCertificate {
+                domains,
+                directory,
+                reason,
+            } => {
+                write!(f, "{} via {directory}: {reason}", domains.join(", "))
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// What happened to a managed certificate, for embedders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// A cached certificate is served.
+    Loaded {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+    /// A first certificate was issued and is served.
+    Issued {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+    /// A renewed certificate replaced the previous one.
+    Renewed {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+    /// An order failed; the current certificate (if any) is still served.
+    RenewalFailed {
+        /// Its names.
+        domains: Vec<String>,
+        /// Why, with the CA's problem type.
+        error: String,
+        /// When the next attempt happens.
+        retry_at: UnixTime,
+        /// `true` if the served certificate has expired.
+        expired: bool,
+    },
+    /// The served certificate expired (it is still served while renewal is retried).
+    Expired {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+}
+
+struct Shared {
+    resolver: Arc<CertResolver>,
+    tokens: Arc<Http01Tokens>,
+    subscribers: Mutex<Vec<async_channel::Sender<LifecycleEvent>>>,
+    validity: Mutex<Vec<(Vec<String>, Option<(UnixTime, UnixTime)>)>>,
+    directory_url: String,
+}
+
+impl Shared {
+    fn publish(&self, event: LifecycleEvent) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.retain(|s| s.try_send(event.clone()).is_ok() || !s.is_closed());
+    }
+}
+
+/// A running certificate manager. Cloning is cheap; when every clone is dropped the driver
+/// stops (served certificates stay in any `ServerConfig` already built).
+#[derive(Clone)]
+pub struct AcmeHandle {
+    shared: Arc<Shared>,
+    _stop: Arc<async_channel::Sender<()>>,
+}
+
+impl fmt::Debug for AcmeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeHandle")
+            .field("directory", &self.shared.directory_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcmeHandle {
+    /// The resolver to put in a rustls `ServerConfig`: current certificates by SNI, and the
+    /// TLS-ALPN-01 answers.
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        self.shared.resolver.clone()
+    }
+
+    /// A ready `ServerConfig`: TLS 1.2/1.3, AEAD suites, ALPN `h2`, `http/1.1`, `acme-tls/1`.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        Arc::new(server_config(self.shared.resolver.clone(), true))
+    }
+
+    /// The pending HTTP-01 tokens (for a port-80 responder of your own).
+    pub fn http01_tokens(&self) -> Arc<Http01Tokens> {
+        self.shared.tokens.clone()
+    }
+
+    /// The HTTP-01 answer for `token`, if one is pending.
+    pub fn http01_answer(&self, token: &str) -> Option<String> {
+        self.shared.tokens.answer(token)
+    }
+
+    /// Lifecycle events from now on.
+    pub fn subscribe(&self) -> async_channel::Receiver<LifecycleEvent> {
+        let (tx, rx) = async_channel::unbounded();
+        self.shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Each certificate's names and the validity of what is served.
+    pub fn validity(&self) -> Vec<(Vec<String>, Option<(UnixTime, UnixTime)>)> {
+        self.shared
+            .validity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The directory URL in use.
+    pub fn directory_url(&self) -> &str {
+        &self.shared.directory_url
+    }
+}
+
+/// The wall clock, as the core wants it.
+pub fn wall_clock() -> UnixTime {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    UnixTime::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// Per-certificate facts the driver needs to translate actions.
+struct Managed {
+    id: CertId,
+    domains: Vec<String>,
+    ready: bool,
+    ari_supported: bool,
+}
+
+enum Wake {
+    Event(CertId, Event),
+    AriSupported(CertId),
+    Timer,
+    Stop,
+}
+
+/// Opens the cache, starts the driver, and returns once the failure table allows: every
+/// certificate is served (cached or issued), or one cannot be had.
+pub async fn start<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    if config.certs.is_empty() {
+        return Err(StartError::Config("no certificates configured".into()));
+    }
+    let policy = Arc::new(config.policy.clone());
+    let mut fleet =
+        CertFleet::new(policy.clone()).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut cert_configs = Vec::new();
+    for domains in &config.certs {
+        let seed = domains
+            .iter()
+            .flat_map(|d| d.bytes())
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let cert = CertConfig::new(domains.iter().cloned(), seed)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        cert_configs.push(cert);
+    }
+    let dir = config.cache_dir.clone();
+    let store = rt
+        .unblock(Box::new(move || DirStore::open(dir)))
+        .await
+        .map_err(StartError::Store)?;
+    let store = Arc::new(store);
+    let directory_url = config.directory.url().to_owned();
+    let shared = Arc::new(Shared {
+        resolver: Arc::new(CertResolver::default()),
+        tokens: Arc::new(Http01Tokens::default()),
+        subscribers: Mutex::new(Vec::new()),
+        validity: Mutex::new(config.certs.iter().map(|d| (d.clone(), None)).collect()),
+        directory_url: directory_url.clone(),
+    });
+    let context = Arc::new(AcmeContext {
+        rt: rt.clone(),
+        directory_url: directory_url.clone(),
+        contacts: config.contacts.clone(),
+        extra_roots: config.extra_roots.clone(),
+        eab: config.eab.clone(),
+        store,
+        resolver: shared.resolver.clone(),
+        tokens: shared.tokens.clone(),
+        challenge: config.challenge,
+        retry_after: RetryAfterSlot::default(),
+        account: async_lock::Mutex::new(None),
+    });
+    let now = wall_clock();
+    let managed: Vec<Managed> = cert_configs
+        .iter()
+        .zip(&config.certs)
+        .map(|(cert, domains)| Managed {
+            id: fleet.insert(now, cert),
+            domains: domains.clone(),
+            ready: false,
+            ari_supported: false,
+        })
+        .collect();
+    let (events_tx, events_rx) = async_channel::unbounded();
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let (started_tx, started_rx) = async_channel::bounded(1);
+    let handle = AcmeHandle {
+        shared: shared.clone(),
+        _stop: Arc::new(stop_tx),
+    };
+    let driver = Driver {
+        rt: rt.clone(),
+        shared,
+        context,
+        policy,
+        managed,
+        events_tx,
+        started: Some(started_tx),
+    };
+    rt.spawn(Box::pin(driver.run(fleet, events_rx, stop_rx)));
+    match started_rx.recv().await {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StartError::Config(
+            "the certificate driver stopped unexpectedly".into(),
+        )),
+    }
+}
+
+struct Driver<R: Runtime> {
+    rt: R,
+    shared: Arc<Shared>,
+    context: Arc<AcmeContext<R>>,
+    policy: Arc<Policy>,
+    managed: Vec<Managed>,
+    events_tx: async_channel::Sender<Wake>,
+    started: Option<async_channel::Sender<Result<(), StartError>>>,
+}
+
+impl<R: Runtime> Driver<R> {
+    async fn run(
+        mut self,
+        mut fleet: CertFleet,
+        events: async_channel::Receiver<Wake>,
+        stop: async_channel::Receiver<()>,
+    ) {
+        loop {
+            while let Some((id, action)) = fleet.poll_action() {
+                if let Err(failure) = self.execute(id, action) {
+                    if let Some(started) = self.started.take() {
+                        let _ = started.try_send(Err(failure));
+                    }
+                    return;
+                }
+            }
+            if self.started.is_some() && self.managed.iter().all(|m| m.ready) {
+                let _ = self.started.take().map(|s| s.try_send(Ok(())));
+            }
+            let wake_in = fleet
+                .poll_timeout()
+                .map(|at| at.saturating_since(wall_clock()));
+            let timer = self.rt.sleep(wake_in.unwrap_or(Duration::from_secs(3600)));
+            let wake = futures_lite::future::or(
+                futures_lite::future::or(
+                    async { events.recv().await.unwrap_or(Wake::Stop) },
+                    async {
+                        stop.recv().await.ok();
+                        Wake::Stop
+                    },
+                ),
+                async {
+                    timer.await;
+                    Wake::Timer
+                },
+            )
+            .await;
+            match wake {
+                Wake::Event(id, event) => fleet.handle(wall_clock(), id, event),
+                Wake::AriSupported(id) => {
+                    if let Some(m) = self.managed.iter_mut().find(|m| m.id == id) {
+                        m.ari_supported = true;
+                    }
+                }
+                // The timer may fire early or late: the fleet compares the clock itself.
+                Wake::Timer => fleet.handle_timeout(wall_clock()),
+                Wake::Stop => return,
+            }
+        }
+    }
+
+    /// Carries out one action. `Err` only for `FailStartup`.
+    fn execute(&mut self, id: CertId, action: Action) -> Result<(), StartError> {
+        let Some(index) = self.managed.iter().position(|m| m.id == id) else {
+            return Ok(());
+        };
+        let domains = self.managed[index].domains.clone();
+        let url = self.context.directory_url.clone();
+        match action {
+            Action::LoadCache { .. } => {
+                let store = self.context.store.clone();
+                let work = self
+                    .rt
+                    .unblock(Box::new(move || store.load_cert(&domains, &url)));
+                self.reply(id, async move {
+                    let (cert, retry) = work.await;
+                    Event::CacheLoaded { cert, retry }
+                });
+            }
+            Action::StartOrder {
+                order,
+                domains: names,
+                replacing,
+                attempt,
+            } => {
+                tracing::debug!(domains = %names.join(","), attempt, "starting ACME order");
+                let context = self.context.clone();
+                let replacing = replacing.filter(|_| self.managed[index].ari_supported);
+                // Answer before the core's own watchdog would fire.
+                let limit = self
+                    .policy
+                    .order_timeout
+                    .saturating_sub(Duration::from_secs(5));
+                let rt = self.rt.clone();
+                self.reply(id, async move {
+                    match timeout(&rt, limit, context.order(&names, replacing.as_ref())).await {
+                        Some(Ok(cert)) => Event::OrderSucceeded { order, cert },
+                        Some(Err(error)) => Event::OrderFailed { order, error },
+                        None => Event::OrderFailed {
+                            order,
+                            error: certloop_core::OrderError {
+                                kind: certloop_core::FailureKind::Unreachable,
+                                detail: format!("order took longer than {}s", limit.as_secs()),
+                            },
+                        },
+                    }
+                });
+            }
+            Action::InstallCert(cert) => match certified_key_from_bundle(cert.bundle.bytes()) {
+                Ok(key) => {
+                    self.shared.resolver.install(&domains, key);
+                    let mut validity = self
+                        .shared
+                        .validity
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if let Some(slot) = validity.get_mut(index) {
+                        slot.1 = Some((cert.info.not_before, cert.info.not_after));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(domains = %domains.join(","), "cannot serve the certificate: {e}")
+                }
+            },
+            Action::StoreCert { request, cert } => {
+                let store = self.context.store.clone();
+                let work = self.rt.unblock(Box::new(move || {
+                    store.store_cert(&domains, &url, cert.bundle.bytes())
+                }));
+                self.reply(id, async move {
+                    Event::StoreFinished {
+                        request,
+                        result: work.await,
+                    }
+                });
+            }
+            Action::PersistRetryState(state) => {
+                let store = self.context.store.clone();
+                let work = self
+                    .rt
+                    .unblock(Box::new(move || store.store_retry(&domains, &url, &state)));
+                self.rt.spawn(Box::pin(async move {
+                    if let Err(e) = work.await {
+                        tracing::error!(
+                            "cannot persist retry state; a restart will not honour the backoff: {e}"
+                        );
+                    }
+                }));
+            }
+            Action::FetchRenewalInfo { request, cert } => {
+                let context = self.context.clone();
+                let events = self.events_tx.clone();
+                self.reply(id, async move {
+                    let info = renewal_info(&context, cert.bytes()).await;
+                    if matches!(info, RenewalInfo::Window { .. }) {
+                        let _ = events.send(Wake::AriSupported(id)).await;
+                    }
+                    Event::RenewalInfo { request, info }
+                });
+            }
+            Action::Log(notice) => self.log(&domains, &notice),
+            Action::Ready { .. } => self.managed[index].ready = true,
+            Action::FailStartup(failure) => {
+                tracing::error!(domains = %domains.join(","), directory = %url, "{failure}");
+                return Err(StartError::NoCertificate {
+                    domains,
+                    directory: url,
+                    reason: failure.to_string(),
+                });
+            }
+            Action::ScheduleWake(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Runs `work` in the background and feeds its event back to the fleet.
+    fn reply(&self, id: CertId, work: impl Future<Output = Event> + Send + 'static) {
+        let events = self.events_tx.clone();
+        self.rt.spawn(Box::pin(async move {
+            let event = work.await;
+            let _ = events.send(Wake::Event(id, event)).await;
+        }));
+    }
+
+    /// Renders a notice to `tracing` and publishes the lifecycle events embedders see.
+    fn log(&self, domains: &[String], notice: &Notice) {
+        let names = domains.join(",");
+        match notice.level() {
+            Level::Error => tracing::error!(domains = %names, "{notice}"),
+            Level::Warn => tracing::warn!(domains = %names, "{notice}"),
+            Level::Info => tracing::info!(domains = %names, "{notice}"),
+            Level::Debug => tracing::debug!(domains = %names, "{notice}"),
+        }
+        let domains = domains.to_vec();
+        let event = match notice {
+            Notice::CachedCertAdopted { not_after } => LifecycleEvent::Loaded {
+                domains,
+                not_after: *not_after,
+            },
+            Notice::CertIssued {
+                not_after,
+                renewal: false,
+            } => LifecycleEvent::Issued {
+                domains,
+                not_after: *not_after,
+            },
+            Notice::CertIssued {
+                not_after,
+                renewal: true,
+            } => LifecycleEvent::Renewed {
+                domains,
+                not_after: *not_after,
+            },
+            Notice::OrderFailed {
+                error,
+                retry_at,
+                serving,
+                ..
+            } => LifecycleEvent::RenewalFailed {
+                domains,
+                error: error.to_string(),
+                retry_at: *retry_at,
+                expired: matches!(serving, Serving::ExpiredSince(_)),
+            },
+            Notice::CertExpired { not_after } => LifecycleEvent::Expired {
+                domains,
+                not_after: *not_after,
+            },
+            _ => return,
+        };
+        self.shared.publish(event);
+    }
+}
+
+/// Asks the CA for the certificate's renewal window (ARI).
+async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> RenewalInfo {
+    let failed = RenewalInfo::Failed { retry_after: None };
+    let Ok(file) = decode_cert_file(bundle) else {
+        return failed;
+    };
+    let Some(leaf) = file.chain.first() else {
+        return failed;
+    };
+    let Ok(cert_id) = CertificateIdentifier::try_from(leaf) else {
+        return failed;
+    };
+    let Ok(account) = context.account().await else {
+        return failed;
+    };
+    match timeout(
+        &context.rt,
+        Duration::from_secs(60),
+        account.renewal_info(&cert_id),
+    )
+    .await
+    {
+        Some(Ok((info, retry_after))) => {
+            let to_unix = |t: time::OffsetDateTime| {
+                UnixTime::from_millis(
+                    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                )
+            };
+            RenewalInfo::Window {
+                start: to_unix(info.suggested_window.start),
+                end: to_unix(info.suggested_window.end),
+                retry_after: Some(retry_after),
+            }
+        }
+        Some(Err(instant_acme::Error::Unsupported(_))) => RenewalInfo::Unsupported,
+        Some(Err(e)) => {
+            tracing::debug!("renewal information unavailable: {e}");
+            RenewalInfo::Failed {
+                retry_after: context.retry_after.take(),
+            }
+        }
+        None => failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_selection() {
+        assert_eq!(
+            Directory::parse("production").unwrap().url(),
+            LETS_ENCRYPT_PRODUCTION
+        );
+        assert_eq!(
+            Directory::parse("staging").unwrap().url(),
+            LETS_ENCRYPT_STAGING
+        );
+        assert_eq!(
+            Directory::parse("https://127.0.0.1:14000/dir")
+                .unwrap()
+                .url(),
+            "https://127.0.0.1:14000/dir"
+        );
+        let err = Directory::parse("http://insecure.test/dir").unwrap_err();
+        assert!(err.contains("https://"), "{err}");
+        assert!(Directory::parse("Production").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! instant-acme's `HttpClient` over the runtime seam: one HTTP/1.1 connection per request
+//! (hyper's low-level client), TLS by futures-rustls with the shared provider, a timeout on
+//! every request, and the CA's `Retry-After` recorded so rate limits reach the core.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite};
+use http::header::{HOST, RETRY_AFTER};
+use http::{Request, Uri};
+use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+use crate::runtime::{BoxFuture, Runtime, timeout};
+
+/// How long one ACME HTTP request may take, connect to last header.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most recent `Retry-After` the CA sent (seconds form), shared with the step runner.
+#[derive(Clone, Debug, Default)]
+pub struct RetryAfterSlot(Arc<Mutex<Option<Duration>>>);
+
+impl RetryAfterSlot {
+    /// Takes the recorded value.
+    pub fn take(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn set(&self, value: Option<Duration>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+/// The HTTP client instant-acme talks through.
+pub struct AcmeHttpClient<R: Runtime> {
+    rt: R,
+    tls: futures_rustls::TlsConnector,
+    retry_after: RetryAfterSlot,
+}
+
+impl<R: Runtime> AcmeHttpClient<R> {
+    /// A client trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA).
+    pub fn new(
+        rt: R,
+        extra_roots: &[CertificateDer<'static>],
+        retry_after: RetryAfterSlot,
+    ) -> Result<Self, String> {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for root in extra_roots {
+            roots
+                .add(root.clone())
+                .map_err(|e| format!("extra root certificate rejected: {e}"))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            rt,
+            tls: futures_rustls::TlsConnector::from(Arc::new(config)),
+            retry_after,
+        })
+    }
+}
+
+fn other(message: impl Into<String>) -> Error {
+    Error::Other(message.into().into())
+}
+
+impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
+    fn request(&self, req: Request<BodyWrapper<Bytes>>) -> BoxFuture<Result<BytesResponse, Error>> {
+        let (rt, tls, slot) = (self.rt.clone(), self.tls.clone(), self.retry_after.clone());
+        Box::pin(async move {
+            let uri = req.uri().clone();
+            let what = format!("{} {uri}", req.method());
+            match timeout(&rt, REQUEST_TIMEOUT, send(&rt, &tls, req, &uri)).await {
+                Some(Ok(rsp)) => {
+                    let retry_after = rsp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    slot.set(retry_after);
+                    Ok(BytesResponse::from(rsp))
+                }
+                Some(Err(e)) => Err(other(format!("{what}: {e}"))),
+                None => Err(other(format!(
+                    "{what}: no response within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))),
+            }
+        })
+    }
+}
+
+async fn send<R: Runtime>(
+    rt: &R,
+    tls: &futures_rustls::TlsConnector,
+    mut req: Request<BodyWrapper<Bytes>>,
+    uri: &Uri,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    if uri.scheme_str() != Some("https") {
+        return Err("ACME requires https".into());
+    }
+    let host = uri.host().ok_or("no host in URL")?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = rt
+        .connect(host.clone(), port)
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let server_name = ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| format!("{host}: {e}"))?;
+    let stream = tls
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(HyperIo(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    rt.spawn(Box::pin(async move {
+        let _ = connection.await;
+    }));
+    // hyper's low-level client sends the URI as given: use origin form and set Host.
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or(host);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *req.uri_mut() = path
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    req.headers_mut().insert(
+        HOST,
+        authority
+            .parse()
+            .map_err(|e: http::header::InvalidHeaderValue| e.to_string())?,
+    );
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// futures-io to hyper's IO traits (a copy through a small buffer: ACME traffic is tiny).
+pub struct HyperIo<T>(pub T);
+
+impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut tmp = [0u8; 8192];
+        let want = tmp.len().min(buf.remaining());
+        match Pin::new(&mut self.0).poll_read(cx, &mut tmp[..want]) {
+            Poll::Ready(Ok(n)) => {
+                buf.put_slice(&tmp[..n]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}

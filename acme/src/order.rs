@@ -1,0 +1,390 @@
+//! The ACME step runner: account, order, challenges, polling, finalization. Generic over the
+//! runtime seam; polls with `refresh()`/`certificate()` and the runtime's own timer (never
+//! instant-acme's tokio-only `poll_*`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certloop_core::{CertBundle, Certificate, FailureKind, OrderError};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, Key, NewAccount, NewOrder, OrderStatus, Problem,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::cache::{decode_cert_file, encode_cert_file};
+use crate::http_client::{AcmeHttpClient, RetryAfterSlot};
+use crate::http01::Http01Tokens;
+use crate::runtime::Runtime;
+use crate::store::DirStore;
+use crate::tls::{CertResolver, alpn_challenge_cert};
+
+/// Which challenge proves control of the names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// TLS-ALPN-01 on the TLS port (RFC 8737).
+    #[default]
+    TlsAlpn01,
+    /// HTTP-01 on port 80.
+    Http01,
+}
+
+/// External Account Binding credentials (RFC 8555 §7.3.4).
+#[derive(Clone)]
+pub struct ExternalAccount {
+    /// Key identifier from the CA.
+    pub kid: String,
+    /// The HMAC key, decoded from the CA's base64url.
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ExternalAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalAccount")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Everything an order needs, shared by all orders of one driver.
+pub struct AcmeContext<R: Runtime> {
+    /// The runtime seam.
+    pub rt: R,
+    /// The directory URL.
+    pub directory_url: String,
+    /// Contact URIs for the account.
+    pub contacts: Vec<String>,
+    /// Extra roots for the directory's HTTPS.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// EAB, if the CA requires it.
+    pub eab: Option<ExternalAccount>,
+    /// The cache directory.
+    pub store: Arc<DirStore>,
+    /// Where challenge certificates go.
+    pub resolver: Arc<CertResolver>,
+    /// Where HTTP-01 tokens go.
+    pub tokens: Arc<Http01Tokens>,
+    /// Which challenge to use.
+    pub challenge: ChallengeKind,
+    /// The last Retry-After the CA sent.
+    pub retry_after: RetryAfterSlot,
+    /// The account, once loaded or created.
+    pub account: async_lock::Mutex<Option<Account>>,
+}
+
+impl<R: Runtime> AcmeContext<R> {
+    fn builder(&self) -> Result<instant_acme::AccountBuilder, OrderError> {
+        let http =
+            AcmeHttpClient::new(self.rt.clone(), &self.extra_roots, self.retry_after.clone())
+                .map_err(|detail| OrderError {
+                    kind: FailureKind::Rejected,
+                    detail,
+                })?;
+        Ok(Account::builder_with_http(Box::new(http)))
+    }
+
+    /// The account for this cache directory: restored from certloop's credentials, adopted
+    /// from a rustls-acme key file, or registered once and persisted.
+    pub async fn account(&self) -> Result<Account, OrderError> {
+        let mut slot = self.account.lock().await;
+        if let Some(account) = slot.as_ref() {
+            return Ok(account.clone());
+        }
+        let (store, contacts, url) = (
+            self.store.clone(),
+            self.contacts.clone(),
+            self.directory_url.clone(),
+        );
+        let cached = self
+            .rt
+            .unblock(Box::new(move || store.load_account(&contacts, &url)))
+            .await;
+        let restored = match cached
+            .credentials_json
+            .and_then(|j| serde_json::from_slice::<AccountCredentials>(&j).ok())
+        {
+            Some(credentials) => Some(
+                self.builder()?
+                    .from_credentials(credentials)
+                    .await
+                    .map_err(|e| self.classify(&e))?,
+            ),
+            None => None,
+        };
+        let account = match (restored, cached.pkcs8_der) {
+            (Some(account), _) => account,
+            (None, Some(der)) => {
+                let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(der.as_slice()))
+                    .map_err(|e| self.classify(&e))?;
+                let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.clone()));
+                let (account, credentials) = self
+                    .builder()?
+                    .create_from_key((key, key_der), self.directory_url.clone())
+                    .await
+                    .map_err(|e| self.classify(&e))?;
+                self.persist_account(&credentials).await;
+                account
+            }
+            (None, None) => {
+                let contacts: Vec<&str> = self.contacts.iter().map(String::as_str).collect();
+                let eab = self
+                    .eab
+                    .as_ref()
+                    .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+                let new = NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let (account, credentials) = self
+                    .builder()?
+                    .create(&new, self.directory_url.clone(), eab.as_ref())
+                    .await
+                    .map_err(|e| self.classify(&e))?;
+                tracing::info!(directory = %self.directory_url, account = account.id(), "registered ACME account");
+                self.persist_account(&credentials).await;
+                account
+            }
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    async fn persist_account(&self, credentials: &AccountCredentials) {
+        let json = match serde_json::to_vec(credentials) {
+            Ok(json) => json,
+            Err(e) => return tracing::error!("cannot serialise ACME account credentials: {e}"),
+        };
+        let der = credentials.private_key().secret_pkcs8_der().to_vec();
+        let (store, contacts, url) = (
+            self.store.clone(),
+            self.contacts.clone(),
+            self.directory_url.clone(),
+        );
+        let result = self
+            .rt
+            .unblock(Box::new(move || {
+                store.store_account(&contacts, &url, &json, &der)
+            }))
+            .await;
+        if let Err(e) = result {
+            tracing::error!("cannot store ACME account; a restart will register again: {e}");
+        }
+    }
+
+    /// Classifies an instant-acme error for the core, with the CA's problem type and detail.
+    pub fn classify(&self, error: &instant_acme::Error) -> OrderError {
+        match error {
+            instant_acme::Error::Api(problem) => classify_problem(problem, self.retry_after.take()),
+            other => OrderError {
+                kind: FailureKind::Unreachable,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// Runs one order to a certificate for `domains`. `replacing` (sent as ARI `replaces`) must
+    /// only be given when the directory supports ARI.
+    pub async fn order(
+        &self,
+        domains: &[String],
+        replacing: Option<&CertBundle>,
+    ) -> Result<Certificate, OrderError> {
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> =
+            domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        let replaced_leaf = replacing
+            .and_then(|b| decode_cert_file(b.bytes()).ok())
+            .and_then(|f| f.chain.into_iter().next());
+        let mut new_order = NewOrder::new(&identifiers);
+        let replaces = replaced_leaf
+            .as_ref()
+            .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok());
+        if let Some(id) = replaces {
+            new_order = new_order.replaces(id);
+        }
+        let mut order = account
+            .new_order(&new_order)
+            .await
+            .map_err(|e| self.classify(&e))?;
+        let mut guard = ChallengeGuard {
+            resolver: &self.resolver,
+            tokens: &self.tokens,
+            domains: Vec::new(),
+            tokens_added: Vec::new(),
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| self.classify(&e))?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            let kind = match self.challenge {
+                ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                ChallengeKind::Http01 => ChallengeType::Http01,
+            };
+            let wanted = format!("{kind:?}");
+            let mut challenge = authz.challenge(kind).ok_or_else(|| OrderError {
+                kind: FailureKind::Rejected,
+                detail: format!("the CA offers no {wanted} challenge"),
+            })?;
+            let key_authorization = challenge.key_authorization();
+            let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
+                return Err(OrderError {
+                    kind: FailureKind::Rejected,
+                    detail: "non-DNS identifier".into(),
+                });
+            };
+            match self.challenge {
+                ChallengeKind::TlsAlpn01 => {
+                    let cert = alpn_challenge_cert(&domain, key_authorization.digest().as_ref())
+                        .map_err(|detail| OrderError {
+                            kind: FailureKind::Rejected,
+                            detail,
+                        })?;
+                    self.resolver.add_challenge(&domain, cert);
+                    guard.domains.push(domain);
+                }
+                ChallengeKind::Http01 => {
+                    self.tokens
+                        .insert(&challenge.token, key_authorization.as_str());
+                    guard.tokens_added.push(challenge.token.clone());
+                }
+            }
+            // Each name is set ready as soon as its answer is in place: the CA validates them
+            // concurrently.
+            challenge.set_ready().await.map_err(|e| self.classify(&e))?;
+        }
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let state = order.refresh().await.map_err(|e| self.classify(&e))?;
+            match state.status {
+                OrderStatus::Ready => break,
+                OrderStatus::Invalid => return Err(self.invalid_order(&mut order).await),
+                OrderStatus::Valid => break,
+                OrderStatus::Pending | OrderStatus::Processing => {
+                    self.rt.sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        drop(guard);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| {
+            OrderError {
+                kind: FailureKind::Rejected,
+                detail: format!("key generation: {e}"),
+            }
+        })?;
+        if order.state().status == OrderStatus::Ready {
+            let params =
+                rcgen::CertificateParams::new(domains.to_vec()).map_err(|e| OrderError {
+                    kind: FailureKind::Rejected,
+                    detail: format!("CSR: {e}"),
+                })?;
+            let csr = params.serialize_request(&key).map_err(|e| OrderError {
+                kind: FailureKind::Rejected,
+                detail: format!("CSR: {e}"),
+            })?;
+            order
+                .finalize_csr(csr.der())
+                .await
+                .map_err(|e| self.classify(&e))?;
+        }
+        let mut delay = Duration::from_millis(250);
+        let chain_pem = loop {
+            match order.certificate().await.map_err(|e| self.classify(&e))? {
+                Some(chain) => break chain,
+                None => {
+                    self.rt.sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let bundle = encode_cert_file(&key.serialize_pem(), &chain_pem);
+        let info = decode_cert_file(&bundle)
+            .map_err(|e| OrderError {
+                kind: FailureKind::InvalidCertificate,
+                detail: e.to_string(),
+            })?
+            .info;
+        Ok(Certificate {
+            info,
+            bundle: CertBundle::new(bundle),
+        })
+    }
+
+    /// Describes why the CA declared the order invalid, from the failed challenges.
+    async fn invalid_order(&self, order: &mut instant_acme::Order) -> OrderError {
+        let mut problems = Vec::new();
+        if let Some(problem) = order.state().error.clone() {
+            problems.push(problem);
+        }
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(authz)) = authorizations.next().await {
+            for challenge in &authz.challenges {
+                if let Some(problem) = &challenge.error {
+                    problems.push(problem.clone());
+                }
+            }
+        }
+        match problems.into_iter().next() {
+            Some(problem) => {
+                let mut error = classify_problem(&problem, None);
+                error.kind = match error.kind {
+                    FailureKind::RateLimited { .. } | FailureKind::ServerError => error.kind,
+                    _ => FailureKind::Rejected,
+                };
+                error
+            }
+            None => OrderError {
+                kind: FailureKind::Rejected,
+                detail: "the CA declared the order invalid".into(),
+            },
+        }
+    }
+}
+
+/// Removes challenge answers when an order ends, however it ends.
+struct ChallengeGuard<'a> {
+    resolver: &'a CertResolver,
+    tokens: &'a Http01Tokens,
+    domains: Vec<String>,
+    tokens_added: Vec<String>,
+}
+
+impl Drop for ChallengeGuard<'_> {
+    fn drop(&mut self) {
+        for domain in &self.domains {
+            self.resolver.remove_challenge(domain);
+        }
+        for token in &self.tokens_added {
+            self.tokens.remove(token);
+        }
+    }
+}
+
+/// Maps an ACME problem document to the core's failure classes.
+pub fn classify_problem(problem: &Problem, retry_after: Option<Duration>) -> OrderError {
+    let kind_name = problem.r#type.as_deref().unwrap_or("about:blank");
+    let short = kind_name
+        .strip_prefix("urn:ietf:params:acme:error:")
+        .unwrap_or(kind_name);
+    let kind = match short {
+        "rateLimited" => FailureKind::RateLimited { retry_after },
+        "serverInternal" => FailureKind::ServerError,
+        "badNonce" => FailureKind::ServerError,
+        _ if problem.status.is_some_and(|s| s >= 500) => FailureKind::ServerError,
+        _ => FailureKind::Rejected,
+    };
+    let mut detail = format!(
+        "{kind_name}: {}",
+        problem.detail.as_deref().unwrap_or("(no detail)")
+    );
+    for sub in &problem.subproblems {
+        if let Some(d) = &sub.detail {
+            detail.push_str(&format!("; {d}"));
+        }
+    }
+    OrderError { kind, detail }
+}

@@ -1,0 +1,219 @@
+//! rustls plumbing shared by every listener: the one crypto provider, the server settings, the
+//! certificate resolver (SNI and TLS-ALPN-01) and certificate building.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SupportedCipherSuite};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::cache::decode_cert_file;
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// aws-lc-rs, restricted to AEAD suites with forward secrecy (all TLS 1.3 suites; ECDHE with
+/// AES-GCM or ChaCha20-Poly1305 for TLS 1.2). The only provider in the build.
+pub fn provider() -> Arc<CryptoProvider> {
+    let base = rustls::crypto::aws_lc_rs::default_provider();
+    let cipher_suites: Vec<SupportedCipherSuite> = base
+        .cipher_suites
+        .iter()
+        .copied()
+        .filter(|suite| match suite {
+            SupportedCipherSuite::Tls13(_) => true,
+            SupportedCipherSuite::Tls12(s) => {
+                let name = format!("{:?}", s.common.suite);
+                name.starts_with("TLS_ECDHE_")
+                    && (name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"))
+            }
+        })
+        .collect();
+    Arc::new(CryptoProvider {
+        cipher_suites,
+        ..base
+    })
+}
+
+/// Server settings used by every listener, manual or ACME: TLS 1.2 and 1.3 only, the suites of
+/// [`provider`], ALPN `h2` and `http/1.1`, plus `acme-tls/1` when `acme` is set.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> ServerConfig {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
+    config
+}
+
+/// A certificate ready to serve: the chain (leaf first) and the key, from a cache bundle
+/// (key PEM then chain PEM).
+pub fn certified_key_from_bundle(bundle: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let file = decode_cert_file(bundle).map_err(|e| e.to_string())?;
+    certified_key(file.chain, file.key)
+}
+
+/// Builds a `CertifiedKey` without webpki's end-entity parsing (which refuses the critical
+/// acmeIdentifier extension of TLS-ALPN-01 certificates).
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unusable private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
+}
+
+/// A self-signed TLS-ALPN-01 certificate for `domain` carrying the SHA-256 digest of the key
+/// authorization in the critical acmeIdentifier extension (RFC 8737).
+pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    certified_key(vec![cert.der().clone()], key_der)
+}
+
+/// Whether a certificate name (maybe `*.` wildcard) covers a requested server name.
+fn covers(cert_name: &str, server_name: &str) -> bool {
+    if cert_name.eq_ignore_ascii_case(server_name) {
+        return true;
+    }
+    match (cert_name.strip_prefix("*."), server_name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }
+        _ => false,
+    }
+}
+
+/// Chooses the certificate for each handshake: the TLS-ALPN-01 challenge certificate when the
+/// client offers exactly `acme-tls/1` for a name under validation, otherwise the certificate
+/// whose names cover the SNI name (the first one when there is no SNI).
+///
+/// Locks are held only to clone an `Arc`; swaps are atomic from a handshake's point of view.
+#[derive(Default)]
+pub struct CertResolver {
+    /// (names, certificate) per managed certificate, in configuration order.
+    certs: RwLock<Vec<(Vec<String>, Arc<CertifiedKey>)>>,
+    /// Pending TLS-ALPN-01 challenges by lower-cased domain; several at once.
+    challenges: RwLock<BTreeMap<String, Arc<CertifiedKey>>>,
+}
+
+impl fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<Vec<String>> = self
+            .certs
+            .read()
+            .map(|c| c.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        f.debug_struct("CertResolver")
+            .field("certs", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertResolver {
+    /// Serves `key` for `names` from now on (replacing the certificate for the same names).
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+        let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        match certs.iter_mut().find(|(n, _)| n.as_slice() == names) {
+            Some(slot) => slot.1 = key,
+            None => certs.push((names.to_vec(), key)),
+        }
+    }
+
+    /// Answers TLS-ALPN-01 validation for `domain` with `key` until removed.
+    pub fn add_challenge(&self, domain: &str, key: Arc<CertifiedKey>) {
+        let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
+        challenges.insert(domain.to_ascii_lowercase(), key);
+    }
+
+    /// Stops answering TLS-ALPN-01 validation for `domain`.
+    pub fn remove_challenge(&self, domain: &str) {
+        let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
+        challenges.remove(&domain.to_ascii_lowercase());
+    }
+
+    /// The certificate that would be served for `server_name` (for tests and status).
+    pub fn current(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+        match server_name {
+            Some(name) => certs
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| covers(n, name))),
+            None => certs.first(),
+        }
+        .map(|(_, key)| key.clone())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let server_name = hello.server_name();
+        let mut alpn = hello.alpn().into_iter().flatten();
+        let acme_only = alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none();
+        if acme_only {
+            let name = server_name?.to_ascii_lowercase();
+            let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+            return challenges.get(&name).cloned();
+        }
+        self.current(server_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_has_only_aead_forward_secret_suites() {
+        let p = provider();
+        assert!(!p.cipher_suites.is_empty());
+        for suite in &p.cipher_suites {
+            let name = format!("{:?}", suite.suite());
+            assert!(
+                name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_"),
+                "{name}"
+            );
+            assert!(!name.contains("CBC"), "{name}");
+        }
+    }
+
+    #[test]
+    fn challenge_certificates_are_buildable() {
+        let key = alpn_challenge_cert("a.example", &[7u8; 32]).unwrap();
+        assert_eq!(key.cert.len(), 1);
+        let resolver = CertResolver::default();
+        resolver.add_challenge("A.example", key);
+        assert!(
+            resolver
+                .challenges
+                .read()
+                .unwrap()
+                .contains_key("a.example")
+        );
+        resolver.remove_challenge("a.example");
+        assert!(resolver.challenges.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn wildcard_and_exact_names() {
+        assert!(covers("*.example.com", "www.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(covers("Example.com", "example.COM"));
+    }
+}
