@@ -87,6 +87,70 @@ pub struct AcmeConfig {
 }
 
 impl AcmeConfig {
+    /// Uses this ACME directory (default: Let's Encrypt production).
+    pub fn directory(mut self, directory: Directory) -> Self {
+        self.directory = directory;
+        self
+    }
+
+    /// Adds an account contact, e.g. `mailto:ops@example.com`.
+    pub fn contact(mut self, contact: impl Into<String>) -> Self {
+        self.contacts.push(contact.into());
+        self
+    }
+
+    /// Uses this challenge type (default: TLS-ALPN-01).
+    pub fn challenge(mut self, challenge: ChallengeKind) -> Self {
+        self.challenge = challenge;
+        self
+    }
+
+    /// Also manages a certificate for these names (served by SNI).
+    pub fn certificate(mut self, domains: Vec<String>) -> Self {
+        self.certs.push(domains);
+        self
+    }
+
+    /// Trusts every certificate in this PEM file for the directory's HTTPS.
+    pub fn extra_roots_pem(mut self, path: &std::path::Path) -> Result<Self, StartError> {
+        use rustls_pki_types::pem::PemObject;
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?
+            .collect();
+        let certs = certs.map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(StartError::Config(format!(
+                "{}: no certificates in it",
+                path.display()
+            )));
+        }
+        self.extra_roots.extend(certs);
+        Ok(self)
+    }
+
+    /// Uses External Account Binding with this key id and base64url HMAC key.
+    pub fn eab(
+        mut self,
+        kid: impl Into<String>,
+        hmac_key_base64url: &str,
+    ) -> Result<Self, StartError> {
+        use base64::Engine;
+        let hmac_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(hmac_key_base64url.trim_end_matches('='))
+            .map_err(|e| StartError::Config(format!("EAB HMAC key is not base64url: {e}")))?;
+        self.eab = Some(ExternalAccount {
+            kid: kid.into(),
+            hmac_key,
+        });
+        Ok(self)
+    }
+
+    /// Uses this renewal and retry policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Defaults for one certificate covering `domains`.
     pub fn new(domains: Vec<String>, cache_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -103,7 +167,7 @@ impl AcmeConfig {
 }
 
 /// Why certificate management could not start.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StartError {
     /// The configuration is invalid.
     Config(String),
@@ -188,6 +252,10 @@ struct Shared {
     subscribers: Mutex<Vec<async_channel::Sender<LifecycleEvent>>>,
     validity: Mutex<Vec<(Vec<String>, Option<(UnixTime, UnixTime)>)>>,
     directory_url: String,
+    /// Set by the driver once every certificate is served or one cannot be had; the channel
+    /// closes right after, waking every waiter.
+    outcome: Mutex<Option<Result<(), StartError>>>,
+    outcome_set: async_channel::Receiver<()>,
 }
 
 impl Shared {
@@ -259,6 +327,25 @@ impl AcmeHandle {
     pub fn directory_url(&self) -> &str {
         &self.shared.directory_url
     }
+
+    /// Waits until every certificate is served (cached or issued), or one cannot be had: then
+    /// the error names the domains, the directory and what went wrong, and the server must not
+    /// start. Serve TLS with [`AcmeHandle::server_config`] meanwhile, so TLS-ALPN-01 validation
+    /// can reach it.
+    pub async fn ready(&self) -> Result<(), StartError> {
+        let _ = self.shared.outcome_set.recv().await;
+        let outcome = self
+            .shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        outcome.unwrap_or_else(|| {
+            Err(StartError::Config(
+                "the certificate driver stopped unexpectedly".into(),
+            ))
+        })
+    }
 }
 
 /// The wall clock, as the core wants it.
@@ -284,9 +371,19 @@ enum Wake {
     Stop,
 }
 
-/// Opens the cache, starts the driver, and returns once the failure table allows: every
-/// certificate is served (cached or issued), or one cannot be had.
+/// [`launch`], then [`AcmeHandle::ready`]: returns once every certificate is served. Only for
+/// servers that need no TLS-ALPN-01 answers during startup (HTTP-01, or a TLS listener driven
+/// by another handle); otherwise use `launch` and serve TLS while waiting for `ready`.
 pub async fn start<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    let handle = launch(rt, config).await?;
+    handle.ready().await?;
+    Ok(handle)
+}
+
+/// Validates the configuration, opens (and locks) the cache directory and starts the driver.
+/// The handle is usable at once: its resolver answers TLS-ALPN-01 challenges while the first
+/// certificates are ordered. Await [`AcmeHandle::ready`] before accepting traffic.
+pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
     if config.certs.is_empty() {
         return Err(StartError::Config("no certificates configured".into()));
     }
@@ -312,12 +409,15 @@ pub async fn start<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, 
         .map_err(StartError::Store)?;
     let store = Arc::new(store);
     let directory_url = config.directory.url().to_owned();
+    let (outcome_tx, outcome_set) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
         resolver: Arc::new(CertResolver::default()),
         tokens: Arc::new(Http01Tokens::default()),
         subscribers: Mutex::new(Vec::new()),
         validity: Mutex::new(config.certs.iter().map(|d| (d.clone(), None)).collect()),
         directory_url: directory_url.clone(),
+        outcome: Mutex::new(None),
+        outcome_set,
     });
     let context = Arc::new(AcmeContext {
         rt: rt.clone(),
@@ -345,7 +445,7 @@ pub async fn start<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, 
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let (started_tx, started_rx) = async_channel::bounded(1);
+
     let handle = AcmeHandle {
         shared: shared.clone(),
         _stop: Arc::new(stop_tx),
@@ -357,16 +457,10 @@ pub async fn start<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, 
         policy,
         managed,
         events_tx,
-        started: Some(started_tx),
+        started: Some(outcome_tx),
     };
     rt.spawn(Box::pin(driver.run(fleet, events_rx, stop_rx)));
-    match started_rx.recv().await {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(StartError::Config(
-            "the certificate driver stopped unexpectedly".into(),
-        )),
-    }
+    Ok(handle)
 }
 
 struct Driver<R: Runtime> {
@@ -376,7 +470,8 @@ struct Driver<R: Runtime> {
     policy: Arc<Policy>,
     managed: Vec<Managed>,
     events_tx: async_channel::Sender<Wake>,
-    started: Option<async_channel::Sender<Result<(), StartError>>>,
+    /// Dropped (closing the channel) once the startup outcome is recorded.
+    started: Option<async_channel::Sender<()>>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -389,14 +484,11 @@ impl<R: Runtime> Driver<R> {
         loop {
             while let Some((id, action)) = fleet.poll_action() {
                 if let Err(failure) = self.execute(id, action) {
-                    if let Some(started) = self.started.take() {
-                        let _ = started.try_send(Err(failure));
-                    }
-                    return;
+                    return self.record_outcome(Err(failure));
                 }
             }
             if self.started.is_some() && self.managed.iter().all(|m| m.ready) {
-                let _ = self.started.take().map(|s| s.try_send(Ok(())));
+                self.record_outcome(Ok(()));
             }
             let wake_in = fleet
                 .poll_timeout()
@@ -427,6 +519,17 @@ impl<R: Runtime> Driver<R> {
                 Wake::Timer => fleet.handle_timeout(wall_clock()),
                 Wake::Stop => return,
             }
+        }
+    }
+
+    fn record_outcome(&mut self, outcome: Result<(), StartError>) {
+        if let Some(started) = self.started.take() {
+            *self
+                .shared
+                .outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+            drop(started);
         }
     }
 

@@ -8,11 +8,13 @@
 //! - [`http_client`]: instant-acme's HTTP client over the seam, with timeouts and Retry-After.
 //! - [`order`]: the ACME step runner (account, order, challenges, polling, finalization).
 //! - [`driver`]: the loop that drives a `CertFleet` and carries out its actions.
+//! - [`example`]: flags and the page both runtimes' `https_server` examples use.
 
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod driver;
+pub mod example;
 pub mod http01;
 pub mod http_client;
 pub mod order;
@@ -20,6 +22,6 @@ pub mod runtime;
 pub mod store;
 pub mod tls;
 
-pub use driver::{AcmeConfig, AcmeHandle, Directory, LifecycleEvent, StartError, start};
+pub use driver::{AcmeConfig, AcmeHandle, Directory, LifecycleEvent, StartError, launch, start};
 pub use order::{ChallengeKind, ExternalAccount};
 pub use runtime::Runtime;

@@ -21,7 +21,7 @@ use crate::cache::{
 const LOCK_FILE: &str = ".certloop.lock";
 
 /// Why the cache directory cannot be used.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StoreError {
     /// The path concerned.
     pub path: PathBuf,

@@ -1,0 +1,106 @@
+//! `certloop-tokio`: automatic ACME certificates for a tokio server.
+//!
+//! ```no_run
+//! # // tokio-rustls is a dev-dependency here.
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use certloop_tokio::{AcmeConfig, Directory};
+//! let config = AcmeConfig::new(vec!["example.com".into()], "/var/lib/myapp/acme")
+//!     .directory(Directory::Staging)
+//!     .contact("mailto:ops@example.com");
+//! let acme = certloop_tokio::launch(config).await?; // bad config or cache dir: error here
+//! // Serve TLS with acme.server_config() from now on: TLS-ALPN-01 validation connects to it.
+//! let tls = tokio_rustls::TlsAcceptor::from(acme.server_config());
+//! acme.ready().await?; // no valid certificate per the failure table: do not start
+//! # let _ = tls; Ok(()) }
+//! ```
+//!
+//! Everything but the runtime seam ([`TokioRuntime`]) lives in `certloop-acme`, shared with
+//! `certloop-smol`.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certloop_acme::runtime::{BoxFuture, Runtime};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+pub use certloop_acme::http01::Http01Tokens;
+pub use certloop_acme::tls::{CertResolver, server_config};
+pub use certloop_acme::{
+    AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError,
+};
+pub use certloop_core::{Policy, UnixTime};
+
+/// The runtime seam on tokio: tokio sockets, `tokio::time`, the blocking pool.
+#[derive(Clone, Debug)]
+pub struct TokioRuntime {
+    handle: tokio::runtime::Handle,
+}
+
+impl TokioRuntime {
+    /// The runtime this is called on. Panics outside a tokio runtime, like `tokio::spawn`.
+    pub fn current() -> Self {
+        Self {
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Runtime for TokioRuntime {
+    type Tcp = Compat<tokio::net::TcpStream>;
+
+    fn connect(&self, host: String, port: u16) -> BoxFuture<io::Result<Self::Tcp>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream.compat())
+        })
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn spawn(&self, future: BoxFuture<()>) {
+        self.handle.spawn(future);
+    }
+
+    fn unblock<T: Send + 'static>(&self, work: Box<dyn FnOnce() -> T + Send>) -> BoxFuture<T> {
+        let task = self.handle.spawn_blocking(work);
+        Box::pin(async move {
+            match task.await {
+                Ok(value) => value,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        })
+    }
+}
+
+/// Starts certificate management on the current tokio runtime and returns at once; serve TLS
+/// with [`AcmeHandle::server_config`], then await [`AcmeHandle::ready`].
+pub async fn launch(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    certloop_acme::launch(TokioRuntime::current(), config).await
+}
+
+/// [`launch`] then [`AcmeHandle::ready`], for servers that need no TLS-ALPN-01 answers from
+/// this handle while starting (e.g. HTTP-01).
+pub async fn start(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    certloop_acme::start(TokioRuntime::current(), config).await
+}
+
+/// The ready-made port-80 responder: answers HTTP-01 validation for pending tokens and 404s
+/// everything else. Runs until the listener fails.
+pub async fn serve_http01(
+    listener: tokio::net::TcpListener,
+    tokens: Arc<Http01Tokens>,
+) -> io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let tokens = tokens.clone();
+        tokio::spawn(async move {
+            certloop_acme::http01::serve_challenge_connection(stream.compat(), &tokens).await;
+        });
+    }
+}
