@@ -1,0 +1,92 @@
+//! `certloop-smol`: automatic ACME certificates for a smol server, with no tokio runtime.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use certloop_smol::{AcmeConfig, Directory};
+//! let config = AcmeConfig::new(vec!["example.com".into()], "/var/lib/myapp/acme")
+//!     .directory(Directory::Staging)
+//!     .contact("mailto:ops@example.com");
+//! let acme = certloop_smol::launch(config).await?; // bad config or cache dir: error here
+//! // Serve TLS with acme.server_config() from now on: TLS-ALPN-01 validation connects to it.
+//! let tls = futures_rustls::TlsAcceptor::from(acme.server_config());
+//! acme.ready().await?; // no valid certificate per the failure table: do not start
+//! # let _ = tls; Ok(()) }
+//! ```
+//!
+//! ACME runs on instant-acme with certloop's own HTTP client over async-net, polled with
+//! async-io timers: instant-acme's tokio-only `poll_*` helpers are never called. Everything but
+//! the runtime seam ([`SmolRuntime`]) lives in `certloop-acme`, shared with `certloop-tokio`.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certloop_acme::runtime::{BoxFuture, Runtime};
+
+pub use certloop_acme::http01::Http01Tokens;
+pub use certloop_acme::tls::{CertResolver, server_config};
+pub use certloop_acme::{
+    AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError,
+};
+pub use certloop_core::{Policy, UnixTime};
+
+/// The runtime seam on smol: async-net sockets, async-io timers, smol's global executor and
+/// the `blocking` pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SmolRuntime;
+
+impl Runtime for SmolRuntime {
+    type Tcp = async_net::TcpStream;
+
+    fn connect(&self, host: String, port: u16) -> BoxFuture<io::Result<Self::Tcp>> {
+        Box::pin(async move {
+            let stream = async_net::TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        Box::pin(async move {
+            async_io::Timer::after(duration).await;
+        })
+    }
+
+    fn spawn(&self, future: BoxFuture<()>) {
+        smol::spawn(future).detach();
+    }
+
+    fn unblock<T: Send + 'static>(&self, work: Box<dyn FnOnce() -> T + Send>) -> BoxFuture<T> {
+        Box::pin(blocking::unblock(work))
+    }
+}
+
+/// Starts certificate management on smol and returns at once; serve TLS with
+/// [`AcmeHandle::server_config`], then await [`AcmeHandle::ready`].
+pub async fn launch(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    certloop_acme::launch(SmolRuntime, config).await
+}
+
+/// [`launch`] then [`AcmeHandle::ready`], for servers that need no TLS-ALPN-01 answers from
+/// this handle while starting (e.g. HTTP-01).
+pub async fn start(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    certloop_acme::start(SmolRuntime, config).await
+}
+
+/// The ready-made port-80 responder: answers HTTP-01 validation for pending tokens and 404s
+/// everything else. Runs until the listener fails.
+pub async fn serve_http01(
+    listener: async_net::TcpListener,
+    tokens: Arc<Http01Tokens>,
+) -> io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let tokens = tokens.clone();
+        smol::spawn(async move {
+            certloop_acme::http01::serve_challenge_connection(stream, &tokens).await;
+        })
+        .detach();
+    }
+}
