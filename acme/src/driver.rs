@@ -24,6 +24,18 @@ use crate::runtime::{Runtime, timeout};
 use crate::store::{DirStore, StoreError};
 use crate::tls::{CertResolver, certified_key_from_bundle, server_config};
 
+/// One managed certificate's names and the validity of what is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertStatus {
+    /// The names.
+    pub domains: Vec<String>,
+    /// `(not_before, not_after)` of the served certificate, once one is served.
+    pub validity: Option<(UnixTime, UnixTime)>,
+}
+
+/// How many past lifecycle events a new subscriber receives.
+const HISTORY: usize = 32;
+
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Let's Encrypt's staging directory.
@@ -250,7 +262,10 @@ struct Shared {
     resolver: Arc<CertResolver>,
     tokens: Arc<Http01Tokens>,
     subscribers: Mutex<Vec<async_channel::Sender<LifecycleEvent>>>,
-    validity: Mutex<Vec<(Vec<String>, Option<(UnixTime, UnixTime)>)>>,
+    /// The latest events, replayed to new subscribers (so none is missed between `launch`
+    /// and `subscribe`).
+    history: Mutex<std::collections::VecDeque<LifecycleEvent>>,
+    validity: Mutex<Vec<CertStatus>>,
     directory_url: String,
     /// Set by the driver once every certificate is served or one cannot be had; the channel
     /// closes right after, waking every waiter.
@@ -259,7 +274,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records `event` and sends it to every subscriber. The history lock is held throughout
+    /// (and taken first by `subscribe` too), so a subscriber gets each event exactly once.
     fn publish(&self, event: LifecycleEvent) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(event.clone());
         let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subscribers.retain(|s| s.try_send(event.clone()).is_ok() || !s.is_closed());
     }
@@ -303,9 +325,17 @@ impl AcmeHandle {
         self.shared.tokens.answer(token)
     }
 
-    /// Lifecycle events from now on.
+    /// Lifecycle events: the latest few that already happened, then every new one.
     pub fn subscribe(&self) -> async_channel::Receiver<LifecycleEvent> {
         let (tx, rx) = async_channel::unbounded();
+        let history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for event in history.iter() {
+            let _ = tx.try_send(event.clone());
+        }
         self.shared
             .subscribers
             .lock()
@@ -315,7 +345,7 @@ impl AcmeHandle {
     }
 
     /// Each certificate's names and the validity of what is served.
-    pub fn validity(&self) -> Vec<(Vec<String>, Option<(UnixTime, UnixTime)>)> {
+    pub fn validity(&self) -> Vec<CertStatus> {
         self.shared
             .validity
             .lock()
@@ -414,7 +444,15 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         resolver: Arc::new(CertResolver::default()),
         tokens: Arc::new(Http01Tokens::default()),
         subscribers: Mutex::new(Vec::new()),
-        validity: Mutex::new(config.certs.iter().map(|d| (d.clone(), None)).collect()),
+        history: Mutex::new(std::collections::VecDeque::new()),
+        validity: Mutex::new(
+            (config.certs.iter())
+                .map(|d| CertStatus {
+                    domains: d.clone(),
+                    validity: None,
+                })
+                .collect(),
+        ),
         directory_url: directory_url.clone(),
         outcome: Mutex::new(None),
         outcome_set,
@@ -589,7 +627,7 @@ impl<R: Runtime> Driver<R> {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
                     if let Some(slot) = validity.get_mut(index) {
-                        slot.1 = Some((cert.info.not_before, cert.info.not_after));
+                        slot.validity = Some((cert.info.not_before, cert.info.not_after));
                     }
                 }
                 Err(e) => {

@@ -22,6 +22,8 @@ pub mod runtime;
 pub mod store;
 pub mod tls;
 
-pub use driver::{AcmeConfig, AcmeHandle, Directory, LifecycleEvent, StartError, launch, start};
+pub use driver::{
+    AcmeConfig, AcmeHandle, CertStatus, Directory, LifecycleEvent, StartError, launch, start,
+};
 pub use order::{ChallengeKind, ExternalAccount};
 pub use runtime::Runtime;

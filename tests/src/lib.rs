@@ -3,7 +3,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapters;
+pub mod conformance;
 pub mod fuzz_bodies;
+pub mod pebble;
+pub mod rustls_acme_fixture;
 pub mod script;
 pub mod sim;
 

@@ -1,0 +1,100 @@
+//! The two runtime adapters behind the conformance suite's [`Adapter`] interface.
+
+use std::future::Future;
+
+use certloop_acme::example::{http1_only, serve_hello};
+use certloop_acme::{AcmeConfig, AcmeHandle, StartError};
+
+use crate::conformance::Adapter;
+
+const PAGE: &str = "hello from the conformance suite\n";
+
+/// certloop-tokio on a multi-threaded tokio runtime.
+pub struct Tokio(tokio::runtime::Runtime);
+
+impl Default for Tokio {
+    fn default() -> Self {
+        Self(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
+        )
+    }
+}
+
+impl Adapter for Tokio {
+    const NAME: &'static str = "tokio";
+
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        self.0.block_on(future)
+    }
+
+    fn launch(&self, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+        self.0.block_on(certloop_tokio::launch(config))
+    }
+
+    fn serve_tls(&self, port: u16, handle: &AcmeHandle) {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let config = http1_only(&handle.server_config());
+        let listener = self
+            .0
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind TLS port");
+        self.0.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_hello(stream.compat(), config.clone(), PAGE));
+            }
+        });
+    }
+
+    fn serve_http01(&self, port: u16, handle: &AcmeHandle) {
+        let listener = self
+            .0
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind HTTP port");
+        self.0.spawn(certloop_tokio::serve_http01(
+            listener,
+            handle.http01_tokens(),
+        ));
+    }
+}
+
+/// certloop-smol on smol's global executor.
+#[derive(Default)]
+pub struct Smol;
+
+impl Adapter for Smol {
+    const NAME: &'static str = "smol";
+
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        smol::block_on(future)
+    }
+
+    fn launch(&self, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+        smol::block_on(certloop_smol::launch(config))
+    }
+
+    fn serve_tls(&self, port: u16, handle: &AcmeHandle) {
+        let config = http1_only(&handle.server_config());
+        let listener = smol::block_on(async_net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind TLS port");
+        smol::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                smol::spawn(serve_hello(stream, config.clone(), PAGE)).detach();
+            }
+        })
+        .detach();
+    }
+
+    fn serve_http01(&self, port: u16, handle: &AcmeHandle) {
+        let listener = smol::block_on(async_net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind HTTP port");
+        smol::spawn(certloop_smol::serve_http01(
+            listener,
+            handle.http01_tokens(),
+        ))
+        .detach();
+    }
+}

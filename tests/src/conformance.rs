@@ -1,0 +1,371 @@
+//! One conformance suite, run unchanged against both runtime adapters and a real Pebble.
+//! Each scenario starts its own Pebble on free ports.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certloop_acme::store::DirStore;
+use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, Directory, StartError};
+use certloop_core::{Policy, Ratio};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+use crate::pebble::{Pebble, PebbleOptions, free_port, wait_until};
+
+/// What the suite needs from a runtime adapter.
+pub trait Adapter {
+    /// For messages.
+    const NAME: &'static str;
+    /// Runs `future` to completion on this runtime.
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T;
+    /// The adapter's `launch`.
+    fn launch(&self, config: AcmeConfig) -> Result<AcmeHandle, StartError>;
+    /// Serves HTTPS on `127.0.0.1:port` with `handle`'s settings, in the background.
+    fn serve_tls(&self, port: u16, handle: &AcmeHandle);
+    /// Runs the adapter's port-80 responder on `127.0.0.1:port`, in the background.
+    fn serve_http01(&self, port: u16, handle: &AcmeHandle);
+}
+
+fn config(pebble: &Pebble, names: &[&str], cache: &Path) -> AcmeConfig {
+    AcmeConfig::new(names.iter().map(|n| (*n).to_owned()).collect(), cache)
+        .directory(Directory::Url(pebble.directory_url.clone()))
+        .contact("mailto:ops@example.com")
+        .extra_roots_pem(&pebble.directory_ca)
+        .expect("Pebble's listener CA")
+}
+
+fn orders(pebble: &Pebble) -> usize {
+    pebble.log().matches("POST /order-plz").count()
+}
+
+/// Starts, serves TLS and waits for readiness.
+fn start_serving<A: Adapter>(
+    a: &A,
+    pebble: &Pebble,
+    config: AcmeConfig,
+) -> Result<AcmeHandle, StartError> {
+    let handle = a.launch(config)?;
+    a.serve_tls(pebble.tls_port, &handle);
+    a.block_on(handle.ready())?;
+    Ok(handle)
+}
+
+/// Drops a handle and waits until its driver released the cache directory's lock.
+fn stop(handle: AcmeHandle, cache: &Path) {
+    drop(handle);
+    wait_until(
+        "the cache directory lock to be released",
+        Duration::from_secs(10),
+        || DirStore::open(cache).is_ok(),
+    );
+}
+
+/// Connects as a client trusting only `root_pem`, with SNI `name`: the handshake verifies the
+/// served chain for that name. Returns the leaf and the response to `GET /`.
+pub fn fetch_verified(
+    port: u16,
+    name: &str,
+    root_pem: &str,
+) -> Result<(CertificateDer<'static>, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {name}\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response);
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no certificate served")?;
+    Ok((leaf.into_owned(), response))
+}
+
+/// TLS-ALPN-01 for a certificate with several names; each name verifies against Pebble's root.
+pub fn issues_with_tls_alpn_01_for_several_names<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let cache = pebble.scratch("cache");
+    let names = ["a.certloop.test", "b.certloop.test", "c.certloop.test"];
+    let handle = start_serving(a, &pebble, config(&pebble, &names, &cache))
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
+    let root = pebble.issuing_root_pem();
+    for name in names {
+        let (_, response) =
+            fetch_verified(pebble.tls_port, name, &root).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    assert_eq!(orders(&pebble), 1);
+    let validity = handle.validity();
+    assert!(
+        validity[0].validity.is_some(),
+        "validity reported: {validity:?}"
+    );
+}
+
+/// HTTP-01 through the adapter's ready-made port-80 responder.
+pub fn issues_with_http_01<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let cache = pebble.scratch("cache");
+    let config = config(&pebble, &["http.certloop.test"], &cache).challenge(ChallengeKind::Http01);
+    let handle = a.launch(config).expect("launch");
+    a.serve_http01(pebble.http_port, &handle);
+    // Nothing listens on the TLS port until the certificate is issued: only HTTP-01 can pass.
+    a.block_on(handle.ready())
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
+    a.serve_tls(pebble.tls_port, &handle);
+    fetch_verified(
+        pebble.tls_port,
+        "http.certloop.test",
+        &pebble.issuing_root_pem(),
+    )
+    .expect("verified chain");
+    assert!(
+        handle
+            .http01_tokens()
+            .answer_path("/.well-known/acme-challenge/x")
+            .is_none()
+    );
+}
+
+/// A restart with a cached certificate serves it without a new order or a new account.
+pub fn restart_with_cache_makes_no_new_order<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let cache = pebble.scratch("cache");
+    let names = ["restart.certloop.test"];
+    let first = start_serving(a, &pebble, config(&pebble, &names, &cache)).expect("first start");
+    let root = pebble.issuing_root_pem();
+    let (leaf_before, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("first serve");
+    stop(first, &cache);
+    let (orders_before, accounts_before) = (
+        orders(&pebble),
+        pebble.log().matches("POST /sign-me-up").count(),
+    );
+    let tls_port = free_port();
+    let handle = a
+        .launch(config(&pebble, &names, &cache))
+        .expect("second launch");
+    a.serve_tls(tls_port, &handle);
+    a.block_on(handle.ready()).expect("second start");
+    let (leaf_after, _) = fetch_verified(tls_port, names[0], &root).expect("second serve");
+    assert_eq!(leaf_before, leaf_after, "the cached certificate is served");
+    assert_eq!(orders(&pebble), orders_before, "no new order");
+    assert_eq!(
+        pebble.log().matches("POST /sign-me-up").count(),
+        accounts_before,
+        "no new account"
+    );
+}
+
+/// With the CA down, a restart serves the cached certificate and warns about the failed
+/// renewal (the policy makes renewal due at once).
+pub fn restart_with_ca_down_serves_cached_and_warns<A: Adapter>(a: &A) {
+    // Two-minute certificates, renewed when 99% remains: renewal is due a second after issue.
+    let mut pebble = Pebble::start_with(&PebbleOptions {
+        validity_secs: Some(120),
+    });
+    let cache = pebble.scratch("cache");
+    let names = ["down.certloop.test"];
+    let first = start_serving(a, &pebble, config(&pebble, &names, &cache)).expect("first start");
+    let root = pebble.issuing_root_pem();
+    stop(first, &cache);
+    pebble.stop_ca();
+    let policy = Policy {
+        renew_when_remaining: Ratio::new(99, 100),
+        ..Policy::default()
+    };
+    let handle = a
+        .launch(config(&pebble, &names, &cache).policy(policy))
+        .expect("launch with CA down");
+    let events = handle.subscribe();
+    let tls_port = free_port();
+    a.serve_tls(tls_port, &handle);
+    a.block_on(handle.ready())
+        .expect("starts with the cached certificate");
+    fetch_verified(tls_port, names[0], &root).expect("cached certificate served");
+    let mut seen = Vec::new();
+    let warned = |seen: &[certloop_acme::LifecycleEvent]| {
+        seen.iter().any(|e| matches!(e, certloop_acme::LifecycleEvent::RenewalFailed { error, expired: false, .. } if error.contains("CA unreachable")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !warned(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "no renewal-failed warning within 60s: {seen:?}"
+        );
+        seen.extend(a.block_on(crate::pebble::recv_within(&events, Duration::from_secs(1))));
+    }
+    assert!(
+        matches!(
+            seen.first(),
+            Some(certloop_acme::LifecycleEvent::Loaded { .. })
+        ),
+        "{seen:?}"
+    );
+}
+
+/// First start with the CA down fails within the startup bound, naming domain and directory.
+pub fn first_start_ca_down_fails_within_bound<A: Adapter>(a: &A) {
+    let mut pebble = Pebble::start();
+    pebble.stop_ca();
+    let cache = pebble.scratch("cache");
+    let policy = Policy {
+        startup_timeout: Duration::from_secs(5),
+        ..Policy::default()
+    };
+    let started = Instant::now();
+    let handle = a
+        .launch(config(&pebble, &["first.certloop.test"], &cache).policy(policy))
+        .expect("launch");
+    let error = a
+        .block_on(handle.ready())
+        .expect_err("must not start without a certificate");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed <= Duration::from_secs(7),
+        "failed after {elapsed:?}"
+    );
+    let message = error.to_string();
+    for part in [
+        "first.certloop.test",
+        &pebble.directory_url,
+        "CA unreachable",
+        "attempts",
+    ] {
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
+}
+
+/// A corrupt certificate file is moved aside (kept) and a fresh order replaces it.
+pub fn corrupt_cache_is_set_aside_and_reordered<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let cache = pebble.scratch("cache");
+    let names = vec!["corrupt.certloop.test".to_owned()];
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    let path = cache.join(certloop_acme::cache::cert_file_name(
+        &names,
+        &pebble.directory_url,
+    ));
+    std::fs::write(&path, b"-----BEGIN PRIVATE KEY-----\ngarbage\n").expect("write corrupt file");
+    start_serving(
+        a,
+        &pebble,
+        config(&pebble, &["corrupt.certloop.test"], &cache),
+    )
+    .expect("start");
+    wait_until(
+        "the new certificate to be stored",
+        Duration::from_secs(10),
+        || std::fs::read(&path).is_ok_and(|b| certloop_acme::cache::decode_cert_file(&b).is_ok()),
+    );
+    let aside: Vec<String> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(cache.join(&aside[0])).expect("kept"),
+        b"-----BEGIN PRIVATE KEY-----\ngarbage\n"
+    );
+    assert_eq!(orders(&pebble), 1, "a fresh order replaced it");
+}
+
+/// `production`, `staging` and URLs select the right directory.
+pub fn directory_selection<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    for (given, url) in [
+        (
+            "production",
+            certloop_acme::driver::LETS_ENCRYPT_PRODUCTION.to_owned(),
+        ),
+        (
+            "staging",
+            certloop_acme::driver::LETS_ENCRYPT_STAGING.to_owned(),
+        ),
+        (pebble.directory_url.as_str(), pebble.directory_url.clone()),
+    ] {
+        let cache = pebble.scratch(&format!("cache-{}", free_port()));
+        let config = AcmeConfig::new(vec!["dir.certloop.test".into()], &cache)
+            .directory(Directory::parse(given).expect("valid directory"));
+        let handle = a.launch(config).expect("launch");
+        assert_eq!(handle.directory_url(), url);
+        stop(handle, &cache);
+    }
+}
+
+/// A cache written in rustls-acme's format (key PEM, newline, chain PEM, under its file name)
+/// is adopted without an order: the CA is down when certloop starts on it.
+pub fn adopts_rustls_acme_cache<A: Adapter>(a: &A) {
+    let mut pebble = Pebble::start();
+    let names = ["adopt.certloop.test"];
+    let issuing = pebble.scratch("issuing");
+    let first = start_serving(a, &pebble, config(&pebble, &names, &issuing)).expect("issue");
+    stop(first, &issuing);
+    let issued_file = std::fs::read_dir(&issuing)
+        .expect("cache")
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name().to_string_lossy().starts_with("cached_cert_")
+                && !e.file_name().to_string_lossy().contains('.')
+        })
+        .expect("certificate file");
+    let decoded =
+        certloop_acme::cache::decode_cert_file(&std::fs::read(issued_file.path()).expect("read"))
+            .expect("decode");
+    let fixture = crate::rustls_acme_fixture::cert_file(&decoded);
+    let adopted = pebble.scratch("adopted");
+    crate::rustls_acme_fixture::write(&adopted, &names, &pebble.directory_url, &fixture);
+    let root = pebble.issuing_root_pem();
+    pebble.stop_ca();
+    let handle = a.launch(config(&pebble, &names, &adopted)).expect("launch");
+    let tls_port = free_port();
+    a.serve_tls(tls_port, &handle);
+    a.block_on(handle.ready()).expect("adopted without the CA");
+    let (leaf, _) = fetch_verified(tls_port, names[0], &root).expect("served");
+    assert_eq!(leaf, decoded.chain[0]);
+    drop(handle);
+}
+
+/// Short-lived certificates are renewed before they expire, and the renewed one is served.
+pub fn renews_before_expiry<A: Adapter>(a: &A) {
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validity_secs: Some(15),
+    });
+    let cache = pebble.scratch("cache");
+    let names = ["renew.certloop.test"];
+    let handle = start_serving(a, &pebble, config(&pebble, &names, &cache)).expect("start");
+    let root = pebble.issuing_root_pem();
+    let (first_leaf, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("served");
+    let events = handle.subscribe();
+    let mut seen = Vec::new();
+    wait_until("a renewal", Duration::from_secs(30), || {
+        seen.extend(std::iter::from_fn(|| events.try_recv().ok()));
+        seen.iter()
+            .any(|e| matches!(e, certloop_acme::LifecycleEvent::Renewed { .. }))
+    });
+    let (renewed_leaf, _) =
+        fetch_verified(pebble.tls_port, names[0], &root).expect("served after renewal");
+    assert_ne!(
+        first_leaf, renewed_leaf,
+        "the renewed certificate is served"
+    );
+}

@@ -1,0 +1,29 @@
+//! The conformance suite against a real Pebble, once per runtime adapter.
+
+use certloop_sim::adapters::{Smol, Tokio};
+use certloop_sim::conformance as suite;
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod tokio_runtime {
+            use super::*;
+            $( #[test] fn $scenario() { suite::$scenario(&Tokio::default()); } )*
+        }
+        mod smol_runtime {
+            use super::*;
+            $( #[test] fn $scenario() { suite::$scenario(&Smol); } )*
+        }
+    };
+}
+
+conformance!(
+    issues_with_tls_alpn_01_for_several_names,
+    issues_with_http_01,
+    restart_with_cache_makes_no_new_order,
+    restart_with_ca_down_serves_cached_and_warns,
+    first_start_ca_down_fails_within_bound,
+    corrupt_cache_is_set_aside_and_reordered,
+    directory_selection,
+    adopts_rustls_acme_cache,
+    renews_before_expiry,
+);
