@@ -181,6 +181,7 @@ pub fn restart_with_ca_down_serves_cached_and_warns<A: Adapter>(a: &A) {
     // Two-minute certificates, renewed when 99% remains: renewal is due a second after issue.
     let mut pebble = Pebble::start_with(&PebbleOptions {
         validity_secs: Some(120),
+        ..Default::default()
     });
     let cache = pebble.scratch("cache");
     let names = ["down.certloop.test"];
@@ -349,6 +350,7 @@ pub fn adopts_rustls_acme_cache<A: Adapter>(a: &A) {
 pub fn renews_before_expiry<A: Adapter>(a: &A) {
     let pebble = Pebble::start_with(&PebbleOptions {
         validity_secs: Some(15),
+        ..Default::default()
     });
     let cache = pebble.scratch("cache");
     let names = ["renew.certloop.test"];
@@ -367,5 +369,67 @@ pub fn renews_before_expiry<A: Adapter>(a: &A) {
     assert_ne!(
         first_leaf, renewed_leaf,
         "the renewed certificate is served"
+    );
+}
+
+/// Several certificates behind one listener: SNI selects the right one for each name.
+pub fn sni_selects_among_certificates<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let cache = pebble.scratch("cache");
+    let config = config(&pebble, &["one.certloop.test"], &cache).certificate(vec![
+        "two.certloop.test".into(),
+        "www.two.certloop.test".into(),
+    ]);
+    let _handle = start_serving(a, &pebble, config).expect("start");
+    let root = pebble.issuing_root_pem();
+    let (one, _) = fetch_verified(pebble.tls_port, "one.certloop.test", &root).expect("one");
+    let (two, _) = fetch_verified(pebble.tls_port, "www.two.certloop.test", &root).expect("two");
+    assert_ne!(one, two, "each name gets its own certificate");
+    assert_eq!(orders(&pebble), 2);
+}
+
+/// External Account Binding: a CA that requires it accepts the account when it is configured,
+/// and the error names the CA's problem when it is not.
+pub fn external_account_binding<A: Adapter>(a: &A) {
+    let (kid, key) = (
+        "kid-1",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    );
+    let pebble = Pebble::start_with(&PebbleOptions {
+        eab: Some((kid.into(), key.into())),
+        ..Default::default()
+    });
+    let without = pebble.scratch("without");
+    let policy = Policy {
+        startup_timeout: Duration::from_secs(5),
+        ..Policy::default()
+    };
+    let handle = a
+        .launch(config(&pebble, &["eab.certloop.test"], &without).policy(policy))
+        .expect("launch");
+    let error = a.block_on(handle.ready()).expect_err("the CA requires EAB");
+    assert!(
+        error.to_string().contains("externalAccountRequired"),
+        "{error}"
+    );
+    drop(handle);
+    let with = pebble.scratch("with");
+    let config = config(&pebble, &["eab.certloop.test"], &with)
+        .eab(kid, key)
+        .expect("EAB key");
+    start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
+}
+
+/// An unusable cache directory is reported at start, with its path.
+pub fn unwritable_cache_dir_is_reported<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let file = pebble.scratch("not-a-directory");
+    std::fs::write(&file, b"x").expect("write");
+    let error = a
+        .launch(config(&pebble, &["dir.certloop.test"], &file))
+        .expect_err("must fail");
+    assert!(
+        error.to_string().contains(&file.display().to_string()),
+        "{error}"
     );
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct PebbleOptions {
     /// `certificateValidityPeriod` in seconds (Pebble's default is five years).
     pub validity_secs: Option<u64>,
+    /// Require External Account Binding with this key id and base64url HMAC key.
+    pub eab: Option<(String, String)>,
 }
 
 /// A running Pebble and its challenge DNS server; both are killed on drop.
@@ -124,6 +126,10 @@ impl Pebble {
         }});
         if let Some(secs) = options.validity_secs {
             config["pebble"]["certificateValidityPeriod"] = secs.into();
+        }
+        if let Some((kid, key)) = &options.eab {
+            config["pebble"]["externalAccountBindingRequired"] = true.into();
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid.as_str(): key });
         }
         std::fs::write(dir.join("pebble.json"), config.to_string()).expect("write pebble.json");
         let mut pebble = Self {

@@ -26,4 +26,7 @@ conformance!(
     directory_selection,
     adopts_rustls_acme_cache,
     renews_before_expiry,
+    sni_selects_among_certificates,
+    external_account_binding,
+    unwritable_cache_dir_is_reported,
 );
