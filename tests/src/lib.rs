@@ -10,6 +10,7 @@ pub mod pebble;
 pub mod rustls_acme_fixture;
 pub mod script;
 pub mod sim;
+pub mod upstream;
 
 use std::time::Duration;
 

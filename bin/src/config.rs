@@ -1,0 +1,536 @@
+//! The configuration file: TOML parsed into a checked `Config`. Every error names the file,
+//! the line and the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, Policy};
+use hyper::Uri;
+use rustls::sign::CertifiedKey;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::manual::load_certified_key;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<Spanned<PathBuf>>,
+    http: Option<Spanned<RawHttp>>,
+    #[serde(default)]
+    listeners: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    bind: Spanned<String>,
+    https_port: Option<Spanned<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    bind: Spanned<String>,
+    upstream: Spanned<String>,
+    tls_mode: Spanned<String>,
+    upstream_timeout: Option<Spanned<String>>,
+    acme_domains: Option<Spanned<Vec<Spanned<String>>>>,
+    acme_directory: Option<Spanned<String>>,
+    acme_contact: Option<Spanned<Vec<String>>>,
+    acme_cache_dir: Option<Spanned<PathBuf>>,
+    acme_challenge: Option<Spanned<String>>,
+    acme_directory_ca: Option<Spanned<PathBuf>>,
+    acme_startup_timeout: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+}
+
+/// A checked configuration.
+pub(crate) struct Config {
+    /// The plain-HTTP listener, if any.
+    pub(crate) http: Option<HttpListener>,
+    /// The TLS listeners.
+    pub(crate) listeners: Vec<Listener>,
+}
+
+/// `[http]`: answers HTTP-01 and redirects everything else to HTTPS.
+pub(crate) struct HttpListener {
+    /// Where it listens.
+    pub(crate) bind: SocketAddr,
+    /// The port written into redirects.
+    pub(crate) https_port: u16,
+}
+
+/// One `[[listeners]]` entry.
+pub(crate) struct Listener {
+    /// Unique name, used in logs.
+    pub(crate) name: String,
+    /// Where it listens.
+    pub(crate) bind: SocketAddr,
+    /// Where requests go (`http://host:port`, optionally with a path prefix).
+    pub(crate) upstream: Uri,
+    /// How long the upstream may take to answer.
+    pub(crate) upstream_timeout: Duration,
+    /// Where the certificate comes from.
+    pub(crate) tls: TlsMode,
+}
+
+/// `tls_mode`.
+pub(crate) enum TlsMode {
+    /// Certificate and key files, reloaded on SIGHUP and when they change.
+    Manual {
+        /// Chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+        /// The pair as loaded at startup.
+        loaded: Arc<CertifiedKey>,
+    },
+    /// An ACME CA.
+    Acme(Box<AcmeConfig>),
+}
+
+/// A configuration error: file, line, key and what is wrong.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    path: PathBuf,
+    line: Option<usize>,
+    key: String,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            path: self.path.to_owned(),
+            line: span.map(|s| self.line(&s)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and checks the configuration file.
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and checks configuration text (`path` is for messages and relative paths).
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let src = Source { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_owned();
+        src.error(e.span(), "", message)
+    })?;
+    let state_dir = raw.state_dir.as_ref().map_or_else(
+        || PathBuf::from("/var/lib/certloop"),
+        |s| relative(&src, s.get_ref()),
+    );
+    let http = match &raw.http {
+        None => None,
+        Some(h) => {
+            let h = h.get_ref();
+            Some(HttpListener {
+                bind: socket_addr(&src, &h.bind, "http.bind")?,
+                https_port: h.https_port.as_ref().map_or(443, |p| *p.get_ref()),
+            })
+        }
+    };
+    if raw.listeners.is_empty() {
+        return Err(src.error(None, "listeners", "no [[listeners]] configured"));
+    }
+    let mut listeners: Vec<Listener> = Vec::new();
+    let mut seen_binds: Vec<SocketAddr> = http.iter().map(|h| h.bind).collect();
+    for (i, spanned) in raw.listeners.iter().enumerate() {
+        let l = spanned.get_ref();
+        let key = |k: &str| format!("listeners[{i}].{k}");
+        let name = l.name.get_ref().trim().to_owned();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(src.error(
+                Some(l.name.span()),
+                key("name"),
+                "use letters, digits, '-' and '_'",
+            ));
+        }
+        if listeners.iter().any(|other| other.name == name) {
+            return Err(src.error(
+                Some(l.name.span()),
+                key("name"),
+                format!("duplicate listener name {name:?}"),
+            ));
+        }
+        let bind = socket_addr(&src, &l.bind, &key("bind"))?;
+        if seen_binds.contains(&bind) {
+            return Err(src.error(
+                Some(l.bind.span()),
+                key("bind"),
+                format!("{bind} is used twice"),
+            ));
+        }
+        seen_binds.push(bind);
+        let upstream = upstream(&src, &l.upstream, &key("upstream"))?;
+        let upstream_timeout = match &l.upstream_timeout {
+            Some(t) => duration(&src, t, &key("upstream_timeout"))?,
+            None => Duration::from_secs(60),
+        };
+        let tls = match l.tls_mode.get_ref().as_str() {
+            "manual" => manual(&src, l, &key)?,
+            "acme" => TlsMode::Acme(Box::new(acme(
+                &src,
+                l,
+                &key,
+                &state_dir,
+                &name,
+                http.is_some(),
+            )?)),
+            other => {
+                return Err(src.error(
+                    Some(l.tls_mode.span()),
+                    key("tls_mode"),
+                    format!("{other:?} is not \"acme\" or \"manual\""),
+                ));
+            }
+        };
+        listeners.push(Listener {
+            name,
+            bind,
+            upstream,
+            upstream_timeout,
+            tls,
+        });
+    }
+    Ok(Config { http, listeners })
+}
+
+fn socket_addr(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value.get_ref().parse().map_err(|_| {
+        src.error(
+            Some(value.span()),
+            key,
+            format!("{:?} is not an address like 0.0.0.0:443", value.get_ref()),
+        )
+    })
+}
+
+fn upstream(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<Uri, ConfigError> {
+    let bad = |m: &str| {
+        src.error(
+            Some(value.span()),
+            key,
+            format!("{:?}: {m}", value.get_ref()),
+        )
+    };
+    let uri: Uri = value.get_ref().parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(bad(
+            "use http://host:port (the upstream speaks plain HTTP/1.1)",
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(bad("an upstream URL cannot have a query"));
+    }
+    Ok(uri)
+}
+
+/// `500ms`, `30s`, `5m`, `1h`.
+fn duration(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+    let text = value.get_ref().trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        src.error(
+            Some(value.span()),
+            key,
+            format!("{text:?} is not a duration like 60s"),
+        )
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => {
+            return Err(src.error(
+                Some(value.span()),
+                key,
+                format!("{text:?}: use ms, s, m or h"),
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(src.error(Some(value.span()), key, "must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn relative(src: &Source<'_>, path: &Path) -> PathBuf {
+    match src.path.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+fn manual(
+    src: &Source<'_>,
+    l: &RawListener,
+    key: &dyn Fn(&str) -> String,
+) -> Result<TlsMode, ConfigError> {
+    for (present, name) in [
+        (l.acme_domains.is_some(), "acme_domains"),
+        (l.acme_directory.is_some(), "acme_directory"),
+    ] {
+        if present {
+            return Err(src.error(
+                Some(l.tls_mode.span()),
+                key(name),
+                "only for tls_mode = \"acme\"",
+            ));
+        }
+    }
+    let (Some(cert), Some(private_key)) = (&l.tls_cert, &l.tls_key) else {
+        return Err(src.error(
+            Some(l.tls_mode.span()),
+            key("tls_cert"),
+            "manual mode needs tls_cert and tls_key",
+        ));
+    };
+    let cert_path = relative(src, cert.get_ref());
+    let key_path = relative(src, private_key.get_ref());
+    let loaded = load_certified_key(&cert_path, &key_path).map_err(|e| {
+        let span = if e.about_key {
+            private_key.span()
+        } else {
+            cert.span()
+        };
+        src.error(
+            Some(span),
+            key(if e.about_key { "tls_key" } else { "tls_cert" }),
+            e.message,
+        )
+    })?;
+    Ok(TlsMode::Manual {
+        cert: cert_path,
+        key: key_path,
+        loaded,
+    })
+}
+
+fn acme(
+    src: &Source<'_>,
+    l: &RawListener,
+    key: &dyn Fn(&str) -> String,
+    state_dir: &Path,
+    name: &str,
+    has_http: bool,
+) -> Result<AcmeConfig, ConfigError> {
+    for (present, k) in [
+        (l.tls_cert.is_some(), "tls_cert"),
+        (l.tls_key.is_some(), "tls_key"),
+    ] {
+        if present {
+            return Err(src.error(
+                Some(l.tls_mode.span()),
+                key(k),
+                "only for tls_mode = \"manual\"",
+            ));
+        }
+    }
+    let Some(domains) = &l.acme_domains else {
+        return Err(src.error(
+            Some(l.tls_mode.span()),
+            key("acme_domains"),
+            "an ACME listener needs acme_domains",
+        ));
+    };
+    if domains.get_ref().is_empty() {
+        return Err(src.error(
+            Some(domains.span()),
+            key("acme_domains"),
+            "must list at least one domain",
+        ));
+    }
+    let mut names = Vec::new();
+    for d in domains.get_ref() {
+        if let Err(problem) = certloop_core::validate_dns_name(d.get_ref()) {
+            return Err(src.error(
+                Some(d.span()),
+                key("acme_domains"),
+                format!("{:?}: {problem}", d.get_ref()),
+            ));
+        }
+        names.push(d.get_ref().clone());
+    }
+    if let Err(e) = certloop_core::CertConfig::new(names.clone(), 0) {
+        return Err(src.error(Some(domains.span()), key("acme_domains"), e.to_string()));
+    }
+    let directory = match &l.acme_directory {
+        Some(d) => Directory::parse(d.get_ref())
+            .map_err(|m| src.error(Some(d.span()), key("acme_directory"), m))?,
+        None => Directory::Production,
+    };
+    let challenge = match &l.acme_challenge {
+        None => ChallengeKind::TlsAlpn01,
+        Some(c) => match c.get_ref().as_str() {
+            "tls-alpn-01" => ChallengeKind::TlsAlpn01,
+            "http-01" if has_http => ChallengeKind::Http01,
+            "http-01" => {
+                return Err(src.error(
+                    Some(c.span()),
+                    key("acme_challenge"),
+                    "http-01 needs an [http] listener on port 80",
+                ));
+            }
+            other => {
+                return Err(src.error(
+                    Some(c.span()),
+                    key("acme_challenge"),
+                    format!("{other:?} is not \"tls-alpn-01\" or \"http-01\""),
+                ));
+            }
+        },
+    };
+    let cache_dir = l
+        .acme_cache_dir
+        .as_ref()
+        .map_or_else(|| state_dir.join(name), |d| relative(src, d.get_ref()));
+    let mut policy = Policy::default();
+    if let Some(t) = &l.acme_startup_timeout {
+        policy.startup_timeout = duration(src, t, &key("acme_startup_timeout"))?;
+    }
+    let mut config = AcmeConfig::new(names, cache_dir)
+        .directory(directory)
+        .challenge(challenge)
+        .policy(policy);
+    for contact in l
+        .acme_contact
+        .as_ref()
+        .map(|c| c.get_ref().as_slice())
+        .unwrap_or_default()
+    {
+        config = config.contact(contact.clone());
+    }
+    if let Some(ca) = &l.acme_directory_ca {
+        config = config
+            .extra_roots_pem(&relative(src, ca.get_ref()))
+            .map_err(|e| src.error(Some(ca.span()), key("acme_directory_ca"), e.to_string()))?;
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match parse(Path::new("/etc/certloop.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const ACME: &str = "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8443\"\nupstream = \"http://127.0.0.1:8080\"\ntls_mode = \"acme\"\nacme_domains = [\"example.com\"]\n";
+
+    #[test]
+    fn accepts_an_acme_listener() {
+        let config = parse(Path::new("/etc/certloop.toml"), ACME).unwrap();
+        assert_eq!(config.listeners[0].name, "web");
+        assert!(matches!(config.listeners[0].tls, TlsMode::Acme(_)));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let unknown = err(&format!("{ACME}colour = \"blue\"\n"));
+        assert!(
+            unknown.starts_with("/etc/certloop.toml:7") && unknown.contains("colour"),
+            "{unknown}"
+        );
+        let wrong_type = err(&ACME.replace("\"127.0.0.1:8443\"", "8443"));
+        assert!(wrong_type.contains(":3"), "{wrong_type}");
+        let missing = err(&ACME.replace("upstream = \"http://127.0.0.1:8080\"\n", ""));
+        assert!(missing.contains("upstream"), "{missing}");
+        let duplicate = err(&format!("{ACME}{}", ACME.replace("8443", "9443")));
+        assert!(
+            duplicate.contains(":8: listeners[1].name: duplicate"),
+            "{duplicate}"
+        );
+        let bind_twice = err(&format!("{ACME}{}", ACME.replace("\"web\"", "\"api\"")));
+        assert!(bind_twice.contains(":9: listeners[1].bind"), "{bind_twice}");
+        let no_domains = err(&ACME.replace("acme_domains = [\"example.com\"]\n", ""));
+        assert!(
+            no_domains.contains("listeners[0].acme_domains"),
+            "{no_domains}"
+        );
+        let bad_domain = err(&ACME.replace("example.com", "exa mple.com"));
+        assert!(
+            bad_domain.contains(":6: listeners[0].acme_domains"),
+            "{bad_domain}"
+        );
+        let http01 = err(&format!("{ACME}acme_challenge = \"http-01\"\n"));
+        assert!(
+            http01.contains(":7") && http01.contains("[http]"),
+            "{http01}"
+        );
+        let manual = err(&ACME.replace("\"acme\"", "\"manual\"").replace(
+            "acme_domains = [\"example.com\"]\n",
+            "tls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"\n",
+        ));
+        assert!(
+            manual.contains(":6: listeners[0].tls_cert") && manual.contains("/nonexistent.pem"),
+            "{manual}"
+        );
+    }
+}

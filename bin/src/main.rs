@@ -1,0 +1,239 @@
+//! `certloop`: a TLS-terminating reverse proxy whose certificates come from an ACME CA and
+//! never lapse.
+//!
+//! ```text
+//! certloop --config PATH [--log-format text|json] [--log-level FILTER]
+//! certloop check --config PATH
+//! certloop --version
+//! ```
+//! Exit codes: 0 after a clean shutdown, 1 when it cannot start or keep running, 2 for a bad
+//! command line or configuration.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod manual;
+mod proxy;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, TlsMode};
+use crate::manual::ManualResolver;
+
+/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+const GRACE: Duration = Duration::from_secs(30);
+
+struct Args {
+    check: bool,
+    config: PathBuf,
+    json_logs: bool,
+    log_level: Option<String>,
+}
+
+const USAGE: &str =
+    "usage: certloop [check] --config PATH [--log-format text|json] [--log-level FILTER]";
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = std::env::args().skip(1).peekable();
+    let check = args.next_if(|a| a == "check").is_some();
+    let (mut config, mut json_logs, mut log_level) = (None, false, None);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--version" | "-V" => return Ok(None),
+            "--config" | "-c" => config = Some(PathBuf::from(value()?)),
+            "--log-format" => {
+                json_logs = match value()?.as_str() {
+                    "json" => true,
+                    "text" => false,
+                    other => return Err(format!("--log-format {other:?}: use text or json")),
+                }
+            }
+            "--log-level" => log_level = Some(value()?),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let config = config.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
+    Ok(Some(Args {
+        check,
+        config,
+        json_logs,
+        log_level,
+    }))
+}
+
+fn init_logging(args: &Args) -> Result<(), String> {
+    let filter = match &args.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level),
+        None => tracing_subscriber::EnvFilter::try_from_env("CERTLOOP_LOG")
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new("info")),
+    }
+    .map_err(|e| format!("invalid log filter: {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if args.json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("certloop {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("certloop: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&args) {
+        eprintln!("certloop: {e}");
+        return ExitCode::from(2);
+    }
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("certloop: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: configuration is valid ({} listeners)",
+            args.config.display(),
+            config.listeners.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("certloop: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certloop: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut manual_resolvers = Vec::new();
+    let mut acme_handles = Vec::new();
+    let mut tokens = Vec::new();
+    for listener in config.listeners {
+        let name = listener.name.clone();
+        let socket = tokio::net::TcpListener::bind(listener.bind)
+            .await
+            .map_err(|e| {
+                format!(
+                    "listener {name}: cannot listen on {}: {e}; free the port or change bind",
+                    listener.bind
+                )
+            })?;
+        let server_config = match listener.tls {
+            TlsMode::Manual { cert, key, loaded } => {
+                let resolver = ManualResolver::new(&name, cert, key, loaded);
+                tokio::spawn(resolver.clone().watch_files());
+                manual_resolvers.push(resolver.clone());
+                Arc::new(certloop_tokio::server_config(resolver, false))
+            }
+            TlsMode::Acme(acme) => {
+                let handle = certloop_tokio::launch(*acme).await.map_err(|e| {
+                    format!("listener {name}: {e}; check acme_cache_dir (or state_dir) and the ACME settings")
+                })?;
+                tokens.push(handle.http01_tokens());
+                let server_config = handle.server_config();
+                acme_handles.push((name.clone(), handle));
+                server_config
+            }
+        };
+        let proxy = proxy::Proxy::new(&name, listener.upstream.clone(), listener.upstream_timeout);
+        tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
+        let acceptor = TlsAcceptor::from(server_config);
+        tokio::spawn(server::serve_tls(
+            name,
+            socket,
+            acceptor,
+            proxy,
+            graceful.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(http) = config.http {
+        let socket = tokio::net::TcpListener::bind(http.bind)
+            .await
+            .map_err(|e| {
+                format!(
+                    "[http]: cannot listen on {}: {e}; free the port or change http.bind",
+                    http.bind
+                )
+            })?;
+        tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
+        let tokens = Arc::new(tokens);
+        tokio::spawn(server::serve_http(
+            socket,
+            tokens,
+            http.https_port,
+            graceful.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    // The failure table: every ACME listener must have a valid certificate before we say ready.
+    for (name, handle) in &acme_handles {
+        handle.ready().await.map_err(|e| {
+            format!("listener {name}: {e}. Fix the cause and restart; the cached state keeps the CA's backoff")
+        })?;
+    }
+    tracing::info!("ready");
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = sighup.recv() => manual_resolvers.iter().for_each(|r| r.reload()),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!(
+        "shutting down: no new connections, waiting up to {GRACE:?} for in-flight requests"
+    );
+    let _ = stop_tx.send(true);
+    let graceful = Arc::into_inner(graceful);
+    if let Some(graceful) = graceful {
+        if tokio::time::timeout(GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+    drop(acme_handles);
+    Ok(())
+}

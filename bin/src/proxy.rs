@@ -1,0 +1,219 @@
+//! The reverse proxy: one request in, one request to the HTTP/1.1 upstream (pooled), with
+//! forwarding headers set, hop-by-hop headers removed, bodies streamed both ways, WebSocket
+//! upgrades passed through, and 502/504 when the upstream is down or slow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Response bodies: the upstream's, streamed, or a short one of our own.
+pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// One listener's proxy.
+pub(crate) struct Proxy {
+    listener: String,
+    upstream: Uri,
+    timeout: Duration,
+    client: Client<HttpConnector, Incoming>,
+}
+
+/// A short text response.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_owned()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+impl Proxy {
+    /// A proxy to `upstream` for the listener `listener`.
+    pub(crate) fn new(listener: &str, upstream: Uri, timeout: Duration) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Arc::new(Self {
+            listener: listener.to_owned(),
+            upstream,
+            timeout,
+            client,
+        })
+    }
+
+    /// Forwards one request.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let upgrade = requested_upgrade(req.headers());
+        let base = self.upstream.path().trim_end_matches('/');
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let authority = self.upstream.authority().map_or("", |a| a.as_str());
+        let Ok(uri) = format!("http://{authority}{base}{path}").parse::<Uri>() else {
+            return text(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {}", client.ip()),
+            None => client.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+        if let Some(host) = host {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+            headers.insert(header::HOST, host);
+        }
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream did not answer within {:?}: 504", self.timeout);
+                text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream unreachable: {e}: 502");
+                text(StatusCode::BAD_GATEWAY, "upstream unreachable\n")
+            }
+            Ok(Ok(mut response)) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade
+                {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    let listener = self.listener.clone();
+                    tokio::spawn(async move {
+                        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                            Ok((client, upstream)) => {
+                                let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
+                                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                            }
+                            Err(e) => tracing::warn!(listener = %listener, "upgrade failed: {e}"),
+                        }
+                    });
+                    return response
+                        .map(|_| Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                }
+                strip_hop_by_hop(response.headers_mut());
+                response.map(|body| {
+                    body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                        .boxed()
+                })
+            }
+        }
+    }
+}
+
+/// The protocol a client asks to upgrade to (`Connection: upgrade` plus `Upgrade`).
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn detects_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            requested_upgrade(&h),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        h.remove(header::CONNECTION);
+        assert_eq!(requested_upgrade(&h), None);
+    }
+}
