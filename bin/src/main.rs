@@ -143,6 +143,7 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> Result<(), String> {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut accept_loops = Vec::new();
     let mut manual_resolvers = Vec::new();
     let mut acme_handles = Vec::new();
     let mut tokens = Vec::new();
@@ -176,14 +177,14 @@ async fn run(config: Config) -> Result<(), String> {
         let proxy = proxy::Proxy::new(&name, listener.upstream.clone(), listener.upstream_timeout);
         tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
         let acceptor = TlsAcceptor::from(server_config);
-        tokio::spawn(server::serve_tls(
+        accept_loops.push(tokio::spawn(server::serve_tls(
             name,
             socket,
             acceptor,
             proxy,
             graceful.clone(),
             stop_rx.clone(),
-        ));
+        )));
     }
     if let Some(http) = config.http {
         let socket = tokio::net::TcpListener::bind(http.bind)
@@ -196,13 +197,13 @@ async fn run(config: Config) -> Result<(), String> {
             })?;
         tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
         let tokens = Arc::new(tokens);
-        tokio::spawn(server::serve_http(
+        accept_loops.push(tokio::spawn(server::serve_http(
             socket,
             tokens,
             http.https_port,
             graceful.clone(),
             stop_rx.clone(),
-        ));
+        )));
     }
     // The failure table: every ACME listener must have a valid certificate before we say ready.
     for (name, handle) in &acme_handles {
@@ -225,14 +226,16 @@ async fn run(config: Config) -> Result<(), String> {
         "shutting down: no new connections, waiting up to {GRACE:?} for in-flight requests"
     );
     let _ = stop_tx.send(true);
-    let graceful = Arc::into_inner(graceful);
-    if let Some(graceful) = graceful {
-        if tokio::time::timeout(GRACE, graceful.shutdown())
+    // Accept loops hold the only other references; once they stopped, wait for connections.
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    if let Some(graceful) = Arc::into_inner(graceful)
+        && tokio::time::timeout(GRACE, graceful.shutdown())
             .await
             .is_err()
-        {
-            tracing::warn!("grace period over; closing remaining connections");
-        }
+    {
+        tracing::warn!("grace period over; closing remaining connections");
     }
     drop(acme_handles);
     Ok(())

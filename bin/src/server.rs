@@ -39,7 +39,7 @@ pub(crate) async fn serve_tls(
             _ = stop.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, graceful) = (acceptor.clone(), proxy.clone(), graceful.clone());
+        let (acceptor, proxy, watcher) = (acceptor.clone(), proxy.clone(), graceful.watcher());
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
@@ -53,7 +53,7 @@ pub(crate) async fn serve_tls(
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            let _ = graceful.watch(conn.into_owned()).await;
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
 }
@@ -74,7 +74,7 @@ pub(crate) async fn serve_http(
             },
             _ = stop.changed() => return,
         };
-        let (tokens, graceful) = (tokens.clone(), graceful.clone());
+        let (tokens, watcher) = (tokens.clone(), graceful.watcher());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let tokens = tokens.clone();
@@ -82,7 +82,7 @@ pub(crate) async fn serve_http(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service);
-            let _ = graceful.watch(conn).await;
+            let _ = watcher.watch(conn).await;
         });
     }
 }

@@ -89,8 +89,10 @@ pub fn fetch_verified(
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {name}\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
     let _ = tls.read_to_string(&mut response);
     let leaf = conn

@@ -3,6 +3,7 @@
 //! answers after N milliseconds; `/ws` accepts a WebSocket-style upgrade and echoes bytes.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +13,12 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+/// Requests this process's upstream has started answering (tests wait on it).
+pub static REQUESTS_STARTED: AtomicUsize = AtomicUsize::new(0);
+
 /// Answers one request.
 pub async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    REQUESTS_STARTED.fetch_add(1, Ordering::SeqCst);
     if req.uri().path() == "/ws" && req.headers().contains_key(hyper::header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

@@ -1,0 +1,573 @@
+//! The real `certloop` binary against a real Pebble and a real upstream, checked with curl,
+//! openssl and a rustls client. Each test starts its own Pebble on free ports.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use certloop_sim::conformance::fetch_verified;
+use certloop_sim::pebble::{Pebble, free_port, wait_until};
+use certloop_sim::upstream::REQUESTS_STARTED;
+
+/// An upstream on a free port, served by a background tokio runtime for the whole test binary.
+fn upstream() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                certloop_sim::upstream::serve(listener).await;
+            });
+        });
+        port
+    })
+}
+
+struct Certloop {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Certloop {
+    fn start(config: &Path, extra_env: &[(&str, &str)], wrapper: Option<&[&str]>) -> Self {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let binary = env!("CARGO_BIN_EXE_certloop");
+        let mut command = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        command
+            .arg("--config")
+            .arg(config)
+            .env("CERTLOOP_LOG", "info")
+            .env("NO_COLOR", "1");
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start certloop");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(" ready") {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "certloop exited with {status} before ready:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "certloop not ready after 60s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "certloop still running after {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Certloop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(pebble: &Pebble, name: &str, body: &str) -> PathBuf {
+    let path = pebble.scratch(&format!("{name}.toml"));
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+fn acme_listener(pebble: &Pebble, name: &str, port: u16, domains: &[&str], extra: &str) -> String {
+    let domains: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
+    format!(
+        "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{}\"\n\
+         tls_mode = \"acme\"\nacme_domains = [{}]\nacme_directory = \"{}\"\nacme_directory_ca = \"{}\"\n{extra}\n",
+        upstream(),
+        domains.join(", "),
+        pebble.directory_url,
+        pebble.directory_ca.display()
+    )
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn serves_verified_certificates_and_proxies() {
+    let pebble = Pebble::start();
+    let state = pebble.scratch("state");
+    let http01_port = free_port();
+    let down_port = free_port();
+    let config = format!(
+        "state_dir = \"{}\"\n[http]\nbind = \"127.0.0.1:{}\"\nhttps_port = {}\n{}{}{}",
+        state.display(),
+        pebble.http_port,
+        pebble.tls_port,
+        acme_listener(
+            &pebble,
+            "web",
+            pebble.tls_port,
+            &["web.certloop.test", "www.certloop.test"],
+            ""
+        ),
+        acme_listener(
+            &pebble,
+            "api",
+            http01_port,
+            &["api.certloop.test"],
+            "acme_challenge = \"http-01\""
+        ),
+        // Only one listener can own the port Pebble validates TLS-ALPN-01 on.
+        acme_listener(
+            &pebble,
+            "down",
+            down_port,
+            &["down.certloop.test"],
+            "acme_challenge = \"http-01\""
+        )
+        .replace(
+            &format!("http://127.0.0.1:{}", upstream()),
+            &format!("http://127.0.0.1:{}", free_port())
+        ),
+    );
+    let config = write_config(&pebble, "proxy", &config);
+    let mut proxy = Certloop::start(&config, &[], None);
+    proxy.wait_ready();
+    let root = pebble.scratch("root.pem");
+    std::fs::write(&root, pebble.issuing_root_pem()).expect("root");
+    let root = root.display().to_string();
+
+    // The chain verifies for every name, on both listeners (TLS-ALPN-01 and HTTP-01).
+    for (name, port) in [
+        ("web.certloop.test", pebble.tls_port),
+        ("www.certloop.test", pebble.tls_port),
+        ("api.certloop.test", http01_port),
+    ] {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let out = curl(&[
+            "--cacert",
+            &root,
+            "--resolve",
+            &resolve,
+            &format!("https://{name}:{port}/check"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout(&out).starts_with("upstream saw GET /check"),
+            "{}",
+            stdout(&out)
+        );
+    }
+
+    // Bodies reach the upstream and back; forwarding headers are set; ALPN negotiates h2.
+    let resolve = format!("web.certloop.test:{}:127.0.0.1", pebble.tls_port);
+    let url = format!("https://web.certloop.test:{}/upload?x=1", pebble.tls_port);
+    let body = pebble.scratch("body.bin");
+    std::fs::write(&body, "certloop ".repeat(20_000)).expect("body");
+    let body = format!("@{}", body.display());
+    let out = curl(&[
+        "--cacert",
+        &root,
+        "--resolve",
+        &resolve,
+        "--http2",
+        "-w",
+        "\nhttp_version=%{http_version}",
+        "--data-binary",
+        &body,
+        &url,
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("upstream saw POST /upload?x=1") && text.contains("body-bytes: 180000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-forwarded-proto: https") && text.contains("x-forwarded-for: 127.0.0.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "x-forwarded-host: web.certloop.test:{}",
+            pebble.tls_port
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("http_version=2"), "{text}");
+
+    // TLS 1.1 is refused.
+    let tls11 = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+            "-connect",
+            &format!("127.0.0.1:{}", pebble.tls_port),
+        ])
+        .args(["-servername", "web.certloop.test"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(
+        !tls11.status.success(),
+        "TLS 1.1 handshake succeeded:\n{}",
+        stdout(&tls11)
+    );
+
+    // Port 80 redirects with 308, keeping host, path and query.
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: web.certloop.test",
+        &format!("http://127.0.0.1:{}/a/b?c=d", pebble.http_port),
+    ]);
+    assert_eq!(
+        stdout(&out),
+        format!("308 https://web.certloop.test:{}/a/b?c=d", pebble.tls_port)
+    );
+
+    // A WebSocket-style upgrade passes through and echoes.
+    let echoed = upgrade_echo(
+        pebble.tls_port,
+        "web.certloop.test",
+        &pebble.issuing_root_pem(),
+    );
+    assert_eq!(echoed, "ping through the proxy");
+
+    // An unreachable upstream is a 502, logged with the listener's name.
+    let resolve_down = format!("down.certloop.test:{down_port}:127.0.0.1");
+    let out = curl(&[
+        "--cacert",
+        &root,
+        "--resolve",
+        &resolve_down,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://down.certloop.test:{down_port}/"),
+    ]);
+    assert_eq!(stdout(&out), "502");
+    wait_until("the 502 to be logged", Duration::from_secs(5), || {
+        proxy.log().contains("listener=down")
+    });
+}
+
+/// Sends an HTTP/1.1 upgrade through the proxy and echoes a message over the upgraded stream.
+fn upgrade_echo(port: u16, name: &str, root_pem: &str) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(cert.expect("root")).expect("root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).expect("client");
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {name}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(b"ping through the proxy")
+        .expect("write upgraded");
+    let mut echoed = vec![0u8; "ping through the proxy".len()];
+    tls.read_exact(&mut echoed).expect("echo");
+    String::from_utf8(echoed).expect("utf8")
+}
+
+#[test]
+fn restarts_warm_and_survives_a_ca_outage() {
+    let mut pebble = Pebble::start();
+    let state = pebble.scratch("state");
+    let config = format!(
+        "state_dir = \"{}\"\n{}",
+        state.display(),
+        acme_listener(&pebble, "web", pebble.tls_port, &["warm.certloop.test"], "")
+    );
+    let config = write_config(&pebble, "warm", &config);
+    let mut first = Certloop::start(&config, &[], None);
+    first.wait_ready();
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(35)), 0);
+    let orders = pebble.log().matches("POST /order-plz").count();
+
+    // Warm cache: no new order.
+    let mut second = Certloop::start(&config, &[], None);
+    second.wait_ready();
+    assert_eq!(
+        pebble.log().matches("POST /order-plz").count(),
+        orders,
+        "no new order"
+    );
+    assert!(
+        second.log().contains("serving cached certificate"),
+        "{}",
+        second.log()
+    );
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(35)), 0);
+
+    // CA down, four years later (Pebble certificates last five): renewal is due and fails,
+    // certloop still starts with the cached certificate and warns.
+    pebble.stop_ca();
+    let mut third = Certloop::start(&config, &[], Some(&["faketime", "+4 years"]));
+    third.wait_ready();
+    wait_until("a renewal warning", Duration::from_secs(30), || {
+        third.log().contains("WARN") && third.log().contains("CA unreachable")
+    });
+    assert!(
+        third.log().contains("serving current certificate"),
+        "{}",
+        third.log()
+    );
+}
+
+#[test]
+fn ca_down_at_first_start_exits_1_within_the_startup_timeout() {
+    let mut pebble = Pebble::start();
+    pebble.stop_ca();
+    let state = pebble.scratch("state");
+    let config = format!(
+        "state_dir = \"{}\"\n{}",
+        state.display(),
+        acme_listener(
+            &pebble,
+            "cold",
+            pebble.tls_port,
+            &["cold.certloop.test"],
+            "acme_startup_timeout = \"5s\""
+        )
+    );
+    let config = write_config(&pebble, "cold", &config);
+    let started = Instant::now();
+    let mut proxy = Certloop::start(&config, &[], None);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(20)), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let log = proxy.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("certloop: listener cold:")
+            && last.contains("CA unreachable")
+            && last.contains("restart"),
+        "{last}"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_file_line_and_key() {
+    let pebble = Pebble::start();
+    let body = format!(
+        "{}colour = \"blue\"\n",
+        acme_listener(&pebble, "web", free_port(), &["x.certloop.test"], "")
+    );
+    let config = write_config(&pebble, "bad", &body);
+    for check in [true, false] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_certloop"));
+        if check {
+            command.arg("check");
+        }
+        let out = command.arg("--config").arg(&config).output().expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{}:10", config.display())) && err.contains("colour"),
+            "{err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_certloop"))
+        .arg("--nonsense")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
+    let pebble = Pebble::start();
+    let state = pebble.scratch("state");
+    let config = format!(
+        "state_dir = \"{}\"\n{}",
+        state.display(),
+        acme_listener(&pebble, "web", pebble.tls_port, &["term.certloop.test"], "")
+    );
+    let config = write_config(&pebble, "term", &config);
+    let mut proxy = Certloop::start(&config, &[], None);
+    proxy.wait_ready();
+    let root = pebble.scratch("root.pem");
+    std::fs::write(&root, pebble.issuing_root_pem()).expect("root");
+    let before = REQUESTS_STARTED.load(Ordering::SeqCst);
+    let (root_arg, port) = (root.display().to_string(), pebble.tls_port);
+    let request = std::thread::spawn(move || {
+        let resolve = format!("term.certloop.test:{port}:127.0.0.1");
+        curl(&[
+            "--cacert",
+            &root_arg,
+            "--resolve",
+            &resolve,
+            &format!("https://term.certloop.test:{port}/slow?ms=1500"),
+        ])
+    });
+    wait_until(
+        "the request to reach the upstream",
+        Duration::from_secs(10),
+        || REQUESTS_STARTED.load(Ordering::SeqCst) > before,
+    );
+    proxy.signal("TERM");
+    let out = request.join().expect("request thread");
+    assert!(
+        stdout(&out).starts_with("upstream saw GET /slow"),
+        "in-flight request completed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proxy.wait_exit(Duration::from_secs(35)), 0);
+}
+
+/// A CA and a leaf for `name`, as PEM files; returns the CA PEM.
+fn manual_pair(dir: &Path, tag: &str, name: &str) -> (PathBuf, PathBuf, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("leaf");
+    let (cert_path, key_path) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&cert_path, leaf.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    (cert_path, key_path, ca.pem())
+}
+
+#[test]
+fn manual_certificate_swapped_on_disk_is_served_after_sighup() {
+    let pebble = Pebble::start();
+    let dir = pebble.scratch("manual");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let name = "internal.certloop.test";
+    let (cert_a, key_a, ca_a) = manual_pair(&dir, "a", name);
+    let (cert_b, key_b, ca_b) = manual_pair(&dir, "b", name);
+    let live_cert = dir.join("live.pem");
+    let live_key = dir.join("live.key");
+    std::fs::copy(&cert_a, &live_cert).expect("copy");
+    std::fs::copy(&key_a, &live_key).expect("copy");
+    let port = free_port();
+    let config = format!(
+        "[[listeners]]\nname = \"internal\"\nbind = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:{}\"\ntls_mode = \"manual\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        upstream(),
+        live_cert.display(),
+        live_key.display()
+    );
+    let config = write_config(&pebble, "manual", &config);
+    let mut proxy = Certloop::start(&config, &[], None);
+    proxy.wait_ready();
+    fetch_verified(port, name, &ca_a).expect("serves A");
+    // A mismatched pair (B's certificate, A's key) is refused; A stays.
+    std::fs::copy(&cert_b, &live_cert).expect("copy");
+    proxy.signal("HUP");
+    wait_until("the refusal to be logged", Duration::from_secs(10), || {
+        proxy.log().contains("refused")
+    });
+    fetch_verified(port, name, &ca_a).expect("still serves A");
+    // The matching key arrives: B is served.
+    std::fs::copy(&key_b, &live_key).expect("copy");
+    proxy.signal("HUP");
+    wait_until(
+        "certificate B to be served",
+        Duration::from_secs(10),
+        || fetch_verified(port, name, &ca_b).is_ok(),
+    );
+}
