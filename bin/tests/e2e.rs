@@ -158,8 +158,9 @@ fn serves_verified_certificates_and_proxies() {
     let state = pebble.scratch("state");
     let http01_port = free_port();
     let down_port = free_port();
+    let slow_port = free_port();
     let config = format!(
-        "state_dir = \"{}\"\n[http]\nbind = \"127.0.0.1:{}\"\nhttps_port = {}\n{}{}{}",
+        "state_dir = \"{}\"\n[http]\nbind = \"127.0.0.1:{}\"\nhttps_port = {}\n{}{}{}{}",
         state.display(),
         pebble.http_port,
         pebble.tls_port,
@@ -188,6 +189,13 @@ fn serves_verified_certificates_and_proxies() {
         .replace(
             &format!("http://127.0.0.1:{}", upstream()),
             &format!("http://127.0.0.1:{}", free_port())
+        ),
+        acme_listener(
+            &pebble,
+            "slow",
+            slow_port,
+            &["slow.certloop.test"],
+            "acme_challenge = \"http-01\"\nupstream_timeout = \"500ms\""
         ),
     );
     let config = write_config(&pebble, "proxy", &config);
