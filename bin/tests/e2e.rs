@@ -327,6 +327,22 @@ fn serves_verified_certificates_and_proxies() {
     wait_until("the 502 to be logged", Duration::from_secs(5), || {
         proxy.log().contains("listener=down")
     });
+
+    // An upstream slower than upstream_timeout is a 504.
+    let resolve_slow = format!("slow.certloop.test:{slow_port}:127.0.0.1");
+    let slow_url = format!("https://slow.certloop.test:{slow_port}/slow?ms=3000");
+    let out = curl(&[
+        "--cacert",
+        &root,
+        "--resolve",
+        &resolve_slow,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &slow_url,
+    ]);
+    assert_eq!(stdout(&out), "504");
 }
 
 /// Sends an HTTP/1.1 upgrade through the proxy and echoes a message over the upgraded stream.
