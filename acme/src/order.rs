@@ -197,17 +197,29 @@ impl<R: Runtime> AcmeContext<R> {
         let replaced_leaf = replacing
             .and_then(|b| decode_cert_file(b.bytes()).ok())
             .and_then(|f| f.chain.into_iter().next());
-        let mut new_order = NewOrder::new(&identifiers);
+        let plain_order = NewOrder::new(&identifiers);
         let replaces = replaced_leaf
             .as_ref()
             .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok());
-        if let Some(id) = replaces {
-            new_order = new_order.replaces(id);
-        }
-        let mut order = account
-            .new_order(&new_order)
-            .await
-            .map_err(|e| self.classify(&e))?;
+        let result = match replaces {
+            Some(id) => match account
+                .new_order(&NewOrder::new(&identifiers).replaces(id))
+                .await
+            {
+                // A directory that offers ARI but does not echo `replaces` (instant-acme then
+                // refuses the order): order once more without it.
+                Err(e)
+                    if !matches!(e, instant_acme::Error::Api(_))
+                        && e.to_string().contains("replaces") =>
+                {
+                    tracing::warn!("the CA ignored ARI `replaces`; ordering without it ({e})");
+                    account.new_order(&plain_order).await
+                }
+                other => other,
+            },
+            None => account.new_order(&plain_order).await,
+        };
+        let mut order = result.map_err(|e| self.classify(&e))?;
         let mut guard = ChallengeGuard {
             resolver: &self.resolver,
             tokens: &self.tokens,

@@ -435,3 +435,48 @@ pub fn unwritable_cache_dir_is_reported<A: Adapter>(a: &A) {
         "{error}"
     );
 }
+
+/// A CA whose ARI window has opened triggers a renewal at once, ordered with `replaces`
+/// (against a fake directory in front of Pebble, which has no ARI).
+pub fn ari_window_triggers_a_renewal<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let ari = crate::ari_directory::AriDirectory::start(&pebble);
+    let cache = pebble.scratch("cache");
+    let config = AcmeConfig::new(vec!["ari.certloop.test".into()], &cache)
+        .directory(Directory::Url(ari.url.clone()))
+        .extra_roots_pem(&pebble.directory_ca)
+        .expect("Pebble's listener CA");
+    let handle =
+        start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
+    let events = handle.subscribe();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen
+        .iter()
+        .any(|e| matches!(e, certloop_acme::LifecycleEvent::Renewed { .. }))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no ARI-triggered renewal: {seen:?}\n{}",
+            pebble.log()
+        );
+        seen.extend(a.block_on(crate::pebble::recv_within(&events, Duration::from_secs(1))));
+    }
+    // Pebble 2.4 ignores `replaces`, so the runner orders once more without it.
+    assert!(orders(&pebble) >= 2, "one order, then a renewal");
+    let asked = ari.asked.lock().expect("lock").clone();
+    assert!(!asked.is_empty(), "renewal information was fetched");
+    wait_until(
+        "the renewed certificate to be asked about",
+        Duration::from_secs(10),
+        || {
+            ari.asked
+                .lock()
+                .expect("lock")
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                >= 2
+        },
+    );
+}

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod ari_directory;
 pub mod conformance;
 pub mod fuzz_bodies;
 pub mod pebble;

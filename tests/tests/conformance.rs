@@ -29,4 +29,5 @@ conformance!(
     sni_selects_among_certificates,
     external_account_binding,
     unwritable_cache_dir_is_reported,
+    ari_window_triggers_a_renewal,
 );
