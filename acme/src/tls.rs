@@ -48,6 +48,11 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> Serve
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless, rotating session tickets (as nginx does by default) instead of a
+    // server-side session cache: resumption without per-session state or a shared lock.
+    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
     if acme {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
