@@ -492,6 +492,34 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_does_not_match_its_certificate_is_rejected() {
+        let dir = std::env::temp_dir().join(format!("certloop-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), other_key.serialize_pem()).unwrap();
+        let text = ACME.replace("\"acme\"", "\"manual\"").replace(
+            "acme_domains = [\"example.com\"]\n",
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        );
+        let error = match parse(&dir.join("certloop.toml"), &text) {
+            Ok(_) => panic!("mismatched pair accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains(":7: listeners[0].tls_key") && error.contains("does not match"),
+            "{error}"
+        );
+        assert!(!error.contains("PRIVATE KEY"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let unknown = err(&format!("{ACME}colour = \"blue\"\n"));
         assert!(

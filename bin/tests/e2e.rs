@@ -40,7 +40,7 @@ struct Certloop {
 }
 
 impl Certloop {
-    fn start(config: &Path, extra_env: &[(&str, &str)], wrapper: Option<&[&str]>) -> Self {
+    fn start(config: &Path, extra_args: &[&str], wrapper: Option<&[&str]>) -> Self {
         let log = config.with_extension("log");
         let file = std::fs::File::create(&log).expect("log file");
         let binary = env!("CARGO_BIN_EXE_certloop");
@@ -55,11 +55,8 @@ impl Certloop {
         command
             .arg("--config")
             .arg(config)
-            .env("CERTLOOP_LOG", "info")
-            .env("NO_COLOR", "1");
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
+            .args(extra_args)
+            .env("CERTLOOP_LOG", "info");
         let child = command
             .stdout(Stdio::null())
             .stderr(file)
@@ -450,7 +447,7 @@ fn ca_down_at_first_start_exits_1_within_the_startup_timeout() {
     );
     let config = write_config(&pebble, "cold", &config);
     let started = Instant::now();
-    let mut proxy = Certloop::start(&config, &[], None);
+    let mut proxy = Certloop::start(&config, &["--log-format", "json"], None);
     assert_eq!(proxy.wait_exit(Duration::from_secs(20)), 1);
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -465,6 +462,15 @@ fn ca_down_at_first_start_exits_1_within_the_startup_timeout() {
             && last.contains("restart"),
         "{last}"
     );
+    // Every log line before the final message is a JSON object with a level.
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() > 1);
+    for line in &lines[..lines.len() - 1] {
+        assert!(
+            line.starts_with('{') && line.contains("\"level\":"),
+            "{line}"
+        );
+    }
 }
 
 #[test]
