@@ -16,22 +16,7 @@ use certloop_sim::upstream::REQUESTS_STARTED;
 /// An upstream on a free port, served by a background tokio runtime for the whole test binary.
 fn upstream() -> u16 {
     static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                certloop_sim::upstream::serve(listener).await;
-            });
-        });
-        port
-    })
+    *PORT.get_or_init(|| certloop_sim::serve_in_background(certloop_sim::upstream::serve))
 }
 
 struct Certloop {

@@ -43,11 +43,8 @@ impl AriDirectory {
         );
         let mut directory: serde_json::Value =
             serde_json::from_slice(&out.stdout).expect("directory JSON");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let port = listener.local_addr().expect("addr").port();
-        directory["renewalInfo"] = format!("https://127.0.0.1:{port}/renewal-info").into();
-        let directory = Arc::new(directory.to_string());
+        // The port is only known once bound; handlers read the directory from this cell.
+        let directory_json = Arc::new(Mutex::new(String::new()));
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(pebble.scratch("listener.pem"))
                 .expect("listener cert")
@@ -64,40 +61,32 @@ impl AriDirectory {
         let acceptor = futures_rustls::TlsAcceptor::from(Arc::new(tls));
         let asked = Arc::new(Mutex::new(Vec::new()));
         let seen = asked.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
+        let served = directory_json.clone();
+        let port = crate::serve_in_background(move |listener| async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, directory, seen) = (acceptor.clone(), served.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let tcp = tokio_util::compat::TokioAsyncReadCompatExt::compat(tcp);
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
                     };
-                    let (acceptor, directory, seen) =
-                        (acceptor.clone(), directory.clone(), seen.clone());
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor
-                            .accept(tokio_util::compat::TokioAsyncReadCompatExt::compat(tcp))
-                            .await
-                        else {
-                            return;
-                        };
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let (directory, seen) = (directory.clone(), seen.clone());
-                            async move {
-                                Ok::<_, std::convert::Infallible>(answer(&req, &directory, &seen))
-                            }
-                        });
-                        let io = certloop_acme::http_client::HyperIo(tls);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await;
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let directory = directory.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let seen = seen.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&req, &directory, &seen)) }
                     });
-                }
-            });
+                    let io = certloop_acme::http_client::HyperIo(tls);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
         });
+        directory["renewalInfo"] = format!("https://127.0.0.1:{port}/renewal-info").into();
+        *directory_json.lock().unwrap_or_else(|e| e.into_inner()) = directory.to_string();
         Self {
             url: format!("https://127.0.0.1:{port}/dir"),
             asked,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certloop_acme::store::DirStore;
-use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, Directory, StartError};
+use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError};
 use certloop_core::{Policy, Ratio};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 
@@ -51,6 +51,26 @@ fn start_serving<A: Adapter>(
     a.serve_tls(pebble.tls_port, &handle);
     a.block_on(handle.ready())?;
     Ok(handle)
+}
+
+/// Collects `handle`'s lifecycle events (history first) until one satisfies `wanted`.
+fn wait_for_event<A: Adapter>(
+    a: &A,
+    handle: &AcmeHandle,
+    within: Duration,
+    wanted: impl Fn(&LifecycleEvent) -> bool,
+) -> Vec<LifecycleEvent> {
+    let events = handle.subscribe();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + within;
+    while !seen.iter().any(&wanted) {
+        assert!(
+            Instant::now() < deadline,
+            "no matching lifecycle event within {within:?}: {seen:?}"
+        );
+        seen.extend(a.block_on(crate::pebble::recv_within(&events, Duration::from_secs(1))));
+    }
+    seen
 }
 
 /// Drops a handle and waits until its driver released the cache directory's lock.
@@ -198,29 +218,19 @@ pub fn restart_with_ca_down_serves_cached_and_warns<A: Adapter>(a: &A) {
     let handle = a
         .launch(config(&pebble, &names, &cache).policy(policy))
         .expect("launch with CA down");
-    let events = handle.subscribe();
     let tls_port = free_port();
     a.serve_tls(tls_port, &handle);
     a.block_on(handle.ready())
         .expect("starts with the cached certificate");
     fetch_verified(tls_port, names[0], &root).expect("cached certificate served");
-    let mut seen = Vec::new();
-    let warned = |seen: &[certloop_acme::LifecycleEvent]| {
-        seen.iter().any(|e| matches!(e, certloop_acme::LifecycleEvent::RenewalFailed { error, expired: false, .. } if error.contains("CA unreachable")))
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !warned(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "no renewal-failed warning within 60s: {seen:?}"
-        );
-        seen.extend(a.block_on(crate::pebble::recv_within(&events, Duration::from_secs(1))));
-    }
+    let seen = wait_for_event(
+        a,
+        &handle,
+        Duration::from_secs(60),
+        |e| matches!(e, LifecycleEvent::RenewalFailed { error, expired: false, .. } if error.contains("CA unreachable")),
+    );
     assert!(
-        matches!(
-            seen.first(),
-            Some(certloop_acme::LifecycleEvent::Loaded { .. })
-        ),
+        matches!(seen.first(), Some(LifecycleEvent::Loaded { .. })),
         "{seen:?}"
     );
 }
@@ -359,12 +369,8 @@ pub fn renews_before_expiry<A: Adapter>(a: &A) {
     let handle = start_serving(a, &pebble, config(&pebble, &names, &cache)).expect("start");
     let root = pebble.issuing_root_pem();
     let (first_leaf, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("served");
-    let events = handle.subscribe();
-    let mut seen = Vec::new();
-    wait_until("a renewal", Duration::from_secs(30), || {
-        seen.extend(std::iter::from_fn(|| events.try_recv().ok()));
-        seen.iter()
-            .any(|e| matches!(e, certloop_acme::LifecycleEvent::Renewed { .. }))
+    wait_for_event(a, &handle, Duration::from_secs(30), |e| {
+        matches!(e, LifecycleEvent::Renewed { .. })
     });
     let (renewed_leaf, _) =
         fetch_verified(pebble.tls_port, names[0], &root).expect("served after renewal");
@@ -448,20 +454,9 @@ pub fn ari_window_triggers_a_renewal<A: Adapter>(a: &A) {
         .expect("Pebble's listener CA");
     let handle =
         start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
-    let events = handle.subscribe();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !seen
-        .iter()
-        .any(|e| matches!(e, certloop_acme::LifecycleEvent::Renewed { .. }))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no ARI-triggered renewal: {seen:?}\n{}",
-            pebble.log()
-        );
-        seen.extend(a.block_on(crate::pebble::recv_within(&events, Duration::from_secs(1))));
-    }
+    wait_for_event(a, &handle, Duration::from_secs(30), |e| {
+        matches!(e, LifecycleEvent::Renewed { .. })
+    });
     // Pebble 2.4 ignores `replaces`, so the runner orders once more without it.
     assert!(orders(&pebble) >= 2, "one order, then a renewal");
     let asked = ari.asked.lock().expect("lock").clone();

@@ -17,6 +17,32 @@ use std::time::Duration;
 
 pub use sim::{Report, Sim, SimConfig, Violation};
 
+/// Binds a free loopback port and runs `serve` on it in a background thread with its own
+/// tokio runtime, for the rest of the test process. Returns the port.
+pub fn serve_in_background<F>(
+    serve: impl FnOnce(tokio::net::TcpListener) -> F + Send + 'static,
+) -> u16
+where
+    F: Future<Output = ()>,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let port = listener.local_addr().expect("local address").port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            serve(listener).await;
+        });
+    });
+    port
+}
+
 /// Totals over many seeds.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
