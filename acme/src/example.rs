@@ -80,6 +80,12 @@ impl ExampleArgs {
     }
 }
 
+/// Prints `https_server: MESSAGE` and exits with `code` (1: cannot run, 2: bad flags).
+pub fn fail(code: i32, message: impl std::fmt::Display) -> ! {
+    eprintln!("https_server: {message}");
+    std::process::exit(code)
+}
+
 /// The same settings without `h2` in ALPN: the examples speak HTTP/1.1 only.
 pub fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
     let mut config = config.clone();

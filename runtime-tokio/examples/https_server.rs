@@ -5,7 +5,7 @@
 //!     --directory staging --cache-dir /tmp/acme --bind 0.0.0.0:443 [--directory-ca ca.pem]
 //! ```
 
-use certloop_acme::example::{ExampleArgs, http1_only, serve_hello};
+use certloop_acme::example::{ExampleArgs, fail, http1_only, serve_hello};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 #[tokio::main]
@@ -13,10 +13,6 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let fail = |code: i32, message: String| -> ! {
-        eprintln!("https_server: {message}");
-        std::process::exit(code)
-    };
     let args = ExampleArgs::from_env().unwrap_or_else(|e| fail(2, e));
     let listener = tokio::net::TcpListener::bind(&args.bind)
         .await
