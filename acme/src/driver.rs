@@ -224,6 +224,14 @@ pub enum LifecycleEvent {
         /// End of validity.
         not_after: UnixTime,
     },
+    /// The served certificate is due for renewal (per policy or the CA's ARI window): a
+    /// renewal has started.
+    Expiring {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity of the served certificate.
+        not_after: UnixTime,
+    },
     /// A first certificate was issued and is served.
     Issued {
         /// Its names.
@@ -670,7 +678,16 @@ impl<R: Runtime> Driver<R> {
                     Event::RenewalInfo { request, info }
                 });
             }
-            Action::Log(notice) => self.log(&domains, &notice),
+            Action::Log(notice) => {
+                let served_until = self
+                    .shared
+                    .validity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())[index]
+                    .validity
+                    .map(|(_, not_after)| not_after);
+                self.log(&domains, &notice, served_until);
+            }
             Action::Ready { .. } => self.managed[index].ready = true,
             Action::FailStartup(failure) => {
                 tracing::error!(domains = %domains.join(","), directory = %url, "{failure}");
@@ -695,7 +712,7 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Renders a notice to `tracing` and publishes the lifecycle events embedders see.
-    fn log(&self, domains: &[String], notice: &Notice) {
+    fn log(&self, domains: &[String], notice: &Notice, served_until: Option<UnixTime>) {
         let names = domains.join(",");
         match notice.level() {
             Level::Error => tracing::error!(domains = %names, "{notice}"),
@@ -705,6 +722,10 @@ impl<R: Runtime> Driver<R> {
         }
         let domains = domains.to_vec();
         let event = match notice {
+            Notice::OrderStarted { attempt: 1, .. } => match served_until {
+                Some(not_after) => LifecycleEvent::Expiring { domains, not_after },
+                None => return,
+            },
             Notice::CachedCertAdopted { not_after } => LifecycleEvent::Loaded {
                 domains,
                 not_after: *not_after,

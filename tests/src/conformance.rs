@@ -369,9 +369,14 @@ pub fn renews_before_expiry<A: Adapter>(a: &A) {
     let handle = start_serving(a, &pebble, config(&pebble, &names, &cache)).expect("start");
     let root = pebble.issuing_root_pem();
     let (first_leaf, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("served");
-    wait_for_event(a, &handle, Duration::from_secs(30), |e| {
+    let seen = wait_for_event(a, &handle, Duration::from_secs(30), |e| {
         matches!(e, LifecycleEvent::Renewed { .. })
     });
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, LifecycleEvent::Expiring { .. })),
+        "{seen:?}"
+    );
     let (renewed_leaf, _) =
         fetch_verified(pebble.tls_port, names[0], &root).expect("served after renewal");
     assert_ne!(
