@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::cache::decode_cert_file;
@@ -19,23 +19,20 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// aws-lc-rs, restricted to AEAD suites with forward secrecy (all TLS 1.3 suites; ECDHE with
 /// AES-GCM or ChaCha20-Poly1305 for TLS 1.2). The only provider in the build.
 pub fn provider() -> Arc<CryptoProvider> {
-    let base = rustls::crypto::aws_lc_rs::default_provider();
-    let cipher_suites: Vec<SupportedCipherSuite> = base
-        .cipher_suites
-        .iter()
-        .copied()
-        .filter(|suite| match suite {
-            SupportedCipherSuite::Tls13(_) => true,
-            SupportedCipherSuite::Tls12(s) => {
-                let name = format!("{:?}", s.common.suite);
-                name.starts_with("TLS_ECDHE_")
-                    && (name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"))
-            }
-        })
-        .collect();
+    use rustls::crypto::aws_lc_rs::cipher_suite as suite;
     Arc::new(CryptoProvider {
-        cipher_suites,
-        ..base
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::aws_lc_rs::default_provider()
     })
 }
 
