@@ -11,10 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null; then
+if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null || ! command -v python3 >/dev/null; then
     sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -q
-    "${sudo_cmd[@]}" apt-get install -y -q nginx-light nghttp2-client
+    "${sudo_cmd[@]}" apt-get install -y -q nginx-light nghttp2-client python3
 fi
 cargo build -q --release -p certloop -p certloop-tests --bin certloop --bin demo-upstream
 dir=$PWD/target/bench-proxy

@@ -5,6 +5,8 @@ need=()
 for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
+# The tests signal the proxy with the kill program (not the shell builtin).
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo is missing; install the Rust toolchain (rustup) first" >&2
     exit 1
