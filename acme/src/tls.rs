@@ -11,6 +11,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use certloop_core::name_covers;
+
 use crate::cache::decode_cert_file;
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
@@ -89,19 +91,6 @@ pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedK
     certified_key(vec![cert.der().clone()], key_der)
 }
 
-/// Whether a certificate name (maybe `*.` wildcard) covers a requested server name.
-fn covers(cert_name: &str, server_name: &str) -> bool {
-    if cert_name.eq_ignore_ascii_case(server_name) {
-        return true;
-    }
-    match (cert_name.strip_prefix("*."), server_name.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => {
-            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
-        }
-        _ => false,
-    }
-}
-
 /// Chooses the certificate for each handshake: the TLS-ALPN-01 challenge certificate when the
 /// client offers exactly `acme-tls/1` for a name under validation, otherwise the certificate
 /// whose names cover the SNI name (the first one when there is no SNI).
@@ -156,7 +145,7 @@ impl CertResolver {
         match server_name {
             Some(name) => certs
                 .iter()
-                .find(|(names, _)| names.iter().any(|n| covers(n, name))),
+                .find(|(names, _)| names.iter().any(|n| name_covers(n, name))),
             None => certs.first(),
         }
         .map(|(_, key)| key.clone())
@@ -210,12 +199,5 @@ mod tests {
         );
         resolver.remove_challenge("a.example");
         assert!(resolver.challenges.read().unwrap().is_empty());
-    }
-
-    #[test]
-    fn wildcard_and_exact_names() {
-        assert!(covers("*.example.com", "www.example.com"));
-        assert!(!covers("*.example.com", "example.com"));
-        assert!(covers("Example.com", "example.COM"));
     }
 }

@@ -192,8 +192,8 @@ pub fn validate_dns_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether a certificate name (possibly a wildcard) covers a configured domain.
-pub(crate) fn name_covers(cert_name: &str, domain: &str) -> bool {
+/// Whether a certificate name (possibly a `*.` wildcard) covers a domain or SNI name.
+pub fn name_covers(cert_name: &str, domain: &str) -> bool {
     if cert_name.eq_ignore_ascii_case(domain) {
         return true;
     }

@@ -50,7 +50,7 @@ mod lifecycle;
 mod rng;
 mod time;
 
-pub use config::{CertConfig, ConfigError, Policy, Ratio, validate_dns_name};
+pub use config::{CertConfig, ConfigError, Policy, Ratio, name_covers, validate_dns_name};
 pub use event::{
     Action, CachedCert, CertBundle, CertInfo, CertProblem, Certificate, Event, FailureKind, Level,
     Notice, OrderError, OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,
