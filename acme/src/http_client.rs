@@ -86,8 +86,7 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
                     let retry_after = rsp
                         .headers()
                         .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                        .and_then(|v| parse_retry_after(v.to_str().ok()?));
                     slot.set(retry_after);
                     Ok(BytesResponse::from(rsp))
                 }
@@ -99,6 +98,19 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
             }
         })
     }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), as a duration from now.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 async fn send<R: Runtime>(
@@ -187,5 +199,26 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).expect("HTTP-date");
+        assert!(
+            parsed > Duration::from_secs(3590) && parsed <= Duration::from_secs(3600),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -275,10 +275,7 @@ impl<R: Runtime> AcmeContext<R> {
                 OrderStatus::Ready => break,
                 OrderStatus::Invalid => return Err(self.invalid_order(&mut order).await),
                 OrderStatus::Valid => break,
-                OrderStatus::Pending | OrderStatus::Processing => {
-                    self.rt.sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+                OrderStatus::Pending | OrderStatus::Processing => self.poll_pause(&mut delay).await,
             }
         }
         drop(guard);
@@ -307,10 +304,7 @@ impl<R: Runtime> AcmeContext<R> {
         let chain_pem = loop {
             match order.certificate().await.map_err(|e| self.classify(&e))? {
                 Some(chain) => break chain,
-                None => {
-                    self.rt.sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+                None => self.poll_pause(&mut delay).await,
             }
         };
         let bundle = encode_cert_file(&key.serialize_pem(), &chain_pem);
@@ -324,6 +318,17 @@ impl<R: Runtime> AcmeContext<R> {
             info,
             bundle: CertBundle::new(bundle),
         })
+    }
+
+    /// Waits before polling the order again: the CA's Retry-After if it sent one (at most
+    /// 10 s), otherwise `delay`, which doubles up to 2 s.
+    async fn poll_pause(&self, delay: &mut Duration) {
+        let pause = match self.retry_after.take() {
+            Some(asked) => asked.clamp(Duration::from_millis(100), Duration::from_secs(10)),
+            None => *delay,
+        };
+        self.rt.sleep(pause).await;
+        *delay = (*delay * 2).min(Duration::from_secs(2));
     }
 
     /// Describes why the CA declared the order invalid, from the failed challenges.

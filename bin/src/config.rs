@@ -20,6 +20,7 @@ use crate::manual::load_certified_key;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     state_dir: Option<Spanned<PathBuf>>,
+    shutdown_grace: Option<Spanned<String>>,
     http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     listeners: Vec<Spanned<RawListener>>,
@@ -53,6 +54,8 @@ struct RawListener {
 
 /// A checked configuration.
 pub(crate) struct Config {
+    /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+    pub(crate) shutdown_grace: Duration,
     /// The plain-HTTP listener, if any.
     pub(crate) http: Option<HttpListener>,
     /// The TLS listeners.
@@ -247,7 +250,15 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             tls,
         });
     }
-    Ok(Config { http, listeners })
+    let shutdown_grace = match &raw.shutdown_grace {
+        Some(g) => duration(&src, g, "shutdown_grace")?,
+        None => Duration::from_secs(30),
+    };
+    Ok(Config {
+        shutdown_grace,
+        http,
+        listeners,
+    })
 }
 
 fn socket_addr(
@@ -488,6 +499,13 @@ mod tests {
     fn accepts_an_acme_listener() {
         let config = parse(Path::new("/etc/certloop.toml"), ACME).unwrap();
         assert_eq!(config.listeners[0].name, "web");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        let config = parse(
+            Path::new("/etc/certloop.toml"),
+            &format!("shutdown_grace = \"5s\"\n{ACME}"),
+        )
+        .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(5));
         assert!(matches!(config.listeners[0].tls, TlsMode::Acme(_)));
     }
 

@@ -19,7 +19,6 @@ mod server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,9 +26,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, TlsMode};
 use crate::manual::ManualResolver;
-
-/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
-const GRACE: Duration = Duration::from_secs(30);
 
 struct Args {
     check: bool,
@@ -222,8 +218,9 @@ async fn run(config: Config) -> Result<(), String> {
             _ = sigint.recv() => break,
         }
     }
+    let grace = config.shutdown_grace;
     tracing::info!(
-        "shutting down: no new connections, waiting up to {GRACE:?} for in-flight requests"
+        "shutting down: no new connections, waiting up to {grace:?} for in-flight requests"
     );
     let _ = stop_tx.send(true);
     // Accept loops hold the only other references; once they stopped, wait for connections.
@@ -231,7 +228,7 @@ async fn run(config: Config) -> Result<(), String> {
         let _ = accept_loop.await;
     }
     if let Some(graceful) = Arc::into_inner(graceful)
-        && tokio::time::timeout(GRACE, graceful.shutdown())
+        && tokio::time::timeout(grace, graceful.shutdown())
             .await
             .is_err()
     {
