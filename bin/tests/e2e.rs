@@ -122,6 +122,16 @@ fn acme_listener(pebble: &Pebble, name: &str, port: u16, domains: &[&str], extra
     )
 }
 
+/// A configuration with one ACME listener named `name` for `domain` on Pebble's TLS port.
+fn single_listener_config(pebble: &Pebble, name: &str, domain: &str, extra: &str) -> PathBuf {
+    let body = format!(
+        "state_dir = \"{}\"\n{}",
+        pebble.scratch("state").display(),
+        acme_listener(pebble, name, pebble.tls_port, &[domain], extra)
+    );
+    write_config(pebble, name, &body)
+}
+
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "20"])
@@ -370,13 +380,7 @@ fn upgrade_echo(port: u16, name: &str, root_pem: &str) -> String {
 #[test]
 fn restarts_warm_and_survives_a_ca_outage() {
     let mut pebble = Pebble::start();
-    let state = pebble.scratch("state");
-    let config = format!(
-        "state_dir = \"{}\"\n{}",
-        state.display(),
-        acme_listener(&pebble, "web", pebble.tls_port, &["warm.certloop.test"], "")
-    );
-    let config = write_config(&pebble, "warm", &config);
+    let config = single_listener_config(&pebble, "warm", "warm.certloop.test", "");
     let mut first = Certloop::start(&config, &[], None);
     first.wait_ready();
     first.signal("TERM");
@@ -418,19 +422,12 @@ fn restarts_warm_and_survives_a_ca_outage() {
 fn ca_down_at_first_start_exits_1_within_the_startup_timeout() {
     let mut pebble = Pebble::start();
     pebble.stop_ca();
-    let state = pebble.scratch("state");
-    let config = format!(
-        "state_dir = \"{}\"\n{}",
-        state.display(),
-        acme_listener(
-            &pebble,
-            "cold",
-            pebble.tls_port,
-            &["cold.certloop.test"],
-            "acme_startup_timeout = \"5s\""
-        )
+    let config = single_listener_config(
+        &pebble,
+        "cold",
+        "cold.certloop.test",
+        "acme_startup_timeout = \"5s\"",
     );
-    let config = write_config(&pebble, "cold", &config);
     let started = Instant::now();
     let mut proxy = Certloop::start(&config, &["--log-format", "json"], None);
     assert_eq!(proxy.wait_exit(Duration::from_secs(20)), 1);
@@ -489,13 +486,7 @@ fn bad_configuration_exits_2_naming_file_line_and_key() {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     let pebble = Pebble::start();
-    let state = pebble.scratch("state");
-    let config = format!(
-        "state_dir = \"{}\"\n{}",
-        state.display(),
-        acme_listener(&pebble, "web", pebble.tls_port, &["term.certloop.test"], "")
-    );
-    let config = write_config(&pebble, "term", &config);
+    let config = single_listener_config(&pebble, "term", "term.certloop.test", "");
     let mut proxy = Certloop::start(&config, &[], None);
     proxy.wait_ready();
     let root = pebble.scratch("root.pem");
