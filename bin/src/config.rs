@@ -335,23 +335,39 @@ fn relative(src: &Source<'_>, path: &Path) -> PathBuf {
     }
 }
 
+/// Rejects keys that belong to the other `tls_mode`, naming the first one present.
+fn only_for_mode(
+    src: &Source<'_>,
+    l: &RawListener,
+    key: &dyn Fn(&str) -> String,
+    mode: &str,
+    present: &[(bool, &str)],
+) -> Result<(), ConfigError> {
+    match present.iter().find(|(is_set, _)| *is_set) {
+        Some((_, name)) => Err(src.error(
+            Some(l.tls_mode.span()),
+            key(name),
+            format!("only for tls_mode = \"{mode}\""),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn manual(
     src: &Source<'_>,
     l: &RawListener,
     key: &dyn Fn(&str) -> String,
 ) -> Result<TlsMode, ConfigError> {
-    for (present, name) in [
-        (l.acme_domains.is_some(), "acme_domains"),
-        (l.acme_directory.is_some(), "acme_directory"),
-    ] {
-        if present {
-            return Err(src.error(
-                Some(l.tls_mode.span()),
-                key(name),
-                "only for tls_mode = \"acme\"",
-            ));
-        }
-    }
+    only_for_mode(
+        src,
+        l,
+        key,
+        "acme",
+        &[
+            (l.acme_domains.is_some(), "acme_domains"),
+            (l.acme_directory.is_some(), "acme_directory"),
+        ],
+    )?;
     let (Some(cert), Some(private_key)) = (&l.tls_cert, &l.tls_key) else {
         return Err(src.error(
             Some(l.tls_mode.span()),
@@ -388,18 +404,16 @@ fn acme(
     name: &str,
     has_http: bool,
 ) -> Result<AcmeConfig, ConfigError> {
-    for (present, k) in [
-        (l.tls_cert.is_some(), "tls_cert"),
-        (l.tls_key.is_some(), "tls_key"),
-    ] {
-        if present {
-            return Err(src.error(
-                Some(l.tls_mode.span()),
-                key(k),
-                "only for tls_mode = \"manual\"",
-            ));
-        }
-    }
+    only_for_mode(
+        src,
+        l,
+        key,
+        "manual",
+        &[
+            (l.tls_cert.is_some(), "tls_cert"),
+            (l.tls_key.is_some(), "tls_key"),
+        ],
+    )?;
     let Some(domains) = &l.acme_domains else {
         return Err(src.error(
             Some(l.tls_mode.span()),
@@ -564,6 +578,11 @@ mod tests {
         assert!(
             bad_domain.contains(":6: listeners[0].acme_domains"),
             "{bad_domain}"
+        );
+        let other_mode = err(&format!("{ACME}tls_cert = \"c.pem\"\n"));
+        assert!(
+            other_mode.contains(":5: listeners[0].tls_cert: only for tls_mode = \"manual\""),
+            "{other_mode}"
         );
         let http01 = err(&format!("{ACME}acme_challenge = \"http-01\"\n"));
         assert!(
