@@ -143,6 +143,22 @@ async fn run(config: Config) -> Result<(), String> {
     let mut manual_resolvers = Vec::new();
     let mut acme_handles = Vec::new();
     let mut tokens = Vec::new();
+    // Bound before any ACME order starts, so HTTP-01 validation finds it (connections wait in
+    // the backlog until the accept loop below runs).
+    let http = match config.http {
+        Some(http) => {
+            let socket = tokio::net::TcpListener::bind(http.bind)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "[http]: cannot listen on {}: {e}; free the port or change http.bind",
+                        http.bind
+                    )
+                })?;
+            Some((http, socket))
+        }
+        None => None,
+    };
     for listener in config.listeners {
         let name = listener.name.clone();
         let socket = tokio::net::TcpListener::bind(listener.bind)
@@ -182,15 +198,7 @@ async fn run(config: Config) -> Result<(), String> {
             stop_rx.clone(),
         )));
     }
-    if let Some(http) = config.http {
-        let socket = tokio::net::TcpListener::bind(http.bind)
-            .await
-            .map_err(|e| {
-                format!(
-                    "[http]: cannot listen on {}: {e}; free the port or change http.bind",
-                    http.bind
-                )
-            })?;
+    if let Some((http, socket)) = http {
         tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
         let tokens = Arc::new(tokens);
         accept_loops.push(tokio::spawn(server::serve_http(
