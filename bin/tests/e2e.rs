@@ -55,21 +55,15 @@ impl Certloop {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log().contains(" ready") {
+        wait_until("certloop to be ready", Duration::from_secs(60), || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "certloop exited with {status} before ready:\n{}",
                     self.log()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "certloop not ready after 60s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            self.log().contains(" ready")
+        });
     }
 
     fn signal(&self, name: &str) {
@@ -81,18 +75,16 @@ impl Certloop {
     }
 
     fn wait_exit(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "certloop still running after {within:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut code = None;
+        wait_until("certloop to exit", within, || {
+            code = self
+                .child
+                .try_wait()
+                .expect("wait")
+                .map(|s| s.code().unwrap_or(-1));
+            code.is_some()
+        });
+        code.expect("exited")
     }
 }
 
