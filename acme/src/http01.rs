@@ -3,9 +3,15 @@
 //! futures-io stream.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use crate::accept::{AcceptBackoff, accept_with_backoff};
+use crate::runtime::{Runtime, timeout};
 
 /// The path prefix HTTP-01 validation requests use.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -98,7 +104,7 @@ pub async fn write_response<S: futures_lite::AsyncWrite + Unpin>(
     status: &str,
     extra_headers: &[(&str, &str)],
     body: &str,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
@@ -130,6 +136,42 @@ where
         }
         None => write_response(&mut stream, "404 Not Found", &[], "not found\n").await,
     };
+}
+
+/// How long one connection to the ready-made responder may take, from accept to the answer
+/// written: the same as the proxy's default `request_header_timeout`.
+pub const RESPONDER_DEADLINE: Duration = Duration::from_secs(15);
+
+/// How many connections the ready-made responder serves at once; more wait in the backlog.
+pub const RESPONDER_MAX_CONNECTIONS: usize = 1024;
+
+/// The ready-made port-80 responder over any runtime: accepts with `accept` (backing off on
+/// errors, never giving up), serves each connection with [`serve_challenge_connection`]
+/// under [`RESPONDER_DEADLINE`], and holds at most [`RESPONDER_MAX_CONNECTIONS`]. Runs forever.
+pub async fn serve_responder<R, F, Fut, S>(rt: R, mut accept: F, tokens: Arc<Http01Tokens>)
+where
+    R: Runtime,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut backoff = AcceptBackoff::default();
+    let slots = Arc::new(async_lock::Semaphore::new(RESPONDER_MAX_CONNECTIONS));
+    loop {
+        let slot = slots.acquire_arc().await;
+        let stream = accept_with_backoff(&rt, "http-01", &mut backoff, &mut accept).await;
+        let (task_rt, tokens) = (rt.clone(), tokens.clone());
+        rt.spawn(Box::pin(async move {
+            let _slot = slot;
+            let served = serve_challenge_connection(stream, &tokens);
+            if timeout(&task_rt, RESPONDER_DEADLINE, served)
+                .await
+                .is_none()
+            {
+                tracing::debug!("http-01: connection closed after {RESPONDER_DEADLINE:?}");
+            }
+        }));
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `certloop-acme`: everything both runtime adapters need, written once and generic over a
 //! four-operation [`runtime::Runtime`] seam (connect, sleep, spawn, unblock).
 //!
+//! - [`accept`]: accept loops that back off on errors instead of spinning.
 //! - [`cache`]: the rustls-acme compatible `DirCache` format as pure functions.
 //! - [`store`]: the cache directory on disk (atomic writes, 0600/0700, lock, set-aside).
 //! - [`tls`]: the one crypto provider, shared server settings, the SNI and TLS-ALPN-01 resolver.
@@ -12,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod cache;
 pub mod driver;
 pub mod example;

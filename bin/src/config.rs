@@ -14,6 +14,8 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::forwarding::IpRange;
+use crate::limits::{Limits, MAX_REQUEST_HEADER_BYTES, MIN_REQUEST_HEADER_BYTES};
 use crate::manual::load_certified_key;
 
 #[derive(Deserialize)]
@@ -21,9 +23,21 @@ use crate::manual::load_certified_key;
 struct RawConfig {
     state_dir: Option<Spanned<PathBuf>>,
     shutdown_grace: Option<Spanned<String>>,
+    limits: Option<Spanned<RawLimits>>,
     http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     listeners: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    tls_handshake_timeout: Option<Spanned<String>>,
+    request_header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    max_request_header_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +55,8 @@ struct RawListener {
     upstream: Spanned<String>,
     tls_mode: Spanned<String>,
     upstream_timeout: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    limits: Option<Spanned<RawLimits>>,
     acme_domains: Option<Spanned<Vec<Spanned<String>>>>,
     acme_directory: Option<Spanned<String>>,
     acme_contact: Option<Spanned<Vec<String>>>,
@@ -68,6 +84,8 @@ pub(crate) struct HttpListener {
     pub(crate) bind: SocketAddr,
     /// The port written into redirects.
     pub(crate) https_port: u16,
+    /// The `[limits]` table.
+    pub(crate) limits: Limits,
 }
 
 /// One `[[listeners]]` entry.
@@ -80,6 +98,10 @@ pub(crate) struct Listener {
     pub(crate) upstream: Uri,
     /// How long the upstream may take to answer.
     pub(crate) upstream_timeout: Duration,
+    /// Peers whose forwarding headers are believed and extended.
+    pub(crate) trusted_proxies: Vec<IpRange>,
+    /// `[limits]`, overridden by `[listeners.limits]`.
+    pub(crate) limits: Limits,
     /// Where the certificate comes from.
     pub(crate) tls: TlsMode,
 }
@@ -173,6 +195,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         || PathBuf::from("/var/lib/certloop"),
         |s| relative(&src, s.get_ref()),
     );
+    let global_limits = match &raw.limits {
+        Some(l) => limits(&src, l.get_ref(), Limits::default(), "limits")?,
+        None => Limits::default(),
+    };
     let http = match &raw.http {
         None => None,
         Some(h) => {
@@ -180,6 +206,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some(HttpListener {
                 bind: socket_addr(&src, &h.bind, "http.bind")?,
                 https_port: h.https_port.as_ref().map_or(443, |p| *p.get_ref()),
+                limits: global_limits.clone(),
             })
         }
     };
@@ -224,6 +251,17 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some(t) => duration(&src, t, &key("upstream_timeout"))?,
             None => Duration::from_secs(60),
         };
+        let mut trusted_proxies = Vec::new();
+        for range in l.trusted_proxies.iter().flat_map(|t| t.get_ref()) {
+            trusted_proxies.push(
+                IpRange::parse(range.get_ref())
+                    .map_err(|m| src.error(Some(range.span()), key("trusted_proxies"), m))?,
+            );
+        }
+        let limits = match &l.limits {
+            Some(own) => limits(&src, own.get_ref(), global_limits.clone(), &key("limits"))?,
+            None => global_limits.clone(),
+        };
         let tls = match l.tls_mode.get_ref().as_str() {
             "manual" => manual(&src, l, &key)?,
             "acme" => TlsMode::Acme(Box::new(acme(
@@ -247,6 +285,8 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             bind,
             upstream,
             upstream_timeout,
+            trusted_proxies,
+            limits,
             tls,
         });
     }
@@ -326,6 +366,78 @@ fn duration(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<Dura
         return Err(src.error(Some(value.span()), key, "must be more than zero"));
     }
     Ok(d)
+}
+
+/// `base` with the values `raw` sets (`table` names it in errors).
+fn limits(
+    src: &Source<'_>,
+    raw: &RawLimits,
+    base: Limits,
+    table: &str,
+) -> Result<Limits, ConfigError> {
+    let key = |k: &str| format!("{table}.{k}");
+    let mut limits = base;
+    let durations = [
+        (
+            &raw.tls_handshake_timeout,
+            "tls_handshake_timeout",
+            &mut limits.tls_handshake_timeout,
+        ),
+        (
+            &raw.request_header_timeout,
+            "request_header_timeout",
+            &mut limits.request_header_timeout,
+        ),
+        (&raw.idle_timeout, "idle_timeout", &mut limits.idle_timeout),
+    ];
+    for (value, name, slot) in durations {
+        if let Some(value) = value {
+            *slot = duration(src, value, &key(name))?;
+        }
+    }
+    let counts = [
+        (
+            &raw.max_connections,
+            "max_connections",
+            1,
+            usize::MAX,
+            &mut limits.max_connections,
+        ),
+        (
+            &raw.max_connections_per_ip,
+            "max_connections_per_ip",
+            0,
+            usize::MAX,
+            &mut limits.max_connections_per_ip,
+        ),
+        (
+            &raw.max_request_header_bytes,
+            "max_request_header_bytes",
+            MIN_REQUEST_HEADER_BYTES,
+            MAX_REQUEST_HEADER_BYTES,
+            &mut limits.max_request_header_bytes,
+        ),
+    ];
+    for (value, name, min, max, slot) in counts {
+        if let Some(value) = value {
+            *slot = usize::try_from(*value.get_ref())
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .ok_or_else(|| {
+                    let range = if max == usize::MAX {
+                        format!("at least {min}")
+                    } else {
+                        format!("from {min} to {max}")
+                    };
+                    src.error(
+                        Some(value.span()),
+                        key(name),
+                        format!("{} is out of range: use {range}", value.get_ref()),
+                    )
+                })?;
+        }
+    }
+    Ok(limits)
 }
 
 fn relative(src: &Source<'_>, path: &Path) -> PathBuf {

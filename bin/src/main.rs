@@ -11,21 +11,27 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod config;
+mod connection;
+mod forwarding;
+mod limits;
 mod manual;
 mod proxy;
 mod server;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TlsMode};
 use crate::manual::ManualResolver;
+use crate::server::ListenerContext;
 
 struct Args {
     check: bool,
@@ -136,8 +142,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// The signals certloop acts on, installed before anything else starts, so that a signal
+/// during the first certificate order is handled rather than killing the process.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+enum Received {
+    Hangup,
+    Stop,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        let install =
+            |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+        Ok(Self {
+            hangup: install(SignalKind::hangup())?,
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.hangup.recv() => Received::Hangup,
+            _ = self.terminate.recv() => Received::Stop,
+            _ = self.interrupt.recv() => Received::Stop,
+        }
+    }
+}
+
 async fn run(config: Config) -> Result<(), String> {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let mut signals = Signals::install()?;
+    // Every connection and upgraded tunnel runs in here; shutdown waits for them.
+    let tracker = TaskTracker::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut accept_loops = Vec::new();
     let mut manual_resolvers = Vec::new();
@@ -186,44 +227,75 @@ async fn run(config: Config) -> Result<(), String> {
                 server_config
             }
         };
-        let proxy = proxy::Proxy::new(&name, listener.upstream.clone(), listener.upstream_timeout);
+        let proxy = proxy::Proxy::new(
+            &name,
+            listener.upstream.clone(),
+            listener.upstream_timeout,
+            listener.trusted_proxies,
+            tracker.clone(),
+        );
         tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
+        let ctx = ListenerContext::new(
+            &name,
+            listener.limits,
+            false,
+            tracker.clone(),
+            stop_rx.clone(),
+        );
         let acceptor = TlsAcceptor::from(server_config);
         accept_loops.push(tokio::spawn(server::serve_tls(
-            name,
-            socket,
-            acceptor,
-            proxy,
-            graceful.clone(),
-            stop_rx.clone(),
+            ctx, socket, acceptor, proxy,
         )));
     }
     if let Some((http, socket)) = http {
         tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
-        let tokens = Arc::new(tokens);
-        accept_loops.push(tokio::spawn(server::serve_http(
-            socket,
-            tokens,
-            http.https_port,
-            graceful.clone(),
+        let ctx = ListenerContext::new(
+            "[http]",
+            http.limits,
+            true,
+            tracker.clone(),
             stop_rx.clone(),
+        );
+        accept_loops.push(tokio::spawn(server::serve_http(
+            ctx,
+            socket,
+            Arc::new(tokens),
+            http.https_port,
         )));
     }
-    // The failure table: every ACME listener must have a valid certificate before we say ready.
-    for (name, handle) in &acme_handles {
-        handle.ready().await.map_err(|e| {
-            format!("listener {name}: {e}. Fix the cause and restart; the cached state keeps the CA's backoff")
-        })?;
-    }
-    tracing::info!("ready");
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            _ = sighup.recv() => manual_resolvers.iter().for_each(|r| r.reload()),
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+    // The failure table: every ACME listener must have a valid certificate before we say
+    // ready. Signals are answered meanwhile: SIGTERM stops cleanly, SIGHUP reloads.
+    let stopped_early = {
+        let startup = async {
+            for (name, handle) in &acme_handles {
+                handle.ready().await.map_err(|e| {
+                format!("listener {name}: {e}. Fix the cause and restart; the cached state keeps the CA's backoff")
+            })?;
+            }
+            Ok::<(), String>(())
+        };
+        tokio::pin!(startup);
+        loop {
+            tokio::select! {
+                started = &mut startup => {
+                    started?;
+                    tracing::info!("ready");
+                    break false;
+                }
+                received = signals.next() => match received {
+                    Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
+                    Received::Stop => {
+                        tracing::info!("stopping before every certificate was ready");
+                        break true;
+                    }
+                },
+            }
+        }
+    };
+    while !stopped_early {
+        match signals.next().await {
+            Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
+            Received::Stop => break,
         }
     }
     let grace = config.shutdown_grace;
@@ -231,15 +303,12 @@ async fn run(config: Config) -> Result<(), String> {
         "shutting down: no new connections, waiting up to {grace:?} for in-flight requests"
     );
     let _ = stop_tx.send(true);
-    // Accept loops hold the only other references; once they stopped, wait for connections.
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
-    if let Some(graceful) = Arc::into_inner(graceful)
-        && tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-    {
+    // Connections still in their TLS handshake and upgraded tunnels count as in flight too.
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     drop(acme_handles);

@@ -15,6 +15,9 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::task::TaskTracker;
+
+use crate::forwarding::{IpRange, set_forwarding_headers};
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
 pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -36,7 +39,10 @@ pub(crate) struct Proxy {
     listener: String,
     upstream: Uri,
     timeout: Duration,
+    trusted_proxies: Vec<IpRange>,
     client: Client<HttpConnector, Incoming>,
+    /// Upgraded tunnels run here, so that shutdown waits for them like for connections.
+    tunnels: TaskTracker,
 }
 
 /// A short text response.
@@ -54,8 +60,15 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
 }
 
 impl Proxy {
-    /// A proxy to `upstream` for the listener `listener`.
-    pub(crate) fn new(listener: &str, upstream: Uri, timeout: Duration) -> Arc<Self> {
+    /// A proxy to `upstream` for the listener `listener`; forwarding headers from peers in
+    /// `trusted_proxies` are kept and extended; upgraded tunnels run in `tunnels`.
+    pub(crate) fn new(
+        listener: &str,
+        upstream: Uri,
+        timeout: Duration,
+        trusted_proxies: Vec<IpRange>,
+        tunnels: TaskTracker,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -67,7 +80,9 @@ impl Proxy {
             listener: listener.to_owned(),
             upstream,
             timeout,
+            trusted_proxies,
             client,
+            tunnels,
         })
     }
 
@@ -97,19 +112,9 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {}", client.ip()),
-            None => client.ip().to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
-        }
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        );
+        let trusted = self.trusted_proxies.iter().any(|r| r.contains(client.ip()));
+        set_forwarding_headers(headers, client.ip(), trusted, host.as_ref());
         if let Some(host) = host {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
             headers.insert(header::HOST, host);
         }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -128,7 +133,7 @@ impl Proxy {
                 {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
                     let listener = self.listener.clone();
-                    tokio::spawn(async move {
+                    self.tunnels.spawn(async move {
                         match tokio::try_join!(client_upgrade, upstream_upgrade) {
                             Ok((client, upstream)) => {
                                 let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));

@@ -1,90 +1,166 @@
 //! Accept loops: TLS listeners (HTTP/1.1 and HTTP/2 through the proxy, TLS-ALPN-01 handshakes
 //! closed after the handshake) and the plain-HTTP listener (HTTP-01 answers, 308 to HTTPS).
+//! Both accept through the shared backoff, hold their connection caps, and run every
+//! connection in the process's task tracker so that shutdown waits for it.
 
-use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use certloop_tokio::Http01Tokens;
+use certloop_acme::accept::{AcceptBackoff, accept_with_backoff};
+use certloop_tokio::{Http01Tokens, TokioRuntime};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Admitted};
+use crate::connection::{self, deadlines, http_builder};
+use crate::limits::Limits;
 use crate::proxy::{Proxy, ProxyBody, text};
+use crate::watchdog::Protocol;
 
-/// Accepts TLS connections until `stop` turns true; connections are tracked by `graceful`.
-pub(crate) async fn serve_tls(
+/// What every connection of one listener shares.
+pub(crate) struct ListenerContext {
     name: String,
+    limits: Limits,
+    admission: Admission,
+    builder: auto::Builder<TokioExecutor>,
+    tracker: TaskTracker,
+    stop: watch::Receiver<bool>,
+}
+
+impl ListenerContext {
+    /// The context of listener `name`, whose connections run in `tracker` and close
+    /// gracefully when `stop` turns true.
+    pub(crate) fn new(
+        name: &str,
+        limits: Limits,
+        http1_only: bool,
+        tracker: TaskTracker,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_owned(),
+            admission: Admission::new(limits.max_connections, limits.max_connections_per_ip),
+            builder: http_builder(&limits, http1_only),
+            limits,
+            tracker,
+            stop,
+        })
+    }
+}
+
+/// Accepts connections until `stop` turns true, handing each admitted one to `serve` in the
+/// task tracker.
+async fn accept_loop<S, Fut>(ctx: Arc<ListenerContext>, listener: TcpListener, serve: S)
+where
+    S: Fn(TcpStream, SocketAddr, Admitted) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rt = TokioRuntime::current();
+    let mut backoff = AcceptBackoff::default();
+    let mut stop = ctx.stop.clone();
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let slot = tokio::select! {
+            slot = ctx.admission.slot() => slot,
+            _ = stop.changed() => return,
+        };
+        let accept = accept_with_backoff(&rt, &ctx.name, &mut backoff, || listener.accept());
+        let (tcp, peer) = tokio::select! {
+            accepted = accept => accepted,
+            _ = stop.changed() => return,
+        };
+        let Some(admitted) = ctx.admission.admit(slot, peer.ip()) else {
+            tracing::debug!(listener = %ctx.name, %peer, "closed: too many connections from this address");
+            continue;
+        };
+        ctx.tracker.spawn(serve(tcp, peer, admitted));
+    }
+}
+
+/// Accepts TLS connections until the context's stop signal.
+pub(crate) async fn serve_tls(
+    ctx: Arc<ListenerContext>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     proxy: Arc<Proxy>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(listener = %name, "accept failed: {e}");
-                    continue;
+    let serve = |tcp: TcpStream, peer: SocketAddr, admitted: Admitted| {
+        let (ctx, acceptor, proxy) = (ctx.clone(), acceptor.clone(), proxy.clone());
+        async move {
+            let _admitted = admitted;
+            let _ = tcp.set_nodelay(true);
+            let handshake = acceptor.accept(tcp);
+            let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, handshake).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %ctx.name, %peer, "TLS handshake failed: {e}");
+                    return;
                 }
-            },
-            _ = stop.changed() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, watcher) = (acceptor.clone(), proxy.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
+                Err(_) => {
+                    tracing::debug!(listener = %ctx.name, %peer, "TLS handshake timed out");
+                    return;
+                }
             };
-            if tls.get_ref().1.alpn_protocol() == Some(certloop_acme::tls::ACME_TLS_ALPN) {
-                return; // a TLS-ALPN-01 validation: the handshake was the answer
-            }
-            let service = service_fn(move |req: Request<Incoming>| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
-    }
+            let protocol = match tls.get_ref().1.alpn_protocol() {
+                Some(certloop_acme::tls::ACME_TLS_ALPN) => return, // the handshake was the answer
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            let handler = move |req: Request<Incoming>| proxy.clone().handle(req, peer);
+            let deadlines = deadlines(&ctx.limits);
+            connection::serve(
+                tls,
+                protocol,
+                handler,
+                &ctx.builder,
+                deadlines,
+                ctx.stop.clone(),
+            )
+            .await;
+        }
+    };
+    accept_loop(ctx.clone(), listener, serve).await;
 }
 
 /// The `[http]` listener: HTTP-01 answers for every ACME listener, 308 to HTTPS otherwise.
 pub(crate) async fn serve_http(
+    ctx: Arc<ListenerContext>,
     listener: TcpListener,
     tokens: Arc<Vec<Arc<Http01Tokens>>>,
     https_port: u16,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-            _ = stop.changed() => return,
-        };
-        let (tokens, watcher) = (tokens.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let tokens = tokens.clone();
-                async move { Ok::<_, Infallible>(http_response(&req, &tokens, https_port)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service);
-            let _ = watcher.watch(conn).await;
-        });
-    }
+    let serve = |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
+        let (ctx, tokens) = (ctx.clone(), tokens.clone());
+        async move {
+            let _admitted = admitted;
+            let handler = move |req: Request<Incoming>| {
+                let response = http_response(&req, &tokens, https_port);
+                async move { response }
+            };
+            let deadlines = deadlines(&ctx.limits);
+            connection::serve(
+                tcp,
+                Protocol::Http1,
+                handler,
+                &ctx.builder,
+                deadlines,
+                ctx.stop.clone(),
+            )
+            .await;
+        }
+    };
+    accept_loop(ctx.clone(), listener, serve).await;
 }
 
 fn http_response(

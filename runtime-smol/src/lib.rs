@@ -76,17 +76,12 @@ pub async fn start(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
 }
 
 /// The ready-made port-80 responder: answers HTTP-01 validation for pending tokens and 404s
-/// everything else. Runs until the listener fails.
-pub async fn serve_http01(
-    listener: async_net::TcpListener,
-    tokens: Arc<Http01Tokens>,
-) -> io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let tokens = tokens.clone();
-        smol::spawn(async move {
-            certloop_acme::http01::serve_challenge_connection(stream, &tokens).await;
-        })
-        .detach();
-    }
+/// everything else. Runs forever: accept errors (such as running out of file descriptors) are
+/// retried with a backoff, each connection gets
+/// [`RESPONDER_DEADLINE`](certloop_acme::http01::RESPONDER_DEADLINE), and at most
+/// [`RESPONDER_MAX_CONNECTIONS`](certloop_acme::http01::RESPONDER_MAX_CONNECTIONS) are served
+/// at once.
+pub async fn serve_http01(listener: async_net::TcpListener, tokens: Arc<Http01Tokens>) {
+    let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+    certloop_acme::http01::serve_responder(SmolRuntime, accept, tokens).await;
 }

@@ -1,0 +1,133 @@
+//! Accepting connections without spinning: when `accept` fails (`EMFILE`, `ENFILE`,
+//! `ENOBUFS`, `ECONNABORTED`, ...), wait a few milliseconds, growing to about a second while
+//! the errors go on, and log at most one line a second with a count of what was suppressed.
+//! Every accept loop (the proxy's TLS and plain-HTTP listeners and the library's HTTP-01
+//! responder, on either runtime) goes through [`accept_with_backoff`].
+
+use std::future::Future;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::runtime::Runtime;
+
+/// The first wait after an accept error.
+const FIRST_DELAY: Duration = Duration::from_millis(5);
+/// The longest wait between two attempts while accepting keeps failing.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// At most one log line per listener per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What to do after one accept error: how long to wait, and whether to log it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AcceptErrorStep {
+    /// Wait this long before the next `accept`.
+    pub delay: Duration,
+    /// `Some(n)`: log this error now, noting `n` earlier errors that were not logged.
+    pub log_with_suppressed: Option<u64>,
+}
+
+/// The backoff and log rate limit of one listener's accept loop (pure: time is passed in).
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    consecutive_errors: u32,
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    /// An accept error happened at `now`.
+    pub fn on_error(&mut self, now: Instant) -> AcceptErrorStep {
+        let doublings = self.consecutive_errors.min(16);
+        self.consecutive_errors = self.consecutive_errors.saturating_add(1);
+        let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
+        let log_now = self
+            .last_logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= LOG_INTERVAL);
+        let log_with_suppressed = if log_now {
+            self.last_logged = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        };
+        AcceptErrorStep {
+            delay,
+            log_with_suppressed,
+        }
+    }
+
+    /// A connection was accepted: the next error starts from the shortest wait again.
+    pub fn on_success(&mut self) {
+        self.consecutive_errors = 0;
+    }
+}
+
+/// Calls `accept` until it succeeds, backing off and rate-limiting the log on errors; never
+/// gives up (a listener that stopped accepting would silently stop HTTP-01 renewals).
+pub async fn accept_with_backoff<R, T, F, Fut>(
+    rt: &R,
+    listener: &str,
+    backoff: &mut AcceptBackoff,
+    mut accept: F,
+) -> T
+where
+    R: Runtime,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<T>>,
+{
+    loop {
+        match accept().await {
+            Ok(accepted) => {
+                backoff.on_success();
+                return accepted;
+            }
+            Err(error) => {
+                let step = backoff.on_error(Instant::now());
+                if let Some(suppressed) = step.log_with_suppressed {
+                    tracing::warn!(
+                        listener,
+                        suppressed,
+                        "accept failed: {error}; retrying in {:?} ({suppressed} similar errors not logged since the last line)",
+                        step.delay
+                    );
+                }
+                rt.sleep(step.delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_grows_from_milliseconds_to_a_second_and_resets_on_success() {
+        let mut backoff = AcceptBackoff::default();
+        let now = Instant::now();
+        let delays: Vec<_> = (0..12).map(|_| backoff.on_error(now).delay).collect();
+        assert_eq!(delays[0], Duration::from_millis(5));
+        assert_eq!(delays[1], Duration::from_millis(10));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(delays[11], MAX_DELAY);
+        backoff.on_success();
+        assert_eq!(backoff.on_error(now).delay, FIRST_DELAY);
+    }
+
+    #[test]
+    fn logs_at_most_once_a_second_with_the_suppressed_count() {
+        let mut backoff = AcceptBackoff::default();
+        let start = Instant::now();
+        assert_eq!(backoff.on_error(start).log_with_suppressed, Some(0));
+        for ms in [1, 100, 500, 999] {
+            let step = backoff.on_error(start + Duration::from_millis(ms));
+            assert_eq!(step.log_with_suppressed, None, "at {ms} ms");
+        }
+        let step = backoff.on_error(start + Duration::from_millis(1000));
+        assert_eq!(step.log_with_suppressed, Some(4));
+        // The count starts again after each logged line, and success does not reset the rate.
+        backoff.on_success();
+        let step = backoff.on_error(start + Duration::from_millis(1500));
+        assert_eq!(step.log_with_suppressed, None);
+    }
+}

@@ -1,0 +1,247 @@
+//! Forwarding headers. certloop is the edge: a client's own `X-Forwarded-*`, `X-Real-IP` and
+//! `Forwarded` headers are lies until proven otherwise, so they are replaced unless the peer
+//! is a configured trusted proxy, in which case the peer's address is appended to the chain.
+
+use std::net::IpAddr;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// An address range in CIDR form (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `addr` or `addr/prefix`.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or a range like 10.0.0.0/8"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let (whole, bits) = (usize::from(prefix / 8), prefix % 8);
+    net[..whole] == ip[..whole]
+        && (bits == 0 || (net[whole] ^ ip[whole]) & (0xff << (8 - bits)) == 0)
+}
+
+/// Sets the forwarding headers of a request from `peer` to the upstream. `host` is the
+/// request's host (the `Host` header or the HTTP/2 authority).
+pub(crate) fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_is_trusted: bool,
+    host: Option<&HeaderValue>,
+) {
+    let peer_text = peer.to_string();
+    let forwarded_for = if peer.is_ipv6() {
+        format!("for=\"[{peer_text}]\"")
+    } else {
+        format!("for={peer_text}")
+    };
+    let forwarded_element = match host.and_then(|h| h.to_str().ok()) {
+        Some(host) if is_forwarded_token_safe(host) => {
+            format!("{forwarded_for};host=\"{host}\";proto=https")
+        }
+        _ => format!("{forwarded_for};proto=https"),
+    };
+    if peer_is_trusted {
+        append_to_list(headers, X_FORWARDED_FOR, &peer_text);
+        append_to_list(headers, FORWARDED, &forwarded_element);
+    } else {
+        for name in [
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_REAL_IP,
+            FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+        insert_text(headers, X_FORWARDED_FOR, &peer_text);
+        insert_text(headers, FORWARDED, &forwarded_element);
+    }
+    // What a trusted proxy said about the original request stands; otherwise ours.
+    if !headers.contains_key(X_REAL_IP) {
+        insert_text(headers, X_REAL_IP, &peer_text);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
+    if let Some(host) = host
+        && !headers.contains_key(X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// `existing, value`, joining every existing line of the header into one.
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let mut joined: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    joined.push(value);
+    let joined = joined.join(", ");
+    insert_text(headers, name, &joined);
+}
+
+fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// A host that can be written inside a quoted `Forwarded` parameter as it is.
+fn is_forwarded_token_safe(host: &str) -> bool {
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil.test"));
+        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h
+    }
+
+    fn get(h: &HeaderMap, name: HeaderName) -> Vec<&str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_forge_any_forwarding_header() {
+        let mut h = hostile_headers();
+        let host = HeaderValue::from_static("a.test");
+        set_forwarding_headers(&mut h, "203.0.113.9".parse().unwrap(), false, Some(&host));
+        assert_eq!(get(&h, X_FORWARDED_FOR), ["203.0.113.9"]);
+        assert_eq!(get(&h, X_FORWARDED_PROTO), ["https"]);
+        assert_eq!(get(&h, X_FORWARDED_HOST), ["a.test"]);
+        assert_eq!(get(&h, X_REAL_IP), ["203.0.113.9"]);
+        assert_eq!(
+            get(&h, FORWARDED),
+            ["for=203.0.113.9;host=\"a.test\";proto=https"]
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_has_its_address_appended_and_its_claims_kept() {
+        let mut h = hostile_headers();
+        let host = HeaderValue::from_static("a.test");
+        set_forwarding_headers(&mut h, "10.1.2.3".parse().unwrap(), true, Some(&host));
+        assert_eq!(get(&h, X_FORWARDED_FOR), ["6.6.6.6, 7.7.7.7, 10.1.2.3"]);
+        assert_eq!(get(&h, X_FORWARDED_PROTO), ["http"]);
+        assert_eq!(get(&h, X_FORWARDED_HOST), ["evil.test"]);
+        assert_eq!(get(&h, X_REAL_IP), ["6.6.6.6"]);
+        assert_eq!(
+            get(&h, FORWARDED),
+            ["for=6.6.6.6, for=10.1.2.3;host=\"a.test\";proto=https"]
+        );
+    }
+
+    #[test]
+    fn a_trusted_peer_without_headers_gets_ours() {
+        let mut h = HeaderMap::new();
+        set_forwarding_headers(&mut h, "::1".parse().unwrap(), true, None);
+        assert_eq!(get(&h, X_FORWARDED_FOR), ["::1"]);
+        assert_eq!(get(&h, FORWARDED), ["for=\"[::1]\";proto=https"]);
+        assert_eq!(get(&h, X_FORWARDED_PROTO), ["https"]);
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn a_host_that_would_break_the_forwarded_syntax_is_left_out() {
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("a.test\";for=1.2.3.4");
+        set_forwarding_headers(&mut h, "192.0.2.1".parse().unwrap(), false, Some(&host));
+        assert_eq!(get(&h, FORWARDED), ["for=192.0.2.1;proto=https"]);
+    }
+
+    #[test]
+    fn ranges_match_by_prefix() {
+        let r = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(r.contains("10.255.0.1".parse().unwrap()));
+        assert!(r.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!r.contains("11.0.0.1".parse().unwrap()));
+        let r = IpRange::parse("192.168.1.128/25").unwrap();
+        assert!(r.contains("192.168.1.200".parse().unwrap()));
+        assert!(!r.contains("192.168.1.127".parse().unwrap()));
+        let r = IpRange::parse("2001:db8::/32").unwrap();
+        assert!(r.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!r.contains("2001:db9::1".parse().unwrap()));
+        assert!(!r.contains("10.0.0.1".parse().unwrap()));
+        let one = IpRange::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(
+            IpRange::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "example.com",
+            "::/129",
+            "10.0.0.0/x",
+        ] {
+            assert!(IpRange::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

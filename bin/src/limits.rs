@@ -1,0 +1,49 @@
+//! The edge's limits: deadlines and caps that keep one hostile client from costing the
+//! others. Every value has a safe default (`docs/limits.md` says why each one is what it is);
+//! `[limits]` changes them for every listener, `[listeners.limits]` for one.
+
+use std::time::Duration;
+
+/// Concurrent HTTP/2 streams per connection (the h2 default of 200 halved: a browser opens
+/// about 100).
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// The smallest `max_request_header_bytes` accepted: hyper's smallest read buffer.
+pub(crate) const MIN_REQUEST_HEADER_BYTES: usize = 8192;
+
+/// The largest `max_request_header_bytes` accepted.
+pub(crate) const MAX_REQUEST_HEADER_BYTES: usize = 1 << 20;
+
+/// How long a connection closed for a timeout may take to say goodbye (HTTP/2 GOAWAY,
+/// TLS close_notify) before it is dropped.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The limits of one listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// TCP accept to finished TLS handshake.
+    pub(crate) tls_handshake_timeout: Duration,
+    /// First byte to complete request head (HTTP/1.1), and per HTTP/2 header block.
+    pub(crate) request_header_timeout: Duration,
+    /// Keep-alive with no request in flight (HTTP/1.1 and HTTP/2).
+    pub(crate) idle_timeout: Duration,
+    /// Open connections per listener; at the cap new ones wait in the kernel's backlog.
+    pub(crate) max_connections: usize,
+    /// Open connections per client address; 0 is unlimited.
+    pub(crate) max_connections_per_ip: usize,
+    /// The largest request head: beyond it HTTP/1.1 gets a 431, HTTP/2 a stream error.
+    pub(crate) max_request_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_header_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_request_header_bytes: 32_768,
+        }
+    }
+}
