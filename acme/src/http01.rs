@@ -228,7 +228,7 @@ mod tests {
             mut self: std::pin::Pin<&mut Self>,
             cx: &mut std::task::Context<'_>,
             buf: &mut [u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
+        ) -> std::task::Poll<io::Result<usize>> {
             std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
         }
     }
@@ -238,20 +238,20 @@ mod tests {
             mut self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
             buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
+        ) -> std::task::Poll<io::Result<usize>> {
             self.output.extend_from_slice(buf);
             std::task::Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(
             self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
+        ) -> std::task::Poll<io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
         fn poll_close(
             self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
+        ) -> std::task::Poll<io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
     }

@@ -292,10 +292,9 @@ async fn run(config: Config) -> Result<(), String> {
             }
         }
     };
-    while !stopped_early {
-        match signals.next().await {
-            Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
-            Received::Stop => break,
+    if !stopped_early {
+        while let Received::Hangup = signals.next().await {
+            manual_resolvers.iter().for_each(|r| r.reload());
         }
     }
     let grace = config.shutdown_grace;

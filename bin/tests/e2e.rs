@@ -3,97 +3,19 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Certloop, curl, manual_pair, stdout, upstream};
+
 use certloop_sim::conformance::fetch_verified;
 use certloop_sim::pebble::{Pebble, free_port, wait_until};
 use certloop_sim::upstream::REQUESTS_STARTED;
-
-/// An upstream on a free port, served by a background tokio runtime for the whole test binary.
-fn upstream() -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| certloop_sim::serve_in_background(certloop_sim::upstream::serve))
-}
-
-struct Certloop {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Certloop {
-    fn start(config: &Path, extra_args: &[&str], wrapper: Option<&[&str]>) -> Self {
-        let log = config.with_extension("log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let binary = env!("CARGO_BIN_EXE_certloop");
-        let mut command = match wrapper {
-            Some(w) => {
-                let mut c = Command::new(w[0]);
-                c.args(&w[1..]).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        command
-            .arg("--config")
-            .arg(config)
-            .args(extra_args)
-            .env("CERTLOOP_LOG", "info");
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start certloop");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        wait_until("certloop to be ready", Duration::from_secs(60), || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "certloop exited with {status} before ready:\n{}",
-                    self.log()
-                );
-            }
-            self.log().contains(" ready")
-        });
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> i32 {
-        let mut code = None;
-        wait_until("certloop to exit", within, || {
-            code = self
-                .child
-                .try_wait()
-                .expect("wait")
-                .map(|s| s.code().unwrap_or(-1));
-            code.is_some()
-        });
-        code.expect("exited")
-    }
-}
-
-impl Drop for Certloop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(pebble: &Pebble, name: &str, body: &str) -> PathBuf {
     let path = pebble.scratch(&format!("{name}.toml"));
@@ -122,18 +44,6 @@ fn single_listener_config(pebble: &Pebble, name: &str, domain: &str, extra: &str
         acme_listener(pebble, name, pebble.tls_port, &[domain], extra)
     );
     write_config(pebble, name, &body)
-}
-
-fn curl(args: &[&str]) -> Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("run curl")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]
@@ -508,26 +418,6 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(proxy.wait_exit(Duration::from_secs(35)), 0);
-}
-
-/// A CA and a leaf for `name`, as PEM files; returns the CA PEM.
-fn manual_pair(dir: &Path, tag: &str, name: &str) -> (PathBuf, PathBuf, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("leaf");
-    let (cert_path, key_path) = (
-        dir.join(format!("{tag}.pem")),
-        dir.join(format!("{tag}.key")),
-    );
-    std::fs::write(&cert_path, leaf.pem()).expect("write");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write");
-    (cert_path, key_path, ca.pem())
 }
 
 #[test]

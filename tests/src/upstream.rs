@@ -63,13 +63,15 @@ pub async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>,
             .to_owned()
     };
     let text = format!(
-        "upstream saw {} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-proto: {}\nx-forwarded-host: {}\nconnection: {}\nbody-bytes: {}\nbody-sha: {:016x}\n",
+        "upstream saw {} {}\nhost: {}\nx-forwarded-for: {}\nx-forwarded-proto: {}\nx-forwarded-host: {}\nx-real-ip: {}\nforwarded: {}\nconnection: {}\nbody-bytes: {}\nbody-sha: {:016x}\n",
         parts.method,
         parts.uri,
         header("host"),
         header("x-forwarded-for"),
         header("x-forwarded-proto"),
         header("x-forwarded-host"),
+        header("x-real-ip"),
+        header("forwarded"),
         header("connection"),
         body.len(),
         body.iter()

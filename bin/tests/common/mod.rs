@@ -1,0 +1,201 @@
+//! What the binary's integration tests share: running `certloop`, an upstream, curl, and
+//! certificates for manual listeners.
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses its own part of this
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use certloop_sim::pebble::wait_until;
+
+/// An upstream on a free port, served by a background tokio runtime for the whole test binary.
+pub fn upstream() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| certloop_sim::serve_in_background(certloop_sim::upstream::serve))
+}
+
+/// A running `certloop`, killed when dropped.
+pub struct Certloop {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Certloop {
+    pub fn start(config: &Path, extra_args: &[&str], wrapper: Option<&[&str]>) -> Self {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let binary = env!("CARGO_BIN_EXE_certloop");
+        let mut command = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        command
+            .arg("--config")
+            .arg(config)
+            .args(extra_args)
+            .env("CERTLOOP_LOG", "info");
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start certloop");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&mut self) {
+        wait_until("certloop to be ready", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "certloop exited with {status} before ready:\n{}",
+                    self.log()
+                );
+            }
+            self.log().contains(" ready")
+        });
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name}");
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> i32 {
+        let mut code = None;
+        wait_until("certloop to exit", within, || {
+            code = self
+                .child
+                .try_wait()
+                .expect("wait")
+                .map(|s| s.code().unwrap_or(-1));
+            code.is_some()
+        });
+        code.expect("exited")
+    }
+}
+
+impl Drop for Certloop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A CA and a leaf for `name`, as PEM files; returns the CA PEM.
+pub fn manual_pair(dir: &Path, tag: &str, name: &str) -> (PathBuf, PathBuf, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("certloop test CA {tag}"));
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("leaf");
+    let (cert_path, key_path) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&cert_path, leaf.pem()).expect("write");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write");
+    (cert_path, key_path, ca.pem())
+}
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A new empty directory named after `tag`.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "certloop-{tag}-{}-{}",
+            std::process::id(),
+            certloop_sim::pebble::free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A TLS connection to `127.0.0.1:port` for `name`, trusting `root_pem`, offering `alpn`.
+pub fn tls_connect(
+    port: u16,
+    name: &str,
+    root_pem: &str,
+    alpn: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(cert.expect("root")).expect("root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), server).expect("client");
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).expect("TLS handshake");
+    }
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Whether the peer has closed `tcp` (EOF or reset); bytes that arrive first are skipped.
+pub fn peer_closed(tcp: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match (&*tcp).read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    tcp.set_nonblocking(false).expect("blocking");
+    closed
+}
