@@ -664,6 +664,72 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_and_are_overridden_globally_then_per_listener() {
+        let config = parse(Path::new("/etc/certloop.toml"), ACME).unwrap();
+        assert_eq!(config.listeners[0].limits, Limits::default());
+        assert!(config.listeners[0].trusted_proxies.is_empty());
+        let text = format!(
+            "[limits]\nidle_timeout = \"5s\"\nmax_connections = 50\n\
+             [http]\nbind = \"127.0.0.1:8080\"\n{ACME}\
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             [listeners.limits]\nmax_connections = 7\nmax_connections_per_ip = 0\n"
+        );
+        let config = parse(Path::new("/etc/certloop.toml"), &text).unwrap();
+        let http = config.http.unwrap().limits;
+        assert_eq!(http.idle_timeout, Duration::from_secs(5));
+        assert_eq!(http.max_connections, 50);
+        let listener = &config.listeners[0];
+        assert_eq!(listener.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(listener.limits.max_connections, 7);
+        assert_eq!(listener.limits.max_connections_per_ip, 0);
+        assert_eq!(
+            listener.limits.tls_handshake_timeout,
+            Limits::default().tls_handshake_timeout
+        );
+        assert_eq!(listener.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn bad_limits_name_file_line_and_key() {
+        let zero = err(&format!("[limits]\nidle_timeout = \"0s\"\n{ACME}"));
+        assert!(
+            zero.contains(":2: limits.idle_timeout: must be more than zero"),
+            "{zero}"
+        );
+        let small = err(&format!(
+            "[limits]\nmax_request_header_bytes = 1000\n{ACME}"
+        ));
+        assert!(
+            small.contains(
+                ":2: limits.max_request_header_bytes: 1000 is out of range: use from 8192"
+            ),
+            "{small}"
+        );
+        let negative = err(&format!(
+            "{ACME}[listeners.limits]\nmax_connections_per_ip = -1\n"
+        ));
+        assert!(
+            negative.contains(":8: listeners[0].limits.max_connections_per_ip"),
+            "{negative}"
+        );
+        let no_connections = err(&format!("{ACME}[listeners.limits]\nmax_connections = 0\n"));
+        assert!(
+            no_connections.contains("use at least 1"),
+            "{no_connections}"
+        );
+        let unknown = err(&format!("[limits]\nmax_conns = 5\n{ACME}"));
+        assert!(
+            unknown.contains(":2") && unknown.contains("max_conns"),
+            "{unknown}"
+        );
+        let range = err(&format!("{ACME}trusted_proxies = [\"10.0.0.0/33\"]\n"));
+        assert!(
+            range.contains(":7: listeners[0].trusted_proxies: \"10.0.0.0/33\": the prefix length"),
+            "{range}"
+        );
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let unknown = err(&format!("{ACME}colour = \"blue\"\n"));
         assert!(
