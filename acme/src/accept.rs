@@ -4,8 +4,11 @@
 //! Every accept loop (the proxy's TLS and plain-HTTP listeners and the library's HTTP-01
 //! responder, on either runtime) goes through [`accept_with_backoff`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::runtime::Runtime;
@@ -97,9 +100,119 @@ where
     }
 }
 
+/// A peer's address as the client it is: an IPv4-mapped IPv6 address (from a dual-stack
+/// listener) is the IPv4 address it carries.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whom a per-client cap counts a connection against: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's usual allocation, so a client cannot escape the cap by rotating addresses).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections per client (see [`canonical_ip`] and the /64 rule), capped.
+#[derive(Debug)]
+pub struct PerClientSlots {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted against its client; dropping it frees the slot.
+#[derive(Debug)]
+pub struct ClientSlot {
+    slots: Arc<PerClientSlots>,
+    key: IpAddr,
+}
+
+impl PerClientSlots {
+    /// At most `max` connections per client; 0 is unlimited.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection from `ip`, or `None` if its client is at the cap (or the cap
+    /// is 0, meaning nothing is counted).
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Option<ClientSlot>, AtClientCap> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let key = client_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return Err(AtClientCap);
+        }
+        *count += 1;
+        Ok(Some(ClientSlot {
+            slots: self.clone(),
+            key,
+        }))
+    }
+
+    /// How many clients hold at least one slot.
+    pub fn clients(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A client already holds as many connections as the cap allows.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AtClientCap;
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_client_slots_cap_count_mapped_and_slash_64_together_and_free_on_drop() {
+        let slots = PerClientSlots::new(2);
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let first = slots.take(v4).unwrap();
+        let second = slots.take(mapped).unwrap();
+        assert_eq!(slots.take(v4).unwrap_err(), AtClientCap);
+        let other = slots.take("192.0.2.2".parse().unwrap()).unwrap();
+        drop(first);
+        assert!(slots.take(v4).unwrap().is_some());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = (slots.take(a).unwrap(), slots.take(same_64).unwrap());
+        assert_eq!(slots.take(a).unwrap_err(), AtClientCap);
+        assert!(slots.take(next_64).unwrap().is_some());
+        drop((second, other, held));
+        assert_eq!(slots.clients(), 0, "freed clients are forgotten");
+        assert!(
+            PerClientSlots::new(0).take(v4).unwrap().is_none(),
+            "0 is unlimited"
+        );
+    }
 
     #[test]
     fn delay_grows_from_milliseconds_to_a_second_and_resets_on_success() {

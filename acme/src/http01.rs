@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use crate::accept::{AcceptBackoff, accept_with_backoff};
+use crate::accept::{AcceptBackoff, PerClientSlots, accept_with_backoff};
 use crate::runtime::{Runtime, timeout};
 
 /// The path prefix HTTP-01 validation requests use.
@@ -145,24 +146,34 @@ pub const RESPONDER_DEADLINE: Duration = Duration::from_secs(15);
 /// How many connections the ready-made responder serves at once; more wait in the backlog.
 pub const RESPONDER_MAX_CONNECTIONS: usize = 1024;
 
+/// How many of those one client address (an IPv6 /64) may hold; more are closed at once, so
+/// that one client cannot keep the CA's validation requests out.
+pub const RESPONDER_MAX_PER_CLIENT: usize = 16;
+
 /// The ready-made port-80 responder over any runtime: accepts with `accept` (backing off on
 /// errors, never giving up), serves each connection with [`serve_challenge_connection`]
-/// under [`RESPONDER_DEADLINE`], and holds at most [`RESPONDER_MAX_CONNECTIONS`]. Runs forever.
+/// under [`RESPONDER_DEADLINE`], and holds at most [`RESPONDER_MAX_CONNECTIONS`], of which at
+/// most [`RESPONDER_MAX_PER_CLIENT`] from one client. Runs forever.
 pub async fn serve_responder<R, F, Fut, S>(rt: R, mut accept: F, tokens: Arc<Http01Tokens>)
 where
     R: Runtime,
     F: FnMut() -> Fut,
-    Fut: Future<Output = io::Result<S>>,
+    Fut: Future<Output = io::Result<(S, IpAddr)>>,
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
     let mut backoff = AcceptBackoff::default();
     let slots = Arc::new(async_lock::Semaphore::new(RESPONDER_MAX_CONNECTIONS));
+    let per_client = PerClientSlots::new(RESPONDER_MAX_PER_CLIENT);
     loop {
         let slot = slots.acquire_arc().await;
-        let stream = accept_with_backoff(&rt, "http-01", &mut backoff, &mut accept).await;
+        let (stream, peer) = accept_with_backoff(&rt, "http-01", &mut backoff, &mut accept).await;
+        let Ok(client_slot) = per_client.take(peer) else {
+            tracing::debug!(%peer, "http-01: closed, too many connections from this client");
+            continue;
+        };
         let (task_rt, tokens) = (rt.clone(), tokens.clone());
         rt.spawn(Box::pin(async move {
-            let _slot = slot;
+            let _slots = (slot, client_slot);
             let served = serve_challenge_connection(stream, &tokens);
             if timeout(&task_rt, RESPONDER_DEADLINE, served)
                 .await

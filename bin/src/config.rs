@@ -349,11 +349,11 @@ fn duration(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<Dura
             format!("{text:?} is not a duration like 60s"),
         )
     })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
         _ => {
             return Err(src.error(
                 Some(value.span()),
@@ -362,11 +362,22 @@ fn duration(src: &Source<'_>, value: &Spanned<String>, key: &str) -> Result<Dura
             ));
         }
     };
+    let d = match millis {
+        Some(ms) if ms <= MAX_DURATION.as_millis() as u64 => Duration::from_millis(ms),
+        _ => return Err(src.error(Some(value.span()), key, "must be at most 24h")),
+    };
     if d.is_zero() {
         return Err(src.error(Some(value.span()), key, "must be more than zero"));
     }
     Ok(d)
 }
+
+/// The longest duration any setting accepts: longer ones are mistakes, and keep time
+/// arithmetic far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest connection caps accepted.
+const MAX_CONNECTION_CAP: usize = 1_000_000;
 
 /// `base` with the values `raw` sets (`table` names it in errors).
 fn limits(
@@ -400,14 +411,14 @@ fn limits(
             &raw.max_connections,
             "max_connections",
             1,
-            usize::MAX,
+            MAX_CONNECTION_CAP,
             &mut limits.max_connections,
         ),
         (
             &raw.max_connections_per_ip,
             "max_connections_per_ip",
             0,
-            usize::MAX,
+            MAX_CONNECTION_CAP,
             &mut limits.max_connections_per_ip,
         ),
         (
@@ -424,11 +435,7 @@ fn limits(
                 .ok()
                 .filter(|v| (min..=max).contains(v))
                 .ok_or_else(|| {
-                    let range = if max == usize::MAX {
-                        format!("at least {min}")
-                    } else {
-                        format!("from {min} to {max}")
-                    };
+                    let range = format!("from {min} to {max}");
                     src.error(
                         Some(value.span()),
                         key(name),
@@ -714,9 +721,18 @@ mod tests {
         );
         let no_connections = err(&format!("{ACME}[listeners.limits]\nmax_connections = 0\n"));
         assert!(
-            no_connections.contains("use at least 1"),
+            no_connections.contains("use from 1 to 1000000"),
             "{no_connections}"
         );
+        let huge = err(&format!(
+            "[limits]\nidle_timeout = \"18446744073709551615s\"\n{ACME}"
+        ));
+        assert!(
+            huge.contains(":2: limits.idle_timeout: must be at most 24h"),
+            "{huge}"
+        );
+        let many = err(&format!("[limits]\nmax_connections = 99999999999\n{ACME}"));
+        assert!(many.contains("out of range"), "{many}");
         let unknown = err(&format!("[limits]\nmax_conns = 5\n{ACME}"));
         assert!(
             unknown.contains(":2") && unknown.contains("max_conns"),

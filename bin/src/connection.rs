@@ -1,20 +1,23 @@
-//! Serving one HTTP connection under the watchdog: hyper does the protocol, the watchdog
-//! (`watchdog.rs`) decides when a slow head or an idle keep-alive has had its time, and a stop
-//! signal turns into a graceful shutdown (in-flight requests finish, idle connections close).
+//! Serving one HTTP connection under the watchdog: hyper does the protocol (HTTP/1.1 or
+//! HTTP/2, as ALPN chose: there is no version sniffing, so a connection told to stop right
+//! after its handshake still serves one request), the watchdog (`watchdog.rs`) decides when
+//! a slow head, a stalled body or an idle keep-alive has had its time, and a stop signal turns
+//! into a graceful shutdown (in-flight requests finish, idle connections close).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
@@ -22,73 +25,139 @@ use crate::limits::{CLOSE_GRACE, Limits, MAX_CONCURRENT_STREAMS};
 use crate::proxy::ProxyBody;
 use crate::watchdog::{Activity, Deadlines, Protocol, Verdict};
 
-/// hyper's connection settings for a listener with `limits`.
-pub(crate) fn http_builder(limits: &Limits, http1_only: bool) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The watchdog times request heads, from their first byte rather than from the end
-        // of the previous response as hyper would.
-        .header_read_timeout(None)
-        // A head that does not fit is answered with 431 and the connection closed.
-        .max_buf_size(limits.max_request_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
-        // Rapid reset (CVE-2023-44487): a client whose reset streams pile up gets a GOAWAY.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
-    if http1_only {
-        builder.http1_only()
-    } else {
-        builder
+/// hyper's connection settings for a listener, one per protocol.
+pub(crate) struct HttpBuilders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    deadlines: Deadlines,
+}
+
+impl HttpBuilders {
+    /// The settings for a listener with `limits`.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        // The watchdog times request heads, from their first byte rather than from the end of
+        // the previous response as hyper would; a head over the limit (complete, or still
+        // arriving) is answered with 431 and the connection closed.
+        http1
+            .header_read_timeout(None)
+            .max_header_size(limits.max_request_header_bytes)
+            .max_buf_size(limits.max_request_header_bytes);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(
+                u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
+            );
+        Self {
+            http1,
+            http2,
+            deadlines: Deadlines {
+                request_header: limits.request_header_timeout,
+                idle: limits.idle_timeout,
+            },
+        }
     }
 }
 
-/// The deadlines the watchdog enforces under `limits`.
-pub(crate) fn deadlines(limits: &Limits) -> Deadlines {
-    Deadlines {
-        request_header: limits.request_header_timeout,
-        idle: limits.idle_timeout,
-    }
-}
-
-/// What the IO wrapper and the service tell the watchdog.
+/// What the IO wrapper, the service and the response bodies tell the watchdog.
 struct Shared {
     activity: Mutex<Activity>,
     head_began: Notify,
 }
 
 impl Shared {
-    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+    fn activity(&self) -> MutexGuard<'_, Activity> {
         self.activity.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Ends a request's in-flight time when the service future completes or is dropped (an HTTP/2
-/// stream reset drops it).
-struct InFlight(Arc<Shared>);
+/// A request between its head and its response head. Dropped without [`Self::responded`]
+/// (an HTTP/2 stream reset drops the service future), the request simply ends.
+struct Awaiting(Option<Arc<Shared>>);
 
-impl InFlight {
+impl Awaiting {
     fn start(shared: Arc<Shared>) -> Self {
         shared.activity().on_request_start();
-        Self(shared)
+        Self(Some(shared))
+    }
+
+    /// The response head is ready; its body is timed by the returned guard.
+    fn responded(mut self) -> Streaming {
+        let shared = self.0.take().expect("responded once");
+        shared.activity().on_request_end(Instant::now(), true);
+        Streaming(Some(shared))
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Awaiting {
     fn drop(&mut self) {
-        self.0.activity().on_request_end(Instant::now());
+        if let Some(shared) = self.0.take() {
+            shared.activity().on_request_end(Instant::now(), false);
+        }
     }
 }
 
-/// The client's stream, reporting what it reads to the watchdog.
+/// A response body being sent.
+struct Streaming(Option<Arc<Shared>>);
+
+impl Streaming {
+    fn end(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.activity().on_response_end(Instant::now());
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// A response body that tells the watchdog when it is done.
+pub(crate) struct TrackedBody {
+    inner: ProxyBody,
+    streaming: Streaming,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.streaming.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's stream, reporting what it reads and writes to the watchdog.
 struct Watched<T> {
     inner: T,
     shared: Arc<Shared>,
+}
+
+impl<T> Watched<T> {
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+            self.shared.activity().on_write(Instant::now());
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -101,10 +170,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = &buf.filled()[before..];
         if matches!(result, Poll::Ready(Ok(()))) && !read.is_empty() {
-            let mut activity = self.shared.activity();
-            let was_pending = activity.head_pending();
-            activity.on_read(Instant::now(), read);
-            if !was_pending && activity.head_pending() {
+            let began = {
+                let mut activity = self.shared.activity();
+                let was_pending = activity.head_pending();
+                activity.on_read(Instant::now(), read);
+                !was_pending && activity.head_pending()
+            };
+            if began {
                 self.shared.head_began.notify_one();
             }
         }
@@ -118,7 +190,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -126,7 +200,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -142,16 +218,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
+/// A hyper connection that can be asked to finish gracefully.
+trait Drain: Future {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I, S> Drain for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = TrackedBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Drain for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = TrackedBody>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// Serves HTTP on `io` until the client leaves, the watchdog closes it, or `stop` turns true
 /// and the in-flight requests have finished.
-pub(crate) async fn serve<T, H, F>(
+pub(crate) fn serve<T, H, F>(
     io: T,
     protocol: Protocol,
     handler: H,
-    builder: &auto::Builder<TokioExecutor>,
-    deadlines: Deadlines,
-    mut stop: watch::Receiver<bool>,
-) where
+    builders: Arc<HttpBuilders>,
+    stop: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -166,30 +270,52 @@ pub(crate) async fn serve<T, H, F>(
     });
     let service_shared = shared.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let in_flight = InFlight::start(service_shared.clone());
+        let awaiting = Awaiting::start(service_shared.clone());
         let response = handler(req);
         async move {
             let response = response.await;
-            drop(in_flight);
-            Ok::<_, Infallible>(response)
+            let streaming = awaiting.responded();
+            Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, streaming }))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    match protocol {
+        Protocol::Http1 => {
+            let conn = builders.http1.serve_connection(io, service).with_upgrades();
+            Box::pin(watch_over(conn, shared, builders.deadlines, stop))
+        }
+        Protocol::Http2 => {
+            let conn = builders.http2.serve_connection(io, service);
+            Box::pin(watch_over(conn, shared, builders.deadlines, stop))
+        }
+    }
+}
+
+/// Drives `conn`, closing it when the watchdog says so or draining it on `stop`.
+async fn watch_over<C: Drain + Send>(
+    conn: C,
+    shared: Arc<Shared>,
+    deadlines: Deadlines,
+    mut stop: watch::Receiver<bool>,
+) {
     tokio::pin!(conn);
-    let mut stopping = *stop.borrow();
+    let mut stopping = *stop.borrow_and_update();
     if stopping {
-        conn.as_mut().graceful_shutdown();
+        conn.as_mut().drain();
     }
     // Set once the watchdog closed the connection: past it, the connection is dropped.
     let mut drop_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        let wake = match (drop_at, shared.activity().verdict(now, deadlines)) {
-            (Some(at), _) if now >= at => return,
+        let verdict = shared.activity().verdict(now, deadlines);
+        let wake = match (drop_at, verdict) {
+            (Some(at), _) if now >= at => {
+                tracing::debug!("connection dropped: it did not close within {CLOSE_GRACE:?}");
+                return;
+            }
             (Some(at), _) | (None, Verdict::CheckAt(at)) => at,
             (None, Verdict::Close(reason)) => {
                 tracing::debug!("closing connection: {reason:?}");
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().drain();
                 drop_at = Some(now + CLOSE_GRACE);
                 continue;
             }
@@ -200,7 +326,7 @@ pub(crate) async fn serve<T, H, F>(
             () = shared.head_began.notified() => {}
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().drain();
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use certloop_acme::accept::canonical_ip;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -45,11 +46,7 @@ impl IpRange {
 
     /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.network, ip) {
+        match (self.network, canonical_ip(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 prefix_matches(&net.octets(), &ip.octets(), self.prefix)
             }
@@ -67,8 +64,8 @@ fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
         && (bits == 0 || (net[whole] ^ ip[whole]) & (0xff << (8 - bits)) == 0)
 }
 
-/// Sets the forwarding headers of a request from `peer` to the upstream. `host` is the
-/// request's host (the `Host` header or the HTTP/2 authority).
+/// Sets the forwarding headers of a request from `peer` (as [`canonical_ip`] gives it) to the
+/// upstream. `host` is the request's host (the `Host` header or the HTTP/2 authority).
 pub(crate) fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: IpAddr,

@@ -15,10 +15,12 @@ mod admission;
 mod config;
 mod connection;
 mod forwarding;
+mod h2_frames;
 mod limits;
 mod manual;
 mod proxy;
 mod server;
+mod tunnel;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -231,17 +233,12 @@ async fn run(config: Config) -> Result<(), String> {
             &name,
             listener.upstream.clone(),
             listener.upstream_timeout,
+            listener.limits.idle_timeout,
             listener.trusted_proxies,
             tracker.clone(),
         );
         tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
-        let ctx = ListenerContext::new(
-            &name,
-            listener.limits,
-            false,
-            tracker.clone(),
-            stop_rx.clone(),
-        );
+        let ctx = ListenerContext::new(&name, listener.limits, tracker.clone(), stop_rx.clone());
         let acceptor = TlsAcceptor::from(server_config);
         accept_loops.push(tokio::spawn(server::serve_tls(
             ctx, socket, acceptor, proxy,
@@ -249,13 +246,7 @@ async fn run(config: Config) -> Result<(), String> {
     }
     if let Some((http, socket)) = http {
         tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
-        let ctx = ListenerContext::new(
-            "[http]",
-            http.limits,
-            true,
-            tracker.clone(),
-            stop_rx.clone(),
-        );
+        let ctx = ListenerContext::new("[http]", http.limits, tracker.clone(), stop_rx.clone());
         accept_loops.push(tokio::spawn(server::serve_http(
             ctx,
             socket,
@@ -307,8 +298,15 @@ async fn run(config: Config) -> Result<(), String> {
     }
     // Connections still in their TLS handshake and upgraded tunnels count as in flight too.
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("grace period over; closing remaining connections");
+    let second_signal = async { while let Received::Hangup = signals.next().await {} };
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+        () = second_signal => {
+            tracing::warn!("second stop signal; closing remaining connections now");
+        }
     }
     drop(acme_handles);
     Ok(())

@@ -17,7 +17,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admitted;
 use crate::forwarding::{IpRange, set_forwarding_headers};
+use crate::tunnel;
+use certloop_acme::accept::canonical_ip;
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
 pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -39,6 +42,7 @@ pub(crate) struct Proxy {
     listener: String,
     upstream: Uri,
     timeout: Duration,
+    tunnel_idle: Duration,
     trusted_proxies: Vec<IpRange>,
     client: Client<HttpConnector, Incoming>,
     /// Upgraded tunnels run here, so that shutdown waits for them like for connections.
@@ -61,11 +65,13 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
 
 impl Proxy {
     /// A proxy to `upstream` for the listener `listener`; forwarding headers from peers in
-    /// `trusted_proxies` are kept and extended; upgraded tunnels run in `tunnels`.
+    /// `trusted_proxies` are kept and extended; upgraded tunnels run in `tunnels` and close
+    /// after `tunnel_idle` without a byte moving.
     pub(crate) fn new(
         listener: &str,
         upstream: Uri,
         timeout: Duration,
+        tunnel_idle: Duration,
         trusted_proxies: Vec<IpRange>,
         tunnels: TaskTracker,
     ) -> Arc<Self> {
@@ -80,17 +86,20 @@ impl Proxy {
             listener: listener.to_owned(),
             upstream,
             timeout,
+            tunnel_idle,
             trusted_proxies,
             client,
             tunnels,
         })
     }
 
-    /// Forwards one request.
+    /// Forwards one request from `client`, whose connection holds `slots`: an upgraded tunnel
+    /// keeps them for as long as it lives.
     pub(crate) async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        slots: Arc<Admitted>,
     ) -> Response<ProxyBody> {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -112,8 +121,9 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        let trusted = self.trusted_proxies.iter().any(|r| r.contains(client.ip()));
-        set_forwarding_headers(headers, client.ip(), trusted, host.as_ref());
+        let peer = canonical_ip(client.ip());
+        let trusted = self.trusted_proxies.iter().any(|r| r.contains(peer));
+        set_forwarding_headers(headers, peer, trusted, host.as_ref());
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
@@ -132,12 +142,15 @@ impl Proxy {
                     && let Some(client_upgrade) = client_upgrade
                 {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    let listener = self.listener.clone();
+                    let (listener, idle) = (self.listener.clone(), self.tunnel_idle);
                     self.tunnels.spawn(async move {
+                        let _slots = slots;
                         match tokio::try_join!(client_upgrade, upstream_upgrade) {
                             Ok((client, upstream)) => {
-                                let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
-                                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                                let (client, upstream) =
+                                    (TokioIo::new(client), TokioIo::new(upstream));
+                                let end = tunnel::run(client, upstream, idle).await;
+                                tracing::debug!(listener = %listener, "tunnel ended: {end:?}");
                             }
                             Err(e) => tracing::warn!(listener = %listener, "upgrade failed: {e}"),
                         }

@@ -12,15 +12,13 @@ use certloop_tokio::{Http01Tokens, TokioRuntime};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Admitted};
-use crate::connection::{self, deadlines, http_builder};
+use crate::connection::{self, HttpBuilders};
 use crate::limits::Limits;
 use crate::proxy::{Proxy, ProxyBody, text};
 use crate::watchdog::Protocol;
@@ -30,7 +28,7 @@ pub(crate) struct ListenerContext {
     name: String,
     limits: Limits,
     admission: Admission,
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<HttpBuilders>,
     tracker: TaskTracker,
     stop: watch::Receiver<bool>,
 }
@@ -41,14 +39,13 @@ impl ListenerContext {
     pub(crate) fn new(
         name: &str,
         limits: Limits,
-        http1_only: bool,
         tracker: TaskTracker,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_owned(),
             admission: Admission::new(limits.max_connections, limits.max_connections_per_ip),
-            builder: http_builder(&limits, http1_only),
+            builders: Arc::new(HttpBuilders::new(&limits)),
             limits,
             tracker,
             stop,
@@ -97,7 +94,7 @@ pub(crate) async fn serve_tls(
     let serve = |tcp: TcpStream, peer: SocketAddr, admitted: Admitted| {
         let (ctx, acceptor, proxy) = (ctx.clone(), acceptor.clone(), proxy.clone());
         async move {
-            let _admitted = admitted;
+            let admitted = Arc::new(admitted);
             let _ = tcp.set_nodelay(true);
             let handshake = acceptor.accept(tcp);
             let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, handshake).await
@@ -117,14 +114,13 @@ pub(crate) async fn serve_tls(
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            let handler = move |req: Request<Incoming>| proxy.clone().handle(req, peer);
-            let deadlines = deadlines(&ctx.limits);
+            let handler =
+                move |req: Request<Incoming>| proxy.clone().handle(req, peer, admitted.clone());
             connection::serve(
                 tls,
                 protocol,
                 handler,
-                &ctx.builder,
-                deadlines,
+                ctx.builders.clone(),
                 ctx.stop.clone(),
             )
             .await;
@@ -145,16 +141,13 @@ pub(crate) async fn serve_http(
         async move {
             let _admitted = admitted;
             let handler = move |req: Request<Incoming>| {
-                let response = http_response(&req, &tokens, https_port);
-                async move { response }
+                std::future::ready(http_response(&req, &tokens, https_port))
             };
-            let deadlines = deadlines(&ctx.limits);
             connection::serve(
                 tcp,
                 Protocol::Http1,
                 handler,
-                &ctx.builder,
-                deadlines,
+                ctx.builders.clone(),
                 ctx.stop.clone(),
             )
             .await;

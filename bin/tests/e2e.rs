@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Certloop, curl, manual_pair, stdout, upstream};
+use common::{Certloop, curl, faketime_wrapper, manual_pair, stdout, upstream};
 
 use certloop_sim::conformance::fetch_verified;
 use certloop_sim::pebble::{Pebble, free_port, wait_until};
@@ -308,7 +308,9 @@ fn restarts_warm_and_survives_a_ca_outage() {
     // CA down, four years later (Pebble certificates last five): renewal is due and fails,
     // certloop still starts with the cached certificate and warns.
     pebble.stop_ca();
-    let mut third = Certloop::start(&config, &[], Some(&["faketime", "+4 years"]));
+    let wrapper = faketime_wrapper("+4y");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut third = Certloop::start(&config, &[], Some(&wrapper));
     third.wait_ready();
     wait_until("a renewal warning", Duration::from_secs(30), || {
         third.log().contains("WARN") && third.log().contains("CA unreachable")

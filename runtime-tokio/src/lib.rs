@@ -95,8 +95,14 @@ pub async fn start(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
 /// retried with a backoff, each connection gets
 /// [`RESPONDER_DEADLINE`](certloop_acme::http01::RESPONDER_DEADLINE), and at most
 /// [`RESPONDER_MAX_CONNECTIONS`](certloop_acme::http01::RESPONDER_MAX_CONNECTIONS) are served
-/// at once.
+/// at once ([`RESPONDER_MAX_PER_CLIENT`](certloop_acme::http01::RESPONDER_MAX_PER_CLIENT) from
+/// one client).
 pub async fn serve_http01(listener: tokio::net::TcpListener, tokens: Arc<Http01Tokens>) {
-    let accept = || async { listener.accept().await.map(|(stream, _)| stream.compat()) };
+    let accept = || async {
+        listener
+            .accept()
+            .await
+            .map(|(stream, peer)| (stream.compat(), peer.ip()))
+    };
     certloop_acme::http01::serve_responder(TokioRuntime::current(), accept, tokens).await;
 }

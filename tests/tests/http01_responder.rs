@@ -56,10 +56,12 @@ fn the_responder_keeps_accepting_after_accept_errors() {
             if calls.fetch_add(1, Ordering::SeqCst) < 8 {
                 return Err(std::io::Error::from_raw_os_error(24));
             }
-            listener
-                .accept()
-                .await
-                .map(|(s, _)| tokio_util::compat::TokioAsyncReadCompatExt::compat(s))
+            listener.accept().await.map(|(s, peer)| {
+                (
+                    tokio_util::compat::TokioAsyncReadCompatExt::compat(s),
+                    peer.ip(),
+                )
+            })
         }
     };
     let seam = {

@@ -199,3 +199,20 @@ pub fn peer_closed(tcp: &std::net::TcpStream) -> bool {
     tcp.set_nonblocking(false).expect("blocking");
     closed
 }
+
+/// `env LD_PRELOAD=libfaketime FAKETIME=offset`, to put in front of a command: `env` execs,
+/// so the child's PID is the program's own and killing it leaves nothing behind (the
+/// `faketime` command forks and would outlive a kill).
+pub fn faketime_wrapper(offset: &str) -> Vec<String> {
+    let library = std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
+        .find(|path| path.is_file())
+        .expect("libfaketime.so.1 (Debian package faketime): run scripts/setup.sh");
+    vec![
+        "env".to_owned(),
+        format!("LD_PRELOAD={}", library.display()),
+        format!("FAKETIME={offset}"),
+    ]
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): a legitimate client while hostile connections are held against the
+# listener, for certloop (default [limits]) and nginx (its built-in defaults: one worker,
+# worker_connections 512), on loopback, same ECDSA P-256 certificate and upstream.
+#
+# For each server: h2load (20 keep-alive HTTP/1.1 clients from 127.0.0.1, 10 s) without an
+# attack, then with scripts/edge_attack.py holding ATTACK connections from 64 other loopback
+# addresses (idle TCP, half handshakes, half heads, 1 byte/s bodies, re-opened when closed).
+# Reports the legitimate request rate, its p99 latency, the ratio against the same server's
+# unattacked run, and how many of 20 fresh connections (curl, 5 s each) got an answer.
+# nginx is also measured at smaller attacks to show where it stops serving.
+#
+# Usage: scripts/bench-edge.sh [ATTACK] [NGINX_LEVELS]   (defaults: 10000 and "256 512 1024")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+attack=${1:-10000}
+nginx_levels=${2:-"256 512 1024"}
+if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null || ! command -v python3 >/dev/null; then
+    sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -q
+    "${sudo_cmd[@]}" apt-get install -y -q nginx-light nghttp2-client python3 curl
+fi
+# Both sides of 10,000 connections in one process each: as many descriptors as allowed.
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((attack + 1000)) ]; then
+    echo "bench-edge: ulimit -n is $(ulimit -n); $attack connections need about $((attack + 1000))" >&2
+    exit 1
+fi
+cargo build -q --release -p certloop -p certloop-tests --bin certloop --bin demo-upstream
+dir=$PWD/target/bench-edge
+rm -rf "$dir" && mkdir -p "$dir/nginx"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up=$(free_port); cl=$(free_port); ng=$(free_port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.local \
+    -addext subjectAltName=DNS:bench.local -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+target/release/demo-upstream "127.0.0.1:$up" 2>/dev/null & pids+=($!)
+cat > "$dir/certloop.toml" <<TOML
+[[listeners]]
+name = "bench"
+bind = "127.0.0.1:$cl"
+upstream = "http://127.0.0.1:$up"
+tls_mode = "manual"
+tls_cert = "$dir/cert.pem"
+tls_key = "$dir/key.pem"
+TOML
+CERTLOOP_LOG=warn target/release/certloop --config "$dir/certloop.toml" 2>"$dir/certloop.log" & pids+=($!)
+# nginx with nothing tuned: the events block is empty, so worker_connections is 512.
+cat > "$dir/nginx/nginx.conf" <<NGINX
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log crit;
+events { }
+http {
+    access_log off;
+    upstream app { server 127.0.0.1:$up; keepalive 64; }
+    server {
+        listen 127.0.0.1:$ng ssl;
+        ssl_certificate $dir/cert.pem;
+        ssl_certificate_key $dir/key.pem;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGINX
+nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+for port in $up $cl $ng; do
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+done
+
+# One measurement: rate, p99 (ms) and fresh successes of the legitimate client on PORT.
+legit() {
+    local port=$1 log=$dir/latency.$RANDOM
+    local out
+    out=$(timeout 60 h2load --h1 -c 20 -D 10 -N 5s -t 1 --log-file "$log" \
+        --connect-to "127.0.0.1:$port" "https://bench.local:$port/" 2>&1 || true)
+    local rate
+    rate=$(grep -o 'finished in [^,]*, [0-9.]* req/s' <<<"$out" | awk '{print $4}')
+    local p99
+    p99=$(awk -F'\t' '$2 == 200 {print $3}' "$log" 2>/dev/null | sort -n |
+        awk '{v[NR]=$1} END {if (NR) printf "%.1f", v[int(NR*0.99 + 0.5) > 0 ? int(NR*0.99 + 0.5) : 1]/1000; else print "none"}')
+    local fresh=0
+    for _ in $(seq 20); do
+        curl -sk --max-time 5 -o /dev/null --resolve "bench.local:$port:127.0.0.1" \
+            "https://bench.local:$port/" && fresh=$((fresh + 1))
+    done
+    echo "${rate:-0} $p99 $fresh"
+}
+
+# The same with ATTACK hostile connections held during it.
+under_attack() {
+    local port=$1 size=$2
+    python3 scripts/edge_attack.py 127.0.0.1 "$port" "$size" 45 >"$dir/attack.out" 2>&1 &
+    local attacker=$!
+    # Ramp-up: 200 connections per 50 ms, then let the TLS kinds finish their handshakes.
+    sleep $(( size / 4000 + 5 ))
+    legit "$port"
+    wait "$attacker" || true
+    sed 's/^/    /' "$dir/attack.out" >&2
+}
+
+report() { # label base attacked
+    read -r b_rate b_p99 b_fresh <<<"$2"
+    read -r a_rate a_p99 a_fresh <<<"$3"
+    printf '%-34s %9.0f req/s (%.2fx unattacked), p99 %s ms (unattacked %s ms), fresh connections served %s/20\n' \
+        "$1" "$a_rate" "$(awk "BEGIN{print ($b_rate > 0) ? $a_rate/$b_rate : 0}")" "$a_p99" "$b_p99" "$a_fresh"
+}
+
+echo "certloop, unattacked..." >&2
+cl_base=$(legit "$cl")
+echo "certloop, $attack hostile connections..." >&2
+cl_attacked=$(under_attack "$cl" "$attack")
+echo "nginx, unattacked..." >&2
+ng_base=$(legit "$ng")
+declare -A ng_attacked
+for level in $nginx_levels $attack; do
+    echo "nginx, $level hostile connections..." >&2
+    ng_attacked[$level]=$(under_attack "$ng" "$level")
+done
+echo
+read -r r p f <<<"$cl_base"; echo "certloop unattacked:                $r req/s, p99 $p ms, fresh $f/20"
+read -r r p f <<<"$ng_base"; echo "nginx unattacked:                   $r req/s, p99 $p ms, fresh $f/20"
+report "certloop, $attack hostile:" "$cl_base" "$cl_attacked"
+for level in $nginx_levels $attack; do
+    report "nginx (defaults), $level hostile:" "$ng_base" "${ng_attacked[$level]}"
+done
