@@ -17,6 +17,7 @@ use crate::http_client::{AcmeHttpClient, RetryAfterSlot};
 use crate::http01::Http01Tokens;
 use crate::runtime::Runtime;
 use crate::store::DirStore;
+use crate::tls::certified_key_from_bundle;
 use crate::tls::{CertResolver, alpn_challenge_cert};
 
 /// Which challenge proves control of the names.
@@ -308,12 +309,14 @@ impl<R: Runtime> AcmeContext<R> {
             }
         };
         let bundle = encode_cert_file(&key.serialize_pem(), &chain_pem);
+        let invalid = |detail: String| OrderError {
+            kind: FailureKind::InvalidCertificate,
+            detail,
+        };
         let info = decode_cert_file(&bundle)
-            .map_err(|e| OrderError {
-                kind: FailureKind::InvalidCertificate,
-                detail: e.to_string(),
-            })?
+            .map_err(|e| invalid(e.to_string()))?
             .info;
+        certified_key_from_bundle(&bundle).map_err(invalid)?;
         Ok(Certificate {
             info,
             bundle: CertBundle::new(bundle),

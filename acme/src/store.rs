@@ -17,6 +17,7 @@ use certloop_core::{CachedCert, CertBundle, Certificate, RetryState};
 use crate::cache::{
     account_file_name, cert_file_name, decode_cert_file, decode_retry_state, encode_retry_state,
 };
+use crate::tls::certified_key_from_bundle;
 
 const LOCK_FILE: &str = ".certloop.lock";
 
@@ -121,13 +122,16 @@ impl DirStore {
             Err(e) => CachedCert::Unreadable {
                 reason: self.set_aside(&name, &e.to_string()),
             },
-            Ok(bytes) => match decode_cert_file(&bytes) {
-                Ok(file) => CachedCert::Found(Certificate {
-                    info: file.info,
+            Ok(bytes) => match decode_cert_file(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|file| certified_key_from_bundle(&bytes).map(|_| file.info))
+            {
+                Ok(info) => CachedCert::Found(Certificate {
+                    info,
                     bundle: CertBundle::new(bytes),
                 }),
-                Err(e) => CachedCert::Unreadable {
-                    reason: self.set_aside(&name, &e.to_string()),
+                Err(problem) => CachedCert::Unreadable {
+                    reason: self.set_aside(&name, &problem),
                 },
             },
         };
@@ -247,6 +251,41 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("certloop-store-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn a_cached_key_that_does_not_match_its_certificate_is_set_aside() {
+        let dir = temp_dir("mismatch");
+        let store = DirStore::open(&dir).unwrap();
+        let domains = vec!["a.example".to_owned()];
+        let url = "https://ca.test/dir";
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(domains.clone())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let matching = crate::cache::encode_cert_file(&key.serialize_pem(), &cert.pem());
+        store.store_cert(&domains, url, &matching).unwrap();
+        assert!(matches!(
+            store.load_cert(&domains, url).0,
+            CachedCert::Found(_)
+        ));
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let mismatched = crate::cache::encode_cert_file(&other_key.serialize_pem(), &cert.pem());
+        store.store_cert(&domains, url, &mismatched).unwrap();
+        let path = store.cert_path(&domains, url);
+        let (cert, _) = store.load_cert(&domains, url);
+        let CachedCert::Unreadable { reason } = cert else {
+            panic!("a mismatched pair was loaded: {cert:?}")
+        };
+        assert!(
+            reason.contains("does not match") && reason.contains(&path.display().to_string()),
+            "{reason}"
+        );
+        assert!(!reason.contains("PRIVATE KEY"), "{reason}");
+        assert!(!path.exists(), "set aside");
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -59,10 +59,15 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> Serve
 }
 
 /// A certificate ready to serve: the chain (leaf first) and the key, from a cache bundle
-/// (key PEM then chain PEM).
+/// (key PEM then chain PEM), checked so that serving it cannot fail: the key loads and matches
+/// the leaf's public key. Whatever reaches the core as usable has passed this check (the cache
+/// on load, an order on completion); the error names the problem, never the key.
 pub fn certified_key_from_bundle(bundle: &[u8]) -> Result<Arc<CertifiedKey>, String> {
     let file = decode_cert_file(bundle).map_err(|e| e.to_string())?;
-    certified_key(file.chain, file.key)
+    let key = certified_key(file.chain, file.key)?;
+    key.keys_match()
+        .map_err(|e| format!("the private key does not match the certificate ({e})"))?;
+    Ok(key)
 }
 
 /// Builds a `CertifiedKey` without webpki's end-entity parsing (which refuses the critical

@@ -469,3 +469,66 @@ fn manual_certificate_swapped_on_disk_is_served_after_sighup_or_a_file_change() 
         || fetch_verified(port, name, &ca_a).is_ok(),
     );
 }
+
+/// Replaces the private key in a cached certificate file with a fresh, unrelated one.
+fn swap_cached_key(path: &std::path::Path) {
+    let bundle = std::fs::read_to_string(path).expect("cached certificate");
+    let end = "-----END PRIVATE KEY-----\n";
+    let split = bundle.find(end).expect("a PKCS#8 key first") + end.len();
+    let other = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    std::fs::write(path, format!("{other}{}", &bundle[split..])).expect("write");
+}
+
+#[test]
+fn a_cached_key_that_does_not_match_is_replaced_or_refused() {
+    let mut pebble = Pebble::start();
+    let name = "mismatch.certloop.test";
+    let config = single_listener_config(&pebble, "mismatch", name, "acme_startup_timeout = \"5s\"");
+    let mut first = Certloop::start(&config, &[], None);
+    first.wait_ready();
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(35)), 0);
+    let cache_dir = pebble.scratch("state").join("mismatch");
+    let cached = cache_dir.join(certloop_acme::cache::cert_file_name(
+        &[name.to_owned()],
+        &pebble.directory_url,
+    ));
+    let set_aside = || {
+        std::fs::read_dir(&cache_dir)
+            .expect("cache dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.contains(".corrupt-"))
+            .count()
+    };
+
+    // CA up: the mismatched file is set aside, a new certificate is ordered and served.
+    swap_cached_key(&cached);
+    let orders = pebble.log().matches("POST /order-plz").count();
+    let mut second = Certloop::start(&config, &[], None);
+    second.wait_ready();
+    assert_eq!(pebble.log().matches("POST /order-plz").count(), orders + 1);
+    assert_eq!(set_aside(), 1, "the mismatched file is kept aside");
+    assert!(second.log().contains("does not match"), "{}", second.log());
+    fetch_verified(pebble.tls_port, name, &pebble.issuing_root_pem())
+        .expect("a verified certificate whose key matches is served");
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(35)), 0);
+
+    // CA down: a mismatched cache is no certificate at all, so certloop refuses to start and
+    // says which file it set aside.
+    swap_cached_key(&cached);
+    pebble.stop_ca();
+    let mut third = Certloop::start(&config, &[], None);
+    assert_eq!(
+        third.wait_exit(Duration::from_secs(30)),
+        1,
+        "{}",
+        third.log()
+    );
+    let log = third.log();
+    assert!(
+        log.contains("does not match") && log.contains(&cached.display().to_string()),
+        "{log}"
+    );
+    assert_eq!(set_aside(), 2);
+}
