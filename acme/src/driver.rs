@@ -17,7 +17,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 
 use crate::cache::decode_cert_file;
-use crate::http_client::RetryAfterSlot;
+use crate::http_client::{RetryAfterSlot, request_timeout};
 use crate::http01::Http01Tokens;
 use crate::order::{AcmeContext, ChallengeKind, ExternalAccount};
 use crate::runtime::{Runtime, timeout};
@@ -476,6 +476,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         tokens: shared.tokens.clone(),
         challenge: config.challenge,
         retry_after: RetryAfterSlot::default(),
+        request_timeout: request_timeout(policy.startup_timeout),
         account: async_lock::Mutex::new(None),
     });
     let now = wall_clock();
@@ -509,6 +510,19 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
     Ok(handle)
 }
 
+/// The longest the driver sleeps without reading the wall clock again. Runtime timers follow
+/// the monotonic clock, which stands still while the machine is suspended and does not follow
+/// an NTP step: sleeping in slices bounds how late a renewal can be after either.
+const MAX_SLEEP_SLICE: Duration = Duration::from_secs(60);
+
+/// How long to sleep before looking at the fleet again: until its next wake, at most
+/// [`MAX_SLEEP_SLICE`].
+fn sleep_slice(next_wake: Option<UnixTime>, now: UnixTime) -> Duration {
+    next_wake.map_or(MAX_SLEEP_SLICE, |at| {
+        at.saturating_since(now).min(MAX_SLEEP_SLICE)
+    })
+}
+
 struct Driver<R: Runtime> {
     rt: R,
     shared: Arc<Shared>,
@@ -536,10 +550,9 @@ impl<R: Runtime> Driver<R> {
             if self.started.is_some() && self.managed.iter().all(|m| m.ready) {
                 self.record_outcome(Ok(()));
             }
-            let wake_in = fleet
-                .poll_timeout()
-                .map(|at| at.saturating_since(wall_clock()));
-            let timer = self.rt.sleep(wake_in.unwrap_or(Duration::from_secs(3600)));
+            let timer = self
+                .rt
+                .sleep(sleep_slice(fleet.poll_timeout(), wall_clock()));
             let wake = futures_lite::future::or(
                 futures_lite::future::or(
                     async { events.recv().await.unwrap_or(Wake::Stop) },
@@ -644,8 +657,9 @@ impl<R: Runtime> Driver<R> {
             },
             Action::StoreCert { request, cert } => {
                 let store = self.context.store.clone();
+                let order = store.next_write();
                 let work = self.rt.unblock(Box::new(move || {
-                    store.store_cert(&domains, &url, cert.bundle.bytes())
+                    store.store_cert(&domains, &url, cert.bundle.bytes(), order)
                 }));
                 self.reply(id, async move {
                     Event::StoreFinished {
@@ -656,9 +670,11 @@ impl<R: Runtime> Driver<R> {
             }
             Action::PersistRetryState(state) => {
                 let store = self.context.store.clone();
-                let work = self
-                    .rt
-                    .unblock(Box::new(move || store.store_retry(&domains, &url, &state)));
+                // Taken now: the write runs on a blocking thread, maybe after a newer one.
+                let order = store.next_write();
+                let work = self.rt.unblock(Box::new(move || {
+                    store.store_retry(&domains, &url, &state, order)
+                }));
                 self.rt.spawn(Box::pin(async move {
                     if let Err(e) = work.await {
                         tracing::error!(
@@ -813,6 +829,21 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_driver_sleeps_in_slices_of_at_most_a_minute() {
+        let now = UnixTime::from_millis(1_000_000_000);
+        let in_a_day = UnixTime::from_millis(1_000_000_000 + 86_400_000);
+        assert_eq!(sleep_slice(Some(in_a_day), now), MAX_SLEEP_SLICE);
+        assert_eq!(sleep_slice(None, now), MAX_SLEEP_SLICE);
+        let soon = UnixTime::from_millis(1_000_000_000 + 1_500);
+        assert_eq!(sleep_slice(Some(soon), now), Duration::from_millis(1_500));
+        assert_eq!(
+            sleep_slice(Some(now), soon),
+            Duration::ZERO,
+            "overdue: at once"
+        );
+    }
 
     #[test]
     fn directory_selection() {

@@ -18,8 +18,15 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::runtime::{BoxFuture, Runtime, timeout};
 
-/// How long one ACME HTTP request may take, connect to last header.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one ACME HTTP request may take, connect to last header.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one ACME request may take when the first certificate must arrive within
+/// `startup_timeout`: a third of it (at least a second, at most [`MAX_REQUEST_TIMEOUT`]), so
+/// that a stalled CA still leaves room for the fast startup retries.
+pub fn request_timeout(startup_timeout: Duration) -> Duration {
+    (startup_timeout / 3).clamp(Duration::from_secs(1), MAX_REQUEST_TIMEOUT)
+}
 
 /// The most recent `Retry-After` the CA sent (seconds form), shared with the step runner.
 #[derive(Clone, Debug, Default)]
@@ -41,14 +48,17 @@ pub struct AcmeHttpClient<R: Runtime> {
     rt: R,
     tls: futures_rustls::TlsConnector,
     retry_after: RetryAfterSlot,
+    request_timeout: Duration,
 }
 
 impl<R: Runtime> AcmeHttpClient<R> {
-    /// A client trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA).
+    /// A client trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA), giving up
+    /// on a request after `request_timeout`.
     pub fn new(
         rt: R,
         extra_roots: &[CertificateDer<'static>],
         retry_after: RetryAfterSlot,
+        request_timeout: Duration,
     ) -> Result<Self, String> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -67,6 +77,7 @@ impl<R: Runtime> AcmeHttpClient<R> {
             rt,
             tls: futures_rustls::TlsConnector::from(Arc::new(config)),
             retry_after,
+            request_timeout,
         })
     }
 }
@@ -78,10 +89,11 @@ fn other(message: impl Into<String>) -> Error {
 impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
     fn request(&self, req: Request<BodyWrapper<Bytes>>) -> BoxFuture<Result<BytesResponse, Error>> {
         let (rt, tls, slot) = (self.rt.clone(), self.tls.clone(), self.retry_after.clone());
+        let limit = self.request_timeout;
         Box::pin(async move {
             let uri = req.uri().clone();
             let what = format!("{} {uri}", req.method());
-            match timeout(&rt, REQUEST_TIMEOUT, send(&rt, &tls, req, &uri)).await {
+            match timeout(&rt, limit, send(&rt, &tls, req, &uri)).await {
                 Some(Ok(rsp)) => {
                     let retry_after = rsp
                         .headers()
@@ -91,10 +103,7 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
                     Ok(BytesResponse::from(rsp))
                 }
                 Some(Err(e)) => Err(other(format!("{what}: {e}"))),
-                None => Err(other(format!(
-                    "{what}: no response within {}s",
-                    REQUEST_TIMEOUT.as_secs()
-                ))),
+                None => Err(other(format!("{what}: no response within {limit:?}"))),
             }
         })
     }
@@ -205,6 +214,22 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_timeout_leaves_room_for_retries_within_the_startup_timeout() {
+        assert_eq!(
+            request_timeout(Duration::from_secs(15)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            request_timeout(Duration::from_secs(300)),
+            MAX_REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            request_timeout(Duration::from_millis(900)),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn retry_after_in_both_forms() {

@@ -70,18 +70,24 @@ pub struct AcmeContext<R: Runtime> {
     pub challenge: ChallengeKind,
     /// The last Retry-After the CA sent.
     pub retry_after: RetryAfterSlot,
+    /// How long one ACME request may take.
+    pub request_timeout: Duration,
     /// The account, once loaded or created.
     pub account: async_lock::Mutex<Option<Account>>,
 }
 
 impl<R: Runtime> AcmeContext<R> {
     fn builder(&self) -> Result<instant_acme::AccountBuilder, OrderError> {
-        let http =
-            AcmeHttpClient::new(self.rt.clone(), &self.extra_roots, self.retry_after.clone())
-                .map_err(|detail| OrderError {
-                    kind: FailureKind::Rejected,
-                    detail,
-                })?;
+        let http = AcmeHttpClient::new(
+            self.rt.clone(),
+            &self.extra_roots,
+            self.retry_after.clone(),
+            self.request_timeout,
+        )
+        .map_err(|detail| OrderError {
+            kind: FailureKind::Rejected,
+            detail,
+        })?;
         Ok(Account::builder_with_http(Box::new(http)))
     }
 

@@ -5,11 +5,14 @@
 //!
 //! Blocking `std::fs` calls: adapters run them on their blocking pool.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use certloop_core::{CachedCert, CertBundle, Certificate, RetryState};
@@ -49,6 +52,23 @@ pub struct DirStore {
     dir: PathBuf,
     /// Held for the life of the store: the advisory lock.
     _lock: File,
+    /// Makes every temp file name unique within the process.
+    temp_counter: AtomicU64,
+    /// The next [`WriteOrder`] to hand out.
+    next_order: AtomicU64,
+    /// Per file, the order of the newest write that landed. Held while writing, so writes of
+    /// one file never interleave and an older one never lands over a newer one.
+    landed: Mutex<HashMap<String, u64>>,
+}
+
+/// The place of a write in the order writes were decided, taken when the write is decided
+/// (before it is handed to a blocking thread, where writes may run in any order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WriteOrder(u64);
+
+/// Whether a name is one of our temp files (`.<name>.tmp-<pid>-<n>`), which a crash can leave.
+fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 /// What the cache holds for an account.
@@ -69,9 +89,26 @@ impl DirStore {
             path: path.to_owned(),
             problem,
         };
-        fs::create_dir_all(&dir).map_err(|e| err(&dir, format!("cannot create it: {e}")))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(&dir, format!("cannot set mode 0700: {e}")))?;
+        match fs::metadata(&dir) {
+            // An existing directory keeps the mode its owner gave it.
+            Ok(meta) if meta.is_dir() => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        "cache directory {} has mode {mode:o}: other users may be able to list it; \
+                         chmod 700 it (key files inside are 0600 regardless)",
+                        dir.display()
+                    );
+                }
+            }
+            Ok(_) => return Err(err(&dir, "exists and is not a directory".into())),
+            Err(_) => {
+                fs::create_dir_all(&dir)
+                    .map_err(|e| err(&dir, format!("cannot create it: {e}")))?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| err(&dir, format!("cannot set mode 0700: {e}")))?;
+            }
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -92,11 +129,47 @@ impl DirStore {
             }
             Err(fs::TryLockError::Error(e)) => return Err(err(&dir, format!("cannot lock: {e}"))),
         }
-        let store = Self { dir, _lock: lock };
+        let store = Self {
+            dir,
+            _lock: lock,
+            temp_counter: AtomicU64::new(0),
+            next_order: AtomicU64::new(0),
+            landed: Mutex::new(HashMap::new()),
+        };
+        store.remove_crash_leftovers();
+        let probe = store.next_write();
         store
-            .write_atomic(".certloop.probe", b"writable\n")
+            .write_atomic(".certloop.probe", b"writable\n", probe)
             .map_err(|e| err(&store.dir, format!("not writable: {e}")))?;
         Ok(store)
+    }
+
+    /// Temp files a crash left between write and rename hold key material: remove them. The
+    /// lock is held, so no other process is writing here.
+    fn remove_crash_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(is_temp_file) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(
+                        "removed {} left by an interrupted write",
+                        entry.path().display()
+                    ),
+                    Err(e) => tracing::warn!(
+                        "cannot remove {} left by an interrupted write: {e}",
+                        entry.path().display()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The order of a write decided now: pass it to the write when it runs.
+    pub fn next_write(&self) -> WriteOrder {
+        WriteOrder(self.next_order.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The directory.
@@ -117,10 +190,14 @@ impl DirStore {
         directory_url: &str,
     ) -> (CachedCert, Option<RetryState>) {
         let name = cert_file_name(domains, directory_url);
-        let cert = match fs::read(self.dir.join(&name)) {
+        let cert = match read_retrying(&self.dir.join(&name)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => CachedCert::Missing,
+            // The file may be fine (EMFILE, EIO, EACCES): leave it where it is.
             Err(e) => CachedCert::Unreadable {
-                reason: self.set_aside(&name, &e.to_string()),
+                reason: format!(
+                    "{}: cannot be read: {e}; left in place",
+                    self.dir.join(&name).display()
+                ),
             },
             Ok(bytes) => match decode_cert_file(&bytes)
                 .map_err(|e| e.to_string())
@@ -150,27 +227,31 @@ impl DirStore {
         (cert, retry)
     }
 
-    /// Writes a certificate file (key PEM, newline, chain PEM) atomically.
+    /// Writes a certificate file (key PEM, newline, chain PEM) atomically, unless a write
+    /// decided after `order` already landed.
     pub fn store_cert(
         &self,
         domains: &[String],
         directory_url: &str,
         bytes: &[u8],
+        order: WriteOrder,
     ) -> Result<(), String> {
         let name = cert_file_name(domains, directory_url);
-        self.write_atomic(&name, bytes)
+        self.write_atomic(&name, bytes, order)
             .map_err(|e| format!("{}: {e}", self.dir.join(name).display()))
     }
 
-    /// Writes the retry-state sidecar atomically.
+    /// Writes the retry-state sidecar atomically, unless a write decided after `order`
+    /// already landed.
     pub fn store_retry(
         &self,
         domains: &[String],
         directory_url: &str,
         state: &RetryState,
+        order: WriteOrder,
     ) -> Result<(), String> {
         let name = format!("{}.retry", cert_file_name(domains, directory_url));
-        self.write_atomic(&name, encode_retry_state(state).as_bytes())
+        self.write_atomic(&name, encode_retry_state(state).as_bytes(), order)
             .map_err(|e| format!("{}: {e}", self.dir.join(name).display()))
     }
 
@@ -193,8 +274,9 @@ impl DirStore {
         pkcs8_der: &[u8],
     ) -> Result<(), String> {
         let name = account_file_name(contacts, directory_url);
+        let order = self.next_write();
         let write = |file: &str, bytes: &[u8]| {
-            self.write_atomic(file, bytes)
+            self.write_atomic(file, bytes, order)
                 .map_err(|e| format!("{}: {e}", self.dir.join(file).display()))
         };
         write(&format!("{name}.credentials.json"), credentials_json)?;
@@ -208,7 +290,7 @@ impl DirStore {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let to = self.dir.join(format!("{name}.corrupt-{secs}"));
-        match fs::rename(&from, &to) {
+        match fs::rename(&from, &to).and_then(|()| File::open(&self.dir)?.sync_all()) {
             Ok(()) => format!(
                 "{}: {problem}; moved aside to {}",
                 from.display(),
@@ -221,13 +303,21 @@ impl DirStore {
         }
     }
 
-    /// Temp file in the same directory (0600), write, fsync, rename over, fsync the directory.
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    /// Temp file in the same directory (0600, a unique name), write, fsync, rename over, fsync
+    /// the directory. Writes of one file are serialised; one decided before a write that
+    /// already landed is skipped, so the newest decision always wins.
+    fn write_atomic(&self, name: &str, bytes: &[u8], order: WriteOrder) -> io::Result<()> {
+        let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
+        if landed.get(name).is_some_and(|newest| *newest > order.0) {
+            return Ok(());
+        }
+        let unique = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.tmp-{}-{unique}", std::process::id()));
         let result = (|| {
             let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .write(true)
                 .mode(0o600)
                 .open(&tmp)?;
@@ -236,10 +326,30 @@ impl DirStore {
             fs::rename(&tmp, self.dir.join(name))?;
             File::open(&self.dir)?.sync_all()
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        match result {
+            Ok(()) => {
+                landed.insert(name.to_owned(), order.0);
+            }
+            Err(_) => {
+                let _ = fs::remove_file(&tmp);
+            }
         }
         result
+    }
+}
+
+/// Reads a file, trying again twice after a short pause when the error may pass (anything but
+/// "not found").
+fn read_retrying(path: &Path) -> io::Result<Vec<u8>> {
+    let mut attempt = 0;
+    loop {
+        match fs::read(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound && attempt < 2 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -265,14 +375,18 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let matching = crate::cache::encode_cert_file(&key.serialize_pem(), &cert.pem());
-        store.store_cert(&domains, url, &matching).unwrap();
+        store
+            .store_cert(&domains, url, &matching, store.next_write())
+            .unwrap();
         assert!(matches!(
             store.load_cert(&domains, url).0,
             CachedCert::Found(_)
         ));
         let other_key = rcgen::KeyPair::generate().unwrap();
         let mismatched = crate::cache::encode_cert_file(&other_key.serialize_pem(), &cert.pem());
-        store.store_cert(&domains, url, &mismatched).unwrap();
+        store
+            .store_cert(&domains, url, &mismatched, store.next_write())
+            .unwrap();
         let path = store.cert_path(&domains, url);
         let (cert, _) = store.load_cert(&domains, url);
         let CachedCert::Unreadable { reason } = cert else {
@@ -289,6 +403,74 @@ mod tests {
     }
 
     #[test]
+    fn writes_land_in_the_order_they_were_decided_and_leftovers_are_removed_at_open() {
+        let dir = temp_dir("order");
+        let store = DirStore::open(&dir).unwrap();
+        let domains = vec!["a.example".to_owned()];
+        let url = "https://ca.test/dir";
+        let (older, newer) = (store.next_write(), store.next_write());
+        store.store_cert(&domains, url, b"newer", newer).unwrap();
+        store.store_cert(&domains, url, b"older", older).unwrap();
+        let path = store.cert_path(&domains, url);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"newer",
+            "an older write landed last"
+        );
+        // Concurrent writes of one file use distinct temp files and all succeed.
+        let store = std::sync::Arc::new(store);
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, domains) = (store.clone(), domains.clone());
+                std::thread::spawn(move || {
+                    let order = store.next_write();
+                    store.store_cert(&domains, url, format!("w{i}").as_bytes(), order)
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap().unwrap();
+        }
+        drop(store);
+        // A crash between write and rename leaves a temp file: the next open removes it.
+        fs::write(dir.join(".cached_cert_x.tmp-123-4"), b"key material").unwrap();
+        let store = DirStore::open(&dir).unwrap();
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| is_temp_file(n))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_existing_directory_keeps_its_mode_and_a_read_error_sets_nothing_aside() {
+        let dir = temp_dir("keeps-mode");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        let store = DirStore::open(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
+        // A cached "file" that cannot be read (here a directory: EISDIR) stays where it is.
+        let domains = vec!["a.example".to_owned()];
+        let url = "https://ca.test/dir";
+        let path = store.cert_path(&domains, url);
+        fs::create_dir(&path).unwrap();
+        let (cert, _) = store.load_cert(&domains, url);
+        let CachedCert::Unreadable { reason } = cert else {
+            panic!("{cert:?}")
+        };
+        assert!(reason.contains("left in place"), "{reason}");
+        assert!(path.exists(), "not moved aside");
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn modes_lock_and_corrupt_files_set_aside() {
         let dir = temp_dir("modes");
         let store = DirStore::open(&dir).unwrap();
@@ -298,7 +480,12 @@ mod tests {
         );
         let domains = vec!["a.example".to_owned()];
         store
-            .store_cert(&domains, "https://ca.test/dir", b"not pem")
+            .store_cert(
+                &domains,
+                "https://ca.test/dir",
+                b"not pem",
+                store.next_write(),
+            )
             .unwrap();
         let path = store.cert_path(&domains, "https://ca.test/dir");
         assert_eq!(
