@@ -818,9 +818,14 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
         Some(Err(instant_acme::Error::Unsupported(_))) => RenewalInfo::Unsupported,
         Some(Err(e)) => {
             tracing::debug!("renewal information unavailable: {e}");
-            RenewalInfo::Failed {
-                retry_after: context.retry_after.take(),
-            }
+            // The Retry-After of the error response that said so, if the CA sent one.
+            let retry_after = match &e {
+                instant_acme::Error::Other(inner) => inner
+                    .downcast_ref::<crate::http_client::CaAnswered>()
+                    .and_then(|answer| answer.retry_after),
+                _ => None,
+            };
+            RenewalInfo::Failed { retry_after }
         }
         None => failed,
     }

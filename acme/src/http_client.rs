@@ -1,7 +1,12 @@
 //! instant-acme's `HttpClient` over the runtime seam: one HTTP/1.1 connection per request
 //! (hyper's low-level client), TLS by futures-rustls with the shared provider, a timeout on
-//! every request, and the CA's `Retry-After` recorded so rate limits reach the core.
+//! every request. The status of every response is checked here, before instant-acme reads a
+//! body: an error status becomes a [`CaAnswered`] error carrying the status, the problem
+//! document and the response's own `Retry-After` (except a `badNonce`, which instant-acme
+//! retries itself). The `Retry-After` of a successful response is kept per URL for polling.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,7 +17,8 @@ use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
 use http::header::{HOST, RETRY_AFTER};
 use http::{Request, Uri};
-use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
+use http_body_util::{BodyExt, Limited};
+use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient, Problem};
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName};
 
@@ -28,20 +34,75 @@ pub fn request_timeout(startup_timeout: Duration) -> Duration {
     (startup_timeout / 3).clamp(Duration::from_secs(1), MAX_REQUEST_TIMEOUT)
 }
 
-/// The most recent `Retry-After` the CA sent (seconds form), shared with the step runner.
+/// The `Retry-After` of the latest successful response from each URL, for the step runner's
+/// polling. Each value belongs to the URL that carried it; taking it removes it.
 #[derive(Clone, Debug, Default)]
-pub struct RetryAfterSlot(Arc<Mutex<Option<Duration>>>);
+pub struct RetryAfterSlot(Arc<Mutex<HashMap<String, Duration>>>);
+
+/// Entries kept at most (URLs that are never polled again would otherwise pile up).
+const RETRY_AFTER_ENTRIES: usize = 64;
 
 impl RetryAfterSlot {
-    /// Takes the recorded value.
-    pub fn take(&self) -> Option<Duration> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Takes what the latest response from `url` asked for.
+    pub fn take(&self, url: &str) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(url)
     }
 
-    fn set(&self, value: Option<Duration>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    fn set(&self, url: &str, value: Option<Duration>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match value {
+            Some(value) => {
+                if map.len() >= RETRY_AFTER_ENTRIES {
+                    map.clear();
+                }
+                map.insert(url.to_owned(), value);
+            }
+            None => {
+                map.remove(url);
+            }
+        }
     }
 }
+
+/// The CA answered a request with an error status.
+#[derive(Debug)]
+pub struct CaAnswered {
+    /// Method and URL.
+    pub request: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The problem document, when the body was one.
+    pub problem: Option<Problem>,
+    /// The start of the body, when it was not a problem document.
+    pub body_excerpt: String,
+    /// The response's `Retry-After`, as a duration from now.
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for CaAnswered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: HTTP {}", self.request, self.status)?;
+        match &self.problem {
+            Some(p) => write!(
+                f,
+                ": {}: {}",
+                p.r#type.as_deref().unwrap_or("about:blank"),
+                p.detail.as_deref().unwrap_or("(no detail)")
+            )?,
+            None if !self.body_excerpt.is_empty() => write!(f, ": {}", self.body_excerpt)?,
+            None => {}
+        }
+        if let Some(after) = self.retry_after {
+            write!(f, " (Retry-After {}s)", after.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CaAnswered {}
+
+/// The most of an error body read (problem documents are small).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// The HTTP client instant-acme talks through.
 pub struct AcmeHttpClient<R: Runtime> {
@@ -93,15 +154,17 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
         Box::pin(async move {
             let uri = req.uri().clone();
             let what = format!("{} {uri}", req.method());
-            match timeout(&rt, limit, send(&rt, &tls, req, &uri)).await {
-                Some(Ok(rsp)) => {
+            match timeout(&rt, limit, send_checked(&rt, &tls, req, &uri, &what)).await {
+                Some(Ok(Checked::Success(rsp))) => {
                     let retry_after = rsp
                         .headers()
                         .get(RETRY_AFTER)
                         .and_then(|v| parse_retry_after(v.to_str().ok()?));
-                    slot.set(retry_after);
+                    slot.set(&uri.to_string(), retry_after);
                     Ok(BytesResponse::from(rsp))
                 }
+                Some(Ok(Checked::BadNonce(rsp))) => Ok(rsp),
+                Some(Ok(Checked::Error(answer))) => Err(Error::Other(Box::new(answer))),
                 Some(Err(e)) => Err(other(format!("{what}: {e}"))),
                 None => Err(other(format!("{what}: no response within {limit:?}"))),
             }
@@ -120,6 +183,64 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A response, sorted by what instant-acme should see of it.
+enum Checked {
+    Success(http::Response<hyper::body::Incoming>),
+    /// A `badNonce` problem, passed through so that instant-acme retries with a fresh nonce.
+    BadNonce(BytesResponse),
+    Error(CaAnswered),
+}
+
+/// Sends `req` and checks the status before anything reads the body.
+async fn send_checked<R: Runtime>(
+    rt: &R,
+    tls: &futures_rustls::TlsConnector,
+    req: Request<BodyWrapper<Bytes>>,
+    uri: &Uri,
+    what: &str,
+) -> Result<Checked, String> {
+    let rsp = send(rt, tls, req, uri).await?;
+    let status = rsp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return Ok(Checked::Success(rsp));
+    }
+    let (parts, body) = rsp.into_parts();
+    let body = Limited::new(body, ERROR_BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| format!("{what}: HTTP {status}, and reading its body failed: {e}"))?
+        .to_bytes();
+    let problem = serde_json::from_slice::<Problem>(&body).ok();
+    let is_bad_nonce = problem
+        .as_ref()
+        .and_then(|p| p.r#type.as_deref())
+        .is_some_and(|t| t == "urn:ietf:params:acme:error:badNonce");
+    if is_bad_nonce && status == http::StatusCode::BAD_REQUEST {
+        return Ok(Checked::BadNonce(BytesResponse {
+            parts,
+            body: Box::new(body),
+        }));
+    }
+    let retry_after = parts
+        .headers
+        .get(RETRY_AFTER)
+        .and_then(|v| parse_retry_after(v.to_str().ok()?));
+    let body_excerpt = match &problem {
+        Some(_) => String::new(),
+        None => String::from_utf8_lossy(&body[..body.len().min(200)])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    Ok(Checked::Error(CaAnswered {
+        request: what.to_owned(),
+        status: status.as_u16(),
+        problem,
+        body_excerpt,
+        retry_after,
+    }))
 }
 
 async fn send<R: Runtime>(

@@ -13,7 +13,7 @@ use instant_acme::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::cache::{decode_cert_file, encode_cert_file};
-use crate::http_client::{AcmeHttpClient, RetryAfterSlot};
+use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot};
 use crate::http01::Http01Tokens;
 use crate::runtime::Runtime;
 use crate::store::DirStore;
@@ -183,7 +183,19 @@ impl<R: Runtime> AcmeContext<R> {
     /// Classifies an instant-acme error for the core, with the CA's problem type and detail.
     pub fn classify(&self, error: &instant_acme::Error) -> OrderError {
         match error {
-            instant_acme::Error::Api(problem) => classify_problem(problem, self.retry_after.take()),
+            instant_acme::Error::Other(inner) => match inner.downcast_ref::<CaAnswered>() {
+                Some(answer) => classify_answer(answer),
+                None => OrderError {
+                    kind: FailureKind::Unreachable,
+                    detail: error.to_string(),
+                },
+            },
+            instant_acme::Error::Api(problem) => classify_problem(problem, None),
+            // The CA answered, with something that is not what RFC 8555 says it should be.
+            instant_acme::Error::Json(e) => OrderError {
+                kind: FailureKind::ServerError,
+                detail: format!("the CA's answer could not be read: {e}"),
+            },
             other => OrderError {
                 kind: FailureKind::Unreachable,
                 detail: other.to_string(),
@@ -282,7 +294,10 @@ impl<R: Runtime> AcmeContext<R> {
                 OrderStatus::Ready => break,
                 OrderStatus::Invalid => return Err(self.invalid_order(&mut order).await),
                 OrderStatus::Valid => break,
-                OrderStatus::Pending | OrderStatus::Processing => self.poll_pause(&mut delay).await,
+                OrderStatus::Pending | OrderStatus::Processing => {
+                    let url = order.url().to_owned();
+                    self.poll_pause(&url, &mut delay).await;
+                }
             }
         }
         drop(guard);
@@ -311,7 +326,10 @@ impl<R: Runtime> AcmeContext<R> {
         let chain_pem = loop {
             match order.certificate().await.map_err(|e| self.classify(&e))? {
                 Some(chain) => break chain,
-                None => self.poll_pause(&mut delay).await,
+                None => {
+                    let url = order.url().to_owned();
+                    self.poll_pause(&url, &mut delay).await;
+                }
             }
         };
         let bundle = encode_cert_file(&key.serialize_pem(), &chain_pem);
@@ -329,10 +347,10 @@ impl<R: Runtime> AcmeContext<R> {
         })
     }
 
-    /// Waits before polling the order again: the CA's Retry-After if it sent one (at most
-    /// 10 s), otherwise `delay`, which doubles up to 2 s.
-    async fn poll_pause(&self, delay: &mut Duration) {
-        let pause = match self.retry_after.take() {
+    /// Waits before polling the order at `url` again: the Retry-After of the CA's last answer
+    /// from that URL if it sent one (at most 10 s), otherwise `delay`, which doubles up to 2 s.
+    async fn poll_pause(&self, url: &str, delay: &mut Duration) {
+        let pause = match self.retry_after.take(url) {
             Some(asked) => asked.clamp(Duration::from_millis(100), Duration::from_secs(10)),
             None => *delay,
         };
@@ -391,6 +409,30 @@ impl Drop for ChallengeGuard<'_> {
 }
 
 /// Maps an ACME problem document to the core's failure classes.
+/// Classifies an error response by its problem type, or by its status when it carried no
+/// problem document. 429, and 503 with a Retry-After, ask to come back later: both are rate
+/// limits whose wait the core honours.
+pub fn classify_answer(answer: &CaAnswered) -> OrderError {
+    let mut error = match &answer.problem {
+        Some(problem) => classify_problem(problem, answer.retry_after),
+        None => OrderError {
+            kind: if answer.status >= 500 {
+                FailureKind::ServerError
+            } else {
+                FailureKind::Rejected
+            },
+            detail: String::new(),
+        },
+    };
+    if answer.status == 429 || (answer.status == 503 && answer.retry_after.is_some()) {
+        error.kind = FailureKind::RateLimited {
+            retry_after: answer.retry_after,
+        };
+    }
+    error.detail = answer.to_string();
+    error
+}
+
 pub fn classify_problem(problem: &Problem, retry_after: Option<Duration>) -> OrderError {
     let kind_name = problem.r#type.as_deref().unwrap_or("about:blank");
     let short = kind_name
@@ -413,4 +455,64 @@ pub fn classify_problem(problem: &Problem, retry_after: Option<Duration>) -> Ord
         }
     }
     OrderError { kind, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, problem: Option<(&str, &str)>, retry_after: Option<u64>) -> CaAnswered {
+        CaAnswered {
+            request: "GET https://ca.test/directory".into(),
+            status,
+            problem: problem.map(|(kind, detail)| Problem {
+                r#type: Some(format!("urn:ietf:params:acme:error:{kind}")),
+                detail: Some(detail.into()),
+                status: Some(status),
+                subproblems: Vec::new(),
+            }),
+            body_excerpt: if problem.is_none() {
+                "<html>bad gateway</html>".into()
+            } else {
+                String::new()
+            },
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn error_answers_are_classed_by_type_then_status_with_their_own_retry_after() {
+        let limited = classify_answer(&answer(429, Some(("rateLimited", "too many")), Some(120)));
+        assert_eq!(
+            limited.kind,
+            FailureKind::RateLimited {
+                retry_after: Some(Duration::from_secs(120))
+            }
+        );
+        assert!(limited.detail.contains("HTTP 429") && limited.detail.contains("too many"));
+        let unavailable = classify_answer(&answer(503, None, Some(300)));
+        assert_eq!(
+            unavailable.kind,
+            FailureKind::RateLimited {
+                retry_after: Some(Duration::from_secs(300))
+            }
+        );
+        let html = classify_answer(&answer(502, None, None));
+        assert_eq!(html.kind, FailureKind::ServerError);
+        assert!(
+            html.detail
+                .contains("GET https://ca.test/directory: HTTP 502: <html>bad gateway"),
+            "{}",
+            html.detail
+        );
+        let internal = classify_answer(&answer(500, Some(("serverInternal", "oops")), None));
+        assert_eq!(internal.kind, FailureKind::ServerError);
+        let refused = classify_answer(&answer(403, Some(("unauthorized", "no")), None));
+        assert_eq!(refused.kind, FailureKind::Rejected);
+        assert!(
+            refused
+                .detail
+                .contains("urn:ietf:params:acme:error:unauthorized: no")
+        );
+    }
 }
