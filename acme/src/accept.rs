@@ -59,9 +59,11 @@ impl AcceptBackoff {
         }
     }
 
-    /// A connection was accepted: the next error starts from the shortest wait again.
-    pub fn on_success(&mut self) {
+    /// A connection was accepted: the next error starts from the shortest wait again. Returns
+    /// how many errors went unlogged since the last line, so that they can be reported now.
+    pub fn on_success(&mut self) -> Option<u64> {
         self.consecutive_errors = 0;
+        Some(std::mem::take(&mut self.suppressed)).filter(|n| *n > 0)
     }
 }
 
@@ -81,7 +83,13 @@ where
     loop {
         match accept().await {
             Ok(accepted) => {
-                backoff.on_success();
+                if let Some(suppressed) = backoff.on_success() {
+                    tracing::warn!(
+                        listener,
+                        suppressed,
+                        "accepting again; {suppressed} more accept errors since the last line"
+                    );
+                }
                 return accepted;
             }
             Err(error) => {
@@ -223,7 +231,11 @@ mod tests {
         assert_eq!(delays[1], Duration::from_millis(10));
         assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
         assert_eq!(delays[11], MAX_DELAY);
-        backoff.on_success();
+        assert_eq!(
+            backoff.on_success(),
+            Some(11),
+            "unlogged errors are reported"
+        );
         assert_eq!(backoff.on_error(now).delay, FIRST_DELAY);
     }
 
@@ -239,7 +251,7 @@ mod tests {
         let step = backoff.on_error(start + Duration::from_millis(1000));
         assert_eq!(step.log_with_suppressed, Some(4));
         // The count starts again after each logged line, and success does not reset the rate.
-        backoff.on_success();
+        assert_eq!(backoff.on_success(), None, "nothing unlogged");
         let step = backoff.on_error(start + Duration::from_millis(1500));
         assert_eq!(step.log_with_suppressed, None);
     }

@@ -65,9 +65,15 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> Serve
 pub fn certified_key_from_bundle(bundle: &[u8]) -> Result<Arc<CertifiedKey>, String> {
     let file = decode_cert_file(bundle).map_err(|e| e.to_string())?;
     let key = certified_key(file.chain, file.key)?;
-    key.keys_match()
-        .map_err(|e| format!("the private key does not match the certificate ({e})"))?;
-    Ok(key)
+    match key.keys_match() {
+        Ok(()) => Ok(key),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err("the private key does not match the certificate".into())
+        }
+        Err(e) => Err(format!(
+            "the private key cannot be checked against the certificate: {e}"
+        )),
+    }
 }
 
 /// Builds a `CertifiedKey` without webpki's end-entity parsing (which refuses the critical

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::limits::{CLOSE_GRACE, Limits, MAX_CONCURRENT_STREAMS};
 use crate::proxy::ProxyBody;
-use crate::watchdog::{Activity, Deadlines, Protocol, Verdict};
+use crate::watchdog::{Activity, BodyId, Deadlines, Protocol, Verdict};
 
 /// hyper's connection settings for a listener, one per protocol.
 pub(crate) struct HttpBuilders {
@@ -41,8 +41,7 @@ impl HttpBuilders {
         // arriving) is answered with 431 and the connection closed.
         http1
             .header_read_timeout(None)
-            .max_header_size(limits.max_request_header_bytes)
-            .max_buf_size(limits.max_request_header_bytes);
+            .max_header_size(limits.max_request_header_bytes);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -86,26 +85,38 @@ impl Awaiting {
     /// The response head is ready; its body is timed by the returned guard.
     fn responded(mut self) -> Streaming {
         let shared = self.0.take().expect("responded once");
-        shared.activity().on_request_end(Instant::now(), true);
-        Streaming(Some(shared))
+        let id = shared.activity().on_response(Instant::now());
+        Streaming {
+            shared: Some(shared),
+            id,
+        }
     }
 }
 
 impl Drop for Awaiting {
     fn drop(&mut self) {
         if let Some(shared) = self.0.take() {
-            shared.activity().on_request_end(Instant::now(), false);
+            shared.activity().on_request_dropped(Instant::now());
         }
     }
 }
 
 /// A response body being sent.
-struct Streaming(Option<Arc<Shared>>);
+struct Streaming {
+    shared: Option<Arc<Shared>>,
+    id: BodyId,
+}
 
 impl Streaming {
+    fn progress(&self) {
+        if let Some(shared) = &self.shared {
+            shared.activity().on_body_progress(self.id, Instant::now());
+        }
+    }
+
     fn end(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.activity().on_response_end(Instant::now());
+        if let Some(shared) = self.shared.take() {
+            shared.activity().on_body_end(self.id, Instant::now());
         }
     }
 }
@@ -116,7 +127,8 @@ impl Drop for Streaming {
     }
 }
 
-/// A response body that tells the watchdog when it is done.
+/// A response body that tells the watchdog each time hyper takes a piece of it (hyper asks
+/// only when the client has made room), and when it is done.
 pub(crate) struct TrackedBody {
     inner: ProxyBody,
     streaming: Streaming,
@@ -131,8 +143,10 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.streaming.end();
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.streaming.progress(),
+            Poll::Ready(None | Some(Err(_))) => self.streaming.end(),
+            Poll::Pending => {}
         }
         polled
     }
@@ -146,18 +160,10 @@ impl Body for TrackedBody {
     }
 }
 
-/// The client's stream, reporting what it reads and writes to the watchdog.
+/// The client's stream, reporting what it reads to the watchdog.
 struct Watched<T> {
     inner: T,
     shared: Arc<Shared>,
-}
-
-impl<T> Watched<T> {
-    fn wrote(&self, result: &Poll<io::Result<usize>>) {
-        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
-            self.shared.activity().on_write(Instant::now());
-        }
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -190,9 +196,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.wrote(&result);
-        result
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -200,9 +204,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.wrote(&result);
-        result
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -300,6 +302,7 @@ async fn watch_over<C: Drain + Send>(
     tokio::pin!(conn);
     let mut stopping = *stop.borrow_and_update();
     if stopping {
+        shared.activity().on_stop(Instant::now());
         conn.as_mut().drain();
     }
     // Set once the watchdog closed the connection: past it, the connection is dropped.
@@ -326,6 +329,7 @@ async fn watch_over<C: Drain + Send>(
             () = shared.head_began.notified() => {}
             _ = stop.changed(), if !stopping => {
                 stopping = true;
+                shared.activity().on_stop(Instant::now());
                 conn.as_mut().drain();
             }
         }

@@ -41,6 +41,20 @@ impl IpRange {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
         };
+        // Peers are compared as IPv4 when they are IPv4-mapped, so ranges must be too.
+        if let IpAddr::V6(v6) = network
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return match prefix.checked_sub(96) {
+                Some(prefix) => Ok(Self {
+                    network: IpAddr::V4(v4),
+                    prefix,
+                }),
+                None => Err(format!(
+                    "{text:?}: an IPv4-mapped range needs a prefix of at least 96"
+                )),
+            };
+        }
         Ok(Self { network, prefix })
     }
 
@@ -223,6 +237,11 @@ mod tests {
         assert!(r.contains("2001:db8:1::1".parse().unwrap()));
         assert!(!r.contains("2001:db9::1".parse().unwrap()));
         assert!(!r.contains("10.0.0.1".parse().unwrap()));
+        let mapped = IpRange::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        assert!(IpRange::parse("::ffff:0:0/90").is_err());
         let one = IpRange::parse("127.0.0.1").unwrap();
         assert!(one.contains("127.0.0.1".parse().unwrap()));
         assert!(!one.contains("127.0.0.2".parse().unwrap()));

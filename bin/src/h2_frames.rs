@@ -18,6 +18,7 @@ pub(crate) struct FrameScanner {
     header_len: usize,
     payload_left: usize,
     in_header_block: bool,
+    blocks_begun: u64,
 }
 
 impl Default for FrameScanner {
@@ -28,6 +29,7 @@ impl Default for FrameScanner {
             header_len: 0,
             payload_left: 0,
             in_header_block: false,
+            blocks_begun: 0,
         }
     }
 }
@@ -40,6 +42,11 @@ impl FrameScanner {
     /// Whether a header block has begun (its frame type was seen) and not ended.
     pub(crate) fn in_header_block(&self) -> bool {
         self.in_header_block
+    }
+
+    /// How many header blocks have begun so far.
+    pub(crate) fn blocks_begun(&self) -> u64 {
+        self.blocks_begun
     }
 
     /// Consumes the next bytes the client sent.
@@ -63,8 +70,12 @@ impl FrameScanner {
             bytes = &bytes[take..];
             // A header block begins as soon as its type is known, so that a frame header
             // stalled halfway is timed too.
-            if self.header_len > TYPE_OFFSET && is_header_frame(self.header[TYPE_OFFSET]) {
+            if self.header_len > TYPE_OFFSET
+                && is_header_frame(self.header[TYPE_OFFSET])
+                && !self.in_header_block
+            {
                 self.in_header_block = true;
+                self.blocks_begun += 1;
             }
             if self.header_len == FRAME_HEADER_LEN {
                 self.header_len = 0;

@@ -8,7 +8,8 @@ use std::time::Duration;
 /// about 100).
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
 
-/// The smallest `max_request_header_bytes` accepted: hyper's smallest read buffer.
+/// The smallest `max_request_header_bytes` accepted: below it, ordinary browser requests
+/// (cookies, long URLs) start failing.
 pub(crate) const MIN_REQUEST_HEADER_BYTES: usize = 8192;
 
 /// The largest `max_request_header_bytes` accepted.

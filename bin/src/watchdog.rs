@@ -1,5 +1,5 @@
-//! When a connection has used up its time (pure: the caller passes the bytes read and written,
-//! the requests starting and ending, and the time).
+//! When a connection has used up its time (pure: the caller passes the bytes read, the
+//! requests starting and ending, response body progress, the stop signal and the time).
 //!
 //! - A request head that has begun must be complete within `request_header_timeout`. On
 //!   HTTP/1.1 a head begins with the first byte read while no request is in flight; on HTTP/2
@@ -8,14 +8,21 @@
 //!   closes the whole connection, since nothing else can be sent on it until the block ends.
 //! - While a request waits for the upstream nothing here closes the connection: the upstream
 //!   timeout bounds that.
-//! - While a response body is being sent, the connection must make progress (a byte read or
-//!   written) at least once per `idle_timeout`, so a client that stops reading is let go.
+//! - Every response body being sent must hand hyper a piece at least once per
+//!   `idle_timeout`. hyper asks for the next piece only when the client has made room (TCP
+//!   buffers, HTTP/2 flow-control window), so a client that stops reading one body is let go
+//!   however busy it keeps the connection otherwise (pings, other streams).
 //! - With no request in flight and no head begun, the connection may idle for
-//!   `idle_timeout`; pings and window updates do not count as requests.
+//!   `idle_timeout`; pings and window updates do not count as requests. After the stop
+//!   signal, such a connection (one that just finished its handshake included) gets
+//!   [`STOP_GRACE`] to begin a request.
 
 use std::time::{Duration, Instant};
 
 use crate::h2_frames::FrameScanner;
+
+/// After the stop signal, how long an idle connection may take to begin one last request.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The HTTP version of a connection, as ALPN decided it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +42,8 @@ pub(crate) enum CloseReason {
     Stalled,
     /// No request for `idle_timeout`.
     Idle,
+    /// No request began within [`STOP_GRACE`] of the stop signal.
+    Stopped,
 }
 
 /// What the watchdog does next.
@@ -55,18 +64,23 @@ pub(crate) struct Deadlines {
     pub(crate) idle: Duration,
 }
 
+/// Identifies one response body being sent.
+pub(crate) type BodyId = u64;
+
 /// One connection's activity.
 #[derive(Debug)]
 pub(crate) struct Activity {
     protocol: Protocol,
     frames: FrameScanner,
+    blocks_seen: u64,
     /// Requests whose response head is not ready yet.
     awaiting: usize,
-    /// Responses whose body is still being sent.
-    streaming: usize,
+    /// Response bodies being sent, with the last time each handed hyper a piece.
+    bodies: Vec<(BodyId, Instant)>,
+    next_body: BodyId,
     idle_since: Instant,
-    last_progress: Instant,
     head_began: Option<Instant>,
+    stopping_since: Option<Instant>,
 }
 
 impl Activity {
@@ -75,11 +89,13 @@ impl Activity {
         Self {
             protocol,
             frames: FrameScanner::default(),
+            blocks_seen: 0,
             awaiting: 0,
-            streaming: 0,
+            bodies: Vec::new(),
+            next_body: 0,
             idle_since: now,
-            last_progress: now,
             head_began: None,
+            stopping_since: None,
         }
     }
 
@@ -88,32 +104,32 @@ impl Activity {
         self.head_began.is_some()
     }
 
+    fn in_flight(&self) -> bool {
+        self.awaiting > 0 || !self.bodies.is_empty()
+    }
+
     /// `bytes` were read from the client at `now`.
     pub(crate) fn on_read(&mut self, now: Instant, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
-        self.last_progress = now;
         match self.protocol {
             Protocol::Http1 => {
-                if self.awaiting + self.streaming == 0 && self.head_began.is_none() {
+                if !self.in_flight() && self.head_began.is_none() {
                     self.head_began = Some(now);
                 }
             }
             Protocol::Http2 => {
                 self.frames.feed(bytes);
+                let began_another = self.frames.blocks_begun() != self.blocks_seen;
+                self.blocks_seen = self.frames.blocks_begun();
                 if !self.frames.in_header_block() {
                     self.head_began = None;
-                } else if self.head_began.is_none() {
+                } else if self.head_began.is_none() || began_another {
                     self.head_began = Some(now);
                 }
             }
         }
-    }
-
-    /// Bytes were written to the client at `now`.
-    pub(crate) fn on_write(&mut self, now: Instant) {
-        self.last_progress = now;
     }
 
     /// A complete request head reached the service.
@@ -124,44 +140,66 @@ impl Activity {
         }
     }
 
-    /// A request ended at `now`: `responded` if its response body is now being sent (it ends
-    /// with [`Self::on_response_end`]), otherwise it was dropped before a response.
-    pub(crate) fn on_request_end(&mut self, now: Instant, responded: bool) {
+    /// A request's response head is ready at `now`; its body is timed from now on under the
+    /// returned id until [`Self::on_body_end`].
+    pub(crate) fn on_response(&mut self, now: Instant) -> BodyId {
         self.awaiting = self.awaiting.saturating_sub(1);
-        if responded {
-            self.streaming += 1;
-            self.last_progress = now;
-        } else {
-            self.settle(now);
-        }
+        let id = self.next_body;
+        self.next_body += 1;
+        self.bodies.push((id, now));
+        id
     }
 
-    /// A response body was sent completely (or dropped) at `now`.
-    pub(crate) fn on_response_end(&mut self, now: Instant) {
-        self.streaming = self.streaming.saturating_sub(1);
+    /// A request ended at `now` without a response (its stream was reset).
+    pub(crate) fn on_request_dropped(&mut self, now: Instant) {
+        self.awaiting = self.awaiting.saturating_sub(1);
         self.settle(now);
     }
 
+    /// Body `id` handed hyper a piece at `now`.
+    pub(crate) fn on_body_progress(&mut self, id: BodyId, now: Instant) {
+        if let Some(body) = self.bodies.iter_mut().find(|(b, _)| *b == id) {
+            body.1 = now;
+        }
+    }
+
+    /// Body `id` was sent completely (or dropped) at `now`.
+    pub(crate) fn on_body_end(&mut self, id: BodyId, now: Instant) {
+        self.bodies.retain(|(b, _)| *b != id);
+        self.settle(now);
+    }
+
+    /// The stop signal arrived at `now`.
+    pub(crate) fn on_stop(&mut self, now: Instant) {
+        self.stopping_since.get_or_insert(now);
+    }
+
     fn settle(&mut self, now: Instant) {
-        if self.awaiting + self.streaming == 0 {
+        if !self.in_flight() {
             self.idle_since = now;
         }
     }
 
     /// What to do at `now`.
     pub(crate) fn verdict(&self, now: Instant, deadlines: Deadlines) -> Verdict {
-        let (deadline, reason) = match self.head_began {
-            Some(began) => (began + deadlines.request_header, CloseReason::HeaderTimeout),
-            None if self.awaiting > 0 => return Verdict::CheckAt(now + deadlines.idle),
-            None if self.streaming > 0 => {
-                (self.last_progress + deadlines.idle, CloseReason::Stalled)
+        let mut due: Vec<(Instant, CloseReason)> = Vec::with_capacity(3);
+        if let Some(began) = self.head_began {
+            due.push((began + deadlines.request_header, CloseReason::HeaderTimeout));
+        }
+        if let Some(oldest) = self.bodies.iter().map(|(_, at)| *at).min() {
+            due.push((oldest + deadlines.idle, CloseReason::Stalled));
+        }
+        if !self.in_flight() && self.head_began.is_none() {
+            due.push((self.idle_since + deadlines.idle, CloseReason::Idle));
+            if let Some(stop) = self.stopping_since {
+                due.push((stop.max(self.idle_since) + STOP_GRACE, CloseReason::Stopped));
             }
-            None => (self.idle_since + deadlines.idle, CloseReason::Idle),
-        };
-        if now >= deadline {
-            Verdict::Close(reason)
-        } else {
-            Verdict::CheckAt(deadline)
+        }
+        match due.into_iter().min_by_key(|(at, _)| *at) {
+            Some((at, reason)) if now >= at => Verdict::Close(reason),
+            Some((at, _)) => Verdict::CheckAt(at),
+            // Only requests waiting for the upstream, which bounds them itself.
+            None => Verdict::CheckAt(now + deadlines.idle),
         }
     }
 }
@@ -212,14 +250,14 @@ mod tests {
         a.on_request_start();
         a.on_read(secs(t0, 2), b"body bytes");
         assert_eq!(a.verdict(secs(t0, 500), D), Verdict::CheckAt(secs(t0, 560)));
-        a.on_request_end(secs(t0, 500), true);
-        // A long download keeps the connection while bytes flow...
+        let body = a.on_response(secs(t0, 500));
+        // A long download keeps the connection while its pieces flow...
         for s in (510..900).step_by(50) {
-            a.on_write(secs(t0, s));
+            a.on_body_progress(body, secs(t0, s));
             assert!(matches!(a.verdict(secs(t0, s + 1), D), Verdict::CheckAt(_)));
         }
         // ... and idling counts from the end of the body.
-        a.on_response_end(secs(t0, 900));
+        a.on_body_end(body, secs(t0, 900));
         assert_eq!(a.verdict(secs(t0, 959), D), Verdict::CheckAt(secs(t0, 960)));
         assert_eq!(
             a.verdict(secs(t0, 960), D),
@@ -228,12 +266,21 @@ mod tests {
     }
 
     #[test]
-    fn a_client_that_stops_reading_a_body_is_let_go() {
+    fn a_client_that_stops_reading_one_body_is_let_go_however_busy_it_keeps_the_rest() {
         let t0 = Instant::now();
         let mut a = Activity::new(Protocol::Http2, t0);
+        a.on_read(t0, PREFACE);
         a.on_request_start();
-        a.on_request_end(secs(t0, 1), true);
-        a.on_write(secs(t0, 5));
+        let stalled = a.on_response(secs(t0, 1));
+        a.on_body_progress(stalled, secs(t0, 5));
+        // Another stream keeps flowing, another keeps waiting, pings keep arriving.
+        a.on_request_start();
+        let flowing = a.on_response(secs(t0, 6));
+        a.on_request_start();
+        for s in (10..70).step_by(10) {
+            a.on_body_progress(flowing, secs(t0, s));
+            a.on_read(secs(t0, s), &frame(0x6, 0, 0, &[0; 8]));
+        }
         assert_eq!(a.verdict(secs(t0, 64), D), Verdict::CheckAt(secs(t0, 65)));
         assert_eq!(
             a.verdict(secs(t0, 65), D),
@@ -246,11 +293,46 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Activity::new(Protocol::Http2, t0);
         a.on_request_start();
-        a.on_request_end(secs(t0, 3), false);
+        a.on_request_dropped(secs(t0, 3));
         assert_eq!(
             a.verdict(secs(t0, 63), D),
             Verdict::Close(CloseReason::Idle)
         );
+    }
+
+    #[test]
+    fn after_the_stop_signal_an_idle_connection_gets_a_moment_to_begin_a_request() {
+        let t0 = Instant::now();
+        let mut a = Activity::new(Protocol::Http1, t0);
+        a.on_stop(secs(t0, 10));
+        assert_eq!(
+            a.verdict(secs(t0, 10), D),
+            Verdict::CheckAt(secs(t0, 10) + STOP_GRACE)
+        );
+        assert_eq!(
+            a.verdict(secs(t0, 11), D),
+            Verdict::Close(CloseReason::Stopped)
+        );
+        // A request that began in time is served: only the header timeout applies to it.
+        let mut b = Activity::new(Protocol::Http1, t0);
+        b.on_stop(secs(t0, 10));
+        b.on_read(secs(t0, 10), b"GET /");
+        assert_eq!(b.verdict(secs(t0, 12), D), Verdict::CheckAt(secs(t0, 25)));
+    }
+
+    #[test]
+    fn each_http2_header_block_is_timed_from_its_own_start() {
+        let t0 = Instant::now();
+        let mut a = Activity::new(Protocol::Http2, t0);
+        a.on_read(t0, PREFACE);
+        let first = frame(0x1, 0x4, 1, &[0; 40]);
+        let second = frame(0x1, 0x4, 3, &[0; 40]);
+        a.on_read(secs(t0, 1), &first[..20]);
+        // One read ends the first block and begins the second, which stays open.
+        let mut joined = first[20..].to_vec();
+        joined.extend_from_slice(&second[..20]);
+        a.on_read(secs(t0, 14), &joined);
+        assert_eq!(a.verdict(secs(t0, 16), D), Verdict::CheckAt(secs(t0, 29)));
     }
 
     #[test]

@@ -184,8 +184,19 @@ fn slow_and_idle_clients_are_closed_at_their_deadlines_while_others_are_served()
         tls.write_all(&start).expect("HEADERS");
         let tcp = tls.sock.try_clone().expect("clone");
         add("HTTP/2 header block dribbled", header, tcp);
-        let more = h2::frame(h2::CONTINUATION, 0, 1, &h2::literal_header("x-a", "b"));
-        dribblers.push(Box::new(move || drop(tls.write_all(&more))));
+        // One CONTINUATION frame announcing 500 bytes, sent a byte at a time: h2's own limit
+        // counts frames, so only the watchdog's header timer can end this.
+        let payload: Vec<u8> = (0..10)
+            .flat_map(|i| h2::literal_header(&format!("x-{i:02}"), &"v".repeat(43)))
+            .collect();
+        let frame = h2::frame(h2::CONTINUATION, 0, 1, &payload);
+        tls.write_all(&frame[..9]).expect("CONTINUATION header");
+        let mut rest = frame[9..].to_vec().into_iter();
+        dribblers.push(Box::new(move || {
+            if let Some(byte) = rest.next() {
+                drop(tls.write_all(&[byte]));
+            }
+        }));
     }
     let started = Instant::now();
     let mut last_dribble = Instant::now();
@@ -644,4 +655,28 @@ mod h2 {
         }
         None
     }
+}
+
+#[test]
+fn sigterm_does_not_wait_for_connections_that_never_begin_a_request() {
+    let mut edge = Edge::start("fresh-at-stop", "", "", None);
+    // Handshakes done, nothing sent: a browser's preconnects.
+    let idle: Vec<_> = (0..3)
+        .map(|_| tls_connect(edge.tls_port, NAME, &edge.ca_pem, b"http/1.1"))
+        .collect();
+    let idle_h2 = tls_connect(edge.tls_port, NAME, &edge.ca_pem, b"h2");
+    edge.proxy.signal("TERM");
+    // Well inside the 30 s grace and the 60 s idle timeout.
+    assert_eq!(
+        edge.proxy.wait_exit(Duration::from_secs(10)),
+        0,
+        "{}",
+        edge.proxy.log()
+    );
+    assert!(
+        !edge.proxy.log().contains("grace period over"),
+        "{}",
+        edge.proxy.log()
+    );
+    drop((idle, idle_h2));
 }
