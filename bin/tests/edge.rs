@@ -191,7 +191,7 @@ fn slow_and_idle_clients_are_closed_at_their_deadlines_while_others_are_served()
             .collect();
         let frame = h2::frame(h2::CONTINUATION, 0, 1, &payload);
         tls.write_all(&frame[..9]).expect("CONTINUATION header");
-        let mut rest = frame[9..].to_vec().into_iter();
+        let mut rest = frame.into_iter().skip(9);
         dribblers.push(Box::new(move || {
             if let Some(byte) = rest.next() {
                 drop(tls.write_all(&[byte]));
