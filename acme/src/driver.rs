@@ -5,6 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -296,8 +297,10 @@ impl Shared {
 }
 
 /// A running certificate manager. Cloning is cheap; when every clone is dropped the driver
-/// stops (served certificates stay in any `ServerConfig` already built).
+/// stops, and with it renewals (served certificates stay in any `ServerConfig` already
+/// built): keep a handle for as long as you serve.
 #[derive(Clone)]
+#[must_use = "dropping every AcmeHandle stops certificate renewal"]
 pub struct AcmeHandle {
     shared: Arc<Shared>,
     _stop: Arc<async_channel::Sender<()>>,
@@ -400,6 +403,38 @@ struct Managed {
     domains: Vec<String>,
     ready: bool,
     ari_supported: bool,
+    /// Dropping it cancels the certificate's order task: there is at most one.
+    order_task: Option<async_channel::Sender<()>>,
+}
+
+/// Names that the challenges certloop can answer will never obtain, and names that two
+/// certificates of one launch share (their challenge answers and SNI would collide).
+fn check_names(certs: &[Vec<String>], challenge: ChallengeKind) -> Result<(), String> {
+    for name in certs.iter().flatten() {
+        if name.starts_with("*.") {
+            return Err(format!(
+                "{name:?}: a wildcard name can only be validated with DNS-01, and {} cannot \
+                 obtain it; list the names you serve instead",
+                challenge.name()
+            ));
+        }
+    }
+    for (i, names) in certs.iter().enumerate() {
+        for later in &certs[i + 1..] {
+            if let Some(shared) = names
+                .iter()
+                .find(|n| later.iter().any(|m| m.eq_ignore_ascii_case(n)))
+            {
+                return Err(format!(
+                    "{shared:?} is in two certificates ({} and {}); give each name to one \
+                     certificate",
+                    names.join(", "),
+                    later.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 enum Wake {
@@ -409,15 +444,6 @@ enum Wake {
     Stop,
 }
 
-/// [`launch`], then [`AcmeHandle::ready`]: returns once every certificate is served. Only for
-/// servers that need no TLS-ALPN-01 answers during startup (HTTP-01, or a TLS listener driven
-/// by another handle); otherwise use `launch` and serve TLS while waiting for `ready`.
-pub async fn start<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
-    let handle = launch(rt, config).await?;
-    handle.ready().await?;
-    Ok(handle)
-}
-
 /// Validates the configuration, opens (and locks) the cache directory and starts the driver.
 /// The handle is usable at once: its resolver answers TLS-ALPN-01 challenges while the first
 /// certificates are ordered. Await [`AcmeHandle::ready`] before accepting traffic.
@@ -425,6 +451,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
     if config.certs.is_empty() {
         return Err(StartError::Config("no certificates configured".into()));
     }
+    check_names(&config.certs, config.challenge).map_err(StartError::Config)?;
     let policy = Arc::new(config.policy.clone());
     let mut fleet =
         CertFleet::new(policy.clone()).map_err(|e| StartError::Config(e.to_string()))?;
@@ -449,7 +476,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
     let directory_url = config.directory.url().to_owned();
     let (outcome_tx, outcome_set) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
-        resolver: Arc::new(CertResolver::default()),
+        resolver: Arc::new(CertResolver::for_certificates(&config.certs)),
         tokens: Arc::new(Http01Tokens::default()),
         subscribers: Mutex::new(Vec::new()),
         history: Mutex::new(std::collections::VecDeque::new()),
@@ -477,6 +504,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         challenge: config.challenge,
         retry_after: RetryAfterSlot::default(),
         request_timeout: request_timeout(policy.startup_timeout),
+        next_owner: AtomicU64::new(0),
         account: async_lock::Mutex::new(None),
     });
     let now = wall_clock();
@@ -488,6 +516,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
             domains: domains.clone(),
             ready: false,
             ari_supported: false,
+            order_task: None,
         })
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
@@ -501,7 +530,6 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         rt: rt.clone(),
         shared,
         context,
-        policy,
         managed,
         events_tx,
         started: Some(outcome_tx),
@@ -527,7 +555,6 @@ struct Driver<R: Runtime> {
     rt: R,
     shared: Arc<Shared>,
     context: Arc<AcmeContext<R>>,
-    policy: Arc<Policy>,
     managed: Vec<Managed>,
     events_tx: async_channel::Sender<Wake>,
     /// Dropped (closing the channel) once the startup outcome is recorded.
@@ -619,25 +646,27 @@ impl<R: Runtime> Driver<R> {
                 tracing::debug!(domains = %names.join(","), attempt, "starting ACME order");
                 let context = self.context.clone();
                 let replacing = replacing.filter(|_| self.managed[index].ari_supported);
-                // Answer before the core's own watchdog would fire.
-                let limit = self
-                    .policy
-                    .order_timeout
-                    .saturating_sub(Duration::from_secs(5));
-                let rt = self.rt.clone();
-                self.reply(id, async move {
-                    match timeout(&rt, limit, context.order(&names, replacing.as_ref())).await {
-                        Some(Ok(cert)) => Event::OrderSucceeded { order, cert },
-                        Some(Err(error)) => Event::OrderFailed { order, error },
-                        None => Event::OrderFailed {
-                            order,
-                            error: certloop_core::OrderError {
-                                kind: certloop_core::FailureKind::Unreachable,
-                                detail: format!("order took longer than {}s", limit.as_secs()),
-                            },
-                        },
+                // One order task per certificate: replacing the sender cancels the previous
+                // task (its challenge answers go with it). The core's watchdog, on the wall
+                // clock, decides when an order has taken too long; no second clock here.
+                let (cancel, cancelled) = async_channel::bounded::<()>(1);
+                self.managed[index].order_task = Some(cancel);
+                let events = self.events_tx.clone();
+                self.rt.spawn(Box::pin(async move {
+                    let work = async {
+                        Some(match context.order(&names, replacing.as_ref()).await {
+                            Ok(cert) => Event::OrderSucceeded { order, cert },
+                            Err(error) => Event::OrderFailed { order, error },
+                        })
+                    };
+                    let cancelled = async {
+                        let _ = cancelled.recv().await;
+                        None
+                    };
+                    if let Some(event) = futures_lite::future::or(work, cancelled).await {
+                        let _ = events.send(Wake::Event(id, event)).await;
                     }
-                });
+                }));
             }
             Action::InstallCert(cert) => match certified_key_from_bundle(cert.bundle.bytes()) {
                 Ok(key) => {
@@ -834,6 +863,37 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_and_names_shared_between_certificates_are_refused() {
+        let certs = |lists: &[&[&str]]| -> Vec<Vec<String>> {
+            lists
+                .iter()
+                .map(|l| l.iter().map(|n| (*n).to_owned()).collect())
+                .collect()
+        };
+        let wildcard = check_names(&certs(&[&["*.a.example"]]), ChallengeKind::Http01);
+        assert!(
+            wildcard.as_ref().unwrap_err().contains("DNS-01")
+                && wildcard.unwrap_err().contains("http-01")
+        );
+        let shared = check_names(
+            &certs(&[&["a.example", "b.example"], &["c.example", "B.example"]]),
+            ChallengeKind::TlsAlpn01,
+        );
+        assert!(
+            shared
+                .unwrap_err()
+                .contains("\"b.example\" is in two certificates")
+        );
+        assert!(
+            check_names(
+                &certs(&[&["a.example"], &["b.example"]]),
+                ChallengeKind::TlsAlpn01
+            )
+            .is_ok()
+        );
+    }
 
     #[test]
     fn the_driver_sleeps_in_slices_of_at_most_a_minute() {

@@ -25,7 +25,7 @@ pub mod store;
 pub mod tls;
 
 pub use driver::{
-    AcmeConfig, AcmeHandle, CertStatus, Directory, LifecycleEvent, StartError, launch, start,
+    AcmeConfig, AcmeHandle, CertStatus, Directory, LifecycleEvent, StartError, launch,
 };
 pub use order::{ChallengeKind, ExternalAccount};
 pub use runtime::Runtime;

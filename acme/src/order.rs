@@ -3,6 +3,7 @@
 //! instant-acme's tokio-only `poll_*`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use certloop_core::{CertBundle, Certificate, FailureKind, OrderError};
@@ -17,8 +18,7 @@ use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot};
 use crate::http01::Http01Tokens;
 use crate::runtime::Runtime;
 use crate::store::DirStore;
-use crate::tls::certified_key_from_bundle;
-use crate::tls::{CertResolver, alpn_challenge_cert};
+use crate::tls::{CertResolver, ChallengeOwner, alpn_challenge_cert, certified_key_from_bundle};
 
 /// Which challenge proves control of the names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +28,16 @@ pub enum ChallengeKind {
     TlsAlpn01,
     /// HTTP-01 on port 80.
     Http01,
+}
+
+impl ChallengeKind {
+    /// The challenge's name in RFC 8555 terms, e.g. `tls-alpn-01`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Http01 => "http-01",
+        }
+    }
 }
 
 /// External Account Binding credentials (RFC 8555 §7.3.4).
@@ -72,6 +82,8 @@ pub struct AcmeContext<R: Runtime> {
     pub retry_after: RetryAfterSlot,
     /// How long one ACME request may take.
     pub request_timeout: Duration,
+    /// The next order task's [`ChallengeOwner`].
+    pub next_owner: AtomicU64,
     /// The account, once loaded or created.
     pub account: async_lock::Mutex<Option<Account>>,
 }
@@ -242,7 +254,7 @@ impl<R: Runtime> AcmeContext<R> {
         let mut guard = ChallengeGuard {
             resolver: &self.resolver,
             tokens: &self.tokens,
-            domains: Vec::new(),
+            owner: ChallengeOwner(self.next_owner.fetch_add(1, Ordering::Relaxed)),
             tokens_added: Vec::new(),
         };
         let mut authorizations = order.authorizations();
@@ -274,8 +286,7 @@ impl<R: Runtime> AcmeContext<R> {
                             kind: FailureKind::Rejected,
                             detail,
                         })?;
-                    self.resolver.add_challenge(&domain, cert);
-                    guard.domains.push(domain);
+                    self.resolver.add_challenge(guard.owner, &domain, cert);
                 }
                 ChallengeKind::Http01 => {
                     self.tokens
@@ -393,22 +404,19 @@ impl<R: Runtime> AcmeContext<R> {
 struct ChallengeGuard<'a> {
     resolver: &'a CertResolver,
     tokens: &'a Http01Tokens,
-    domains: Vec<String>,
+    owner: ChallengeOwner,
     tokens_added: Vec<String>,
 }
 
 impl Drop for ChallengeGuard<'_> {
     fn drop(&mut self) {
-        for domain in &self.domains {
-            self.resolver.remove_challenge(domain);
-        }
+        self.resolver.remove_challenges(self.owner);
         for token in &self.tokens_added {
             self.tokens.remove(token);
         }
     }
 }
 
-/// Maps an ACME problem document to the core's failure classes.
 /// Classifies an error response by its problem type, or by its status when it carried no
 /// problem document. 429, and 503 with a Retry-After, ask to come back later: both are rate
 /// limits whose wait the core honours.
@@ -433,6 +441,7 @@ pub fn classify_answer(answer: &CaAnswered) -> OrderError {
     error
 }
 
+/// Maps an ACME problem document to the core's failure classes.
 pub fn classify_problem(problem: &Problem, retry_after: Option<Duration>) -> OrderError {
     let kind_name = problem.r#type.as_deref().unwrap_or("about:blank");
     let short = kind_name

@@ -104,16 +104,25 @@ pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedK
 
 /// Chooses the certificate for each handshake: the TLS-ALPN-01 challenge certificate when the
 /// client offers exactly `acme-tls/1` for a name under validation, otherwise the certificate
-/// whose names cover the SNI name (the first one when there is no SNI).
+/// whose names cover the SNI name (without SNI, the first configured certificate that is
+/// served).
 ///
 /// Locks are held only to clone an `Arc`; swaps are atomic from a handshake's point of view.
 #[derive(Default)]
 pub struct CertResolver {
-    /// (names, certificate) per managed certificate, in configuration order.
-    certs: RwLock<Vec<(Vec<String>, Arc<CertifiedKey>)>>,
-    /// Pending TLS-ALPN-01 challenges by lower-cased domain; several at once.
-    challenges: RwLock<BTreeMap<String, Arc<CertifiedKey>>>,
+    /// Every managed certificate, in configuration order.
+    certs: RwLock<Vec<ServedSlot>>,
+    /// Pending TLS-ALPN-01 challenges by lower-cased domain, with the order that owns each.
+    challenges: RwLock<BTreeMap<String, (ChallengeOwner, Arc<CertifiedKey>)>>,
 }
+
+/// One managed certificate's names, and its certificate once there is one.
+type ServedSlot = (Vec<String>, Option<Arc<CertifiedKey>>);
+
+/// Identifies the order task that published a challenge answer, so that it removes only its
+/// own answers (another order for the same name may have replaced them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChallengeOwner(pub u64);
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,35 +138,46 @@ impl fmt::Debug for CertResolver {
 }
 
 impl CertResolver {
+    /// A resolver for these certificates (each a list of names), in configuration order:
+    /// that order decides which one a client without SNI gets.
+    pub fn for_certificates(certificates: &[Vec<String>]) -> Self {
+        Self {
+            certs: RwLock::new(certificates.iter().map(|n| (n.clone(), None)).collect()),
+            challenges: RwLock::default(),
+        }
+    }
+
     /// Serves `key` for `names` from now on (replacing the certificate for the same names).
     pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
         let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
         match certs.iter_mut().find(|(n, _)| n.as_slice() == names) {
-            Some(slot) => slot.1 = key,
-            None => certs.push((names.to_vec(), key)),
+            Some(slot) => slot.1 = Some(key),
+            None => certs.push((names.to_vec(), Some(key))),
         }
     }
 
-    /// Answers TLS-ALPN-01 validation for `domain` with `key` until removed.
-    pub fn add_challenge(&self, domain: &str, key: Arc<CertifiedKey>) {
+    /// Answers TLS-ALPN-01 validation for `domain` with `key`, on behalf of `owner`, until
+    /// `owner`'s answers are removed or another owner's replaces it.
+    pub fn add_challenge(&self, owner: ChallengeOwner, domain: &str, key: Arc<CertifiedKey>) {
         let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
-        challenges.insert(domain.to_ascii_lowercase(), key);
+        challenges.insert(domain.to_ascii_lowercase(), (owner, key));
     }
 
-    /// Stops answering TLS-ALPN-01 validation for `domain`.
-    pub fn remove_challenge(&self, domain: &str) {
+    /// Stops answering the TLS-ALPN-01 validations `owner` published.
+    pub fn remove_challenges(&self, owner: ChallengeOwner) {
         let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
-        challenges.remove(&domain.to_ascii_lowercase());
+        challenges.retain(|_, (published_by, _)| *published_by != owner);
     }
 
     /// The certificate that would be served for `server_name` (for tests and status).
     pub fn current(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+        let mut served = certs
+            .iter()
+            .filter_map(|(names, key)| Some((names, key.as_ref()?)));
         match server_name {
-            Some(name) => certs
-                .iter()
-                .find(|(names, _)| names.iter().any(|n| name_covers(n, name))),
-            None => certs.first(),
+            Some(name) => served.find(|(names, _)| names.iter().any(|n| name_covers(n, name))),
+            None => served.next(),
         }
         .map(|(_, key)| key.clone())
     }
@@ -171,7 +191,7 @@ impl ResolvesServerCert for CertResolver {
         if acme_only {
             let name = server_name?.to_ascii_lowercase();
             let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
-            return challenges.get(&name).cloned();
+            return challenges.get(&name).map(|(_, key)| key.clone());
         }
         self.current(server_name)
     }
@@ -196,11 +216,50 @@ mod tests {
     }
 
     #[test]
+    fn without_sni_the_first_configured_certificate_is_served_whatever_the_install_order() {
+        let a = vec!["a.example".to_owned()];
+        let b = vec!["b.example".to_owned()];
+        let resolver = CertResolver::for_certificates(&[a.clone(), b.clone()]);
+        assert!(resolver.current(None).is_none());
+        let key_b = alpn_challenge_cert("b.example", &[1; 32]).unwrap();
+        let key_a = alpn_challenge_cert("a.example", &[2; 32]).unwrap();
+        resolver.install(&b, key_b.clone());
+        assert!(
+            Arc::ptr_eq(&resolver.current(None).unwrap(), &key_b),
+            "the only one served"
+        );
+        resolver.install(&a, key_a.clone());
+        assert!(
+            Arc::ptr_eq(&resolver.current(None).unwrap(), &key_a),
+            "first configured"
+        );
+        assert!(Arc::ptr_eq(
+            &resolver.current(Some("b.example")).unwrap(),
+            &key_b
+        ));
+    }
+
+    #[test]
+    fn an_order_removes_only_its_own_challenge_answers() {
+        let resolver = CertResolver::default();
+        let (old, new) = (ChallengeOwner(1), ChallengeOwner(2));
+        let old_key = alpn_challenge_cert("a.example", &[1; 32]).unwrap();
+        let new_key = alpn_challenge_cert("a.example", &[2; 32]).unwrap();
+        resolver.add_challenge(old, "a.example", old_key);
+        resolver.add_challenge(new, "A.example", new_key.clone());
+        resolver.remove_challenges(old);
+        let challenges = resolver.challenges.read().unwrap();
+        let (owner, key) = challenges.get("a.example").expect("the newer answer stays");
+        assert_eq!(*owner, new);
+        assert!(Arc::ptr_eq(key, &new_key));
+    }
+
+    #[test]
     fn challenge_certificates_are_buildable() {
         let key = alpn_challenge_cert("a.example", &[7u8; 32]).unwrap();
         assert_eq!(key.cert.len(), 1);
         let resolver = CertResolver::default();
-        resolver.add_challenge("A.example", key);
+        resolver.add_challenge(ChallengeOwner(7), "A.example", key);
         assert!(
             resolver
                 .challenges
@@ -208,7 +267,7 @@ mod tests {
                 .unwrap()
                 .contains_key("a.example")
         );
-        resolver.remove_challenge("a.example");
+        resolver.remove_challenges(ChallengeOwner(7));
         assert!(resolver.challenges.read().unwrap().is_empty());
     }
 }

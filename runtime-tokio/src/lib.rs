@@ -84,12 +84,6 @@ pub async fn launch(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
     certloop_acme::launch(TokioRuntime::current(), config).await
 }
 
-/// [`launch`] then [`AcmeHandle::ready`], for servers that need no TLS-ALPN-01 answers from
-/// this handle while starting (e.g. HTTP-01).
-pub async fn start(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
-    certloop_acme::start(TokioRuntime::current(), config).await
-}
-
 /// The ready-made port-80 responder: answers HTTP-01 validation for pending tokens and 404s
 /// everything else. Runs forever: accept errors (such as running out of file descriptors) are
 /// retried with a backoff, each connection gets

@@ -278,7 +278,7 @@ pub fn corrupt_cache_is_set_aside_and_reordered<A: Adapter>(a: &A) {
         &pebble.directory_url,
     ));
     std::fs::write(&path, b"-----BEGIN PRIVATE KEY-----\ngarbage\n").expect("write corrupt file");
-    start_serving(
+    let _handle = start_serving(
         a,
         &pebble,
         config(&pebble, &["corrupt.certloop.test"], &cache),
@@ -430,7 +430,8 @@ pub fn external_account_binding<A: Adapter>(a: &A) {
     let config = config(&pebble, &["eab.certloop.test"], &with)
         .eab(kid, key)
         .expect("EAB key");
-    start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
+    let _handle =
+        start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
 }
 
 /// An unusable cache directory is reported at start, with its path.
