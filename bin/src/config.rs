@@ -556,6 +556,17 @@ fn acme(
                 format!("{:?}: {problem}", d.get_ref()),
             ));
         }
+        if d.get_ref().starts_with("*.") {
+            return Err(src.error(
+                Some(d.span()),
+                key("acme_domains"),
+                format!(
+                    "{:?}: a wildcard name can only be validated with DNS-01, which certloop \
+                     does not offer yet; list the names you serve",
+                    d.get_ref()
+                ),
+            ));
+        }
         names.push(d.get_ref().clone());
     }
     if let Err(e) = certloop_core::CertConfig::new(names.clone(), 0) {
@@ -767,6 +778,11 @@ mod tests {
         assert!(
             no_domains.contains("listeners[0].acme_domains"),
             "{no_domains}"
+        );
+        let wildcard = err(&ACME.replace("example.com", "*.example.com"));
+        assert!(
+            wildcard.contains(":6: listeners[0].acme_domains") && wildcard.contains("DNS-01"),
+            "{wildcard}"
         );
         let bad_domain = err(&ACME.replace("example.com", "exa mple.com"));
         assert!(
