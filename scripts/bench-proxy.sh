@@ -11,66 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null || ! command -v python3 >/dev/null; then
-    sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-    "${sudo_cmd[@]}" apt-get update -q
-    "${sudo_cmd[@]}" apt-get install -y -q nginx-light nghttp2-client python3
-fi
-cargo build -q --release -p certloop -p certloop-tests --bin certloop --bin demo-upstream
-dir=$PWD/target/bench-proxy
-rm -rf "$dir" && mkdir -p "$dir/nginx"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(free_port); cl=$(free_port); ng=$(free_port)
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.local \
-    -addext subjectAltName=DNS:bench.local -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
-
-target/release/demo-upstream "127.0.0.1:$up" 2>/dev/null & pids+=($!)
-
-cat > "$dir/certloop.toml" <<TOML
-[[listeners]]
-name = "bench"
-bind = "127.0.0.1:$cl"
-upstream = "http://127.0.0.1:$up"
-tls_mode = "manual"
-tls_cert = "$dir/cert.pem"
-tls_key = "$dir/key.pem"
-TOML
-CERTLOOP_LOG=warn target/release/certloop --config "$dir/certloop.toml" 2>"$dir/certloop.log" & pids+=($!)
-
-cat > "$dir/nginx/nginx.conf" <<NGINX
-worker_processes auto;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    upstream app { server 127.0.0.1:$up; keepalive 64; }
-    server {
-        listen 127.0.0.1:$ng ssl http2;
-        ssl_certificate $dir/cert.pem;
-        ssl_certificate_key $dir/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;
-        }
-    }
-}
-NGINX
-nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-
-for port in $up $cl $ng; do
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
-done
+source scripts/bench-setup.sh
+bench_setup bench-proxy "worker_processes auto;
+events { worker_connections 4096; }" "ssl http2" 'proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto https;'
 curl -sk --resolve "bench.local:$cl:127.0.0.1" "https://bench.local:$cl/" | head -1 >/dev/null
 curl -sk --resolve "bench.local:$ng:127.0.0.1" "https://bench.local:$ng/" | head -1 >/dev/null
 

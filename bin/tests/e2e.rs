@@ -2,16 +2,14 @@
 //! openssl and a rustls client. Each test starts its own Pebble on free ports.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Certloop, curl, faketime_wrapper, manual_pair, stdout, upstream};
+use common::{Certloop, curl, faketime_wrapper, manual_pair, open_tunnel, stdout, upstream};
 
 use certloop_sim::conformance::fetch_verified;
 use certloop_sim::pebble::{Pebble, free_port, wait_until};
@@ -241,37 +239,7 @@ fn serves_verified_certificates_and_proxies() {
 
 /// Sends an HTTP/1.1 upgrade through the proxy and echoes a message over the upgraded stream.
 fn upgrade_echo(port: u16, name: &str, root_pem: &str) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(cert.expect("root")).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).expect("client");
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-    tls.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: {name}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tls.read_exact(&mut byte).expect("response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut tls = open_tunnel(port, name, root_pem);
     tls.write_all(b"ping through the proxy")
         .expect("write upgraded");
     let mut echoed = vec![0u8; "ping through the proxy".len()];

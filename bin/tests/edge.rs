@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use certloop_sim::pebble::{free_port, wait_until};
 use certloop_sim::upstream::REQUESTS_STARTED;
-use common::{Certloop, Scratch, curl, manual_pair, peer_closed, stdout, tls_connect, upstream};
+use common::{
+    Certloop, Scratch, curl, manual_pair, open_tunnel, peer_closed, stdout, tls_connect, upstream,
+};
 
 const NAME: &str = "edge.certloop.test";
 
@@ -489,24 +491,7 @@ fn sigterm_waits_for_an_upgraded_tunnel() {
         "[listeners.limits]\nmax_connections_per_ip = 1",
         None,
     );
-    let mut tunnel = tls_connect(edge.tls_port, NAME, &edge.ca_pem, b"http/1.1");
-    tunnel
-        .write_all(
-            format!("GET /ws HTTP/1.1\r\nHost: {NAME}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-                .as_bytes(),
-        )
-        .expect("upgrade request");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tunnel.read_exact(&mut byte).expect("response head");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut tunnel = open_tunnel(edge.tls_port, NAME, &edge.ca_pem);
     // The tunnel still holds its connection's slot: the client's next connection is refused.
     let over = TcpStream::connect(("127.0.0.1", edge.tls_port)).expect("connect");
     wait_until(

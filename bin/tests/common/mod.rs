@@ -216,3 +216,27 @@ pub fn faketime_wrapper(offset: &str) -> Vec<String> {
         format!("FAKETIME={offset}"),
     ]
 }
+
+/// A TLS connection to `127.0.0.1:port` for `name` upgraded through the proxy to the test
+/// upstream's echo (`GET /ws` with `Upgrade: websocket`); panics unless the answer is a 101.
+pub fn open_tunnel(
+    port: u16,
+    name: &str,
+    root_pem: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut tls = tls_connect(port, name, root_pem, b"http/1.1");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {name}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).expect("upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls
+}
