@@ -24,7 +24,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((attack + 1000)) ];
 fi
 # nginx with nothing tuned: the events block is empty, so worker_connections is 512.
 source scripts/bench-setup.sh
-bench_setup bench-edge "events { }" ssl ""
+bench_setup bench-edge "" "events { }" ssl ""
 
 # One measurement: rate, p99 (ms) and fresh successes of the legitimate client on PORT.
 legit() {

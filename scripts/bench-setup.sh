@@ -2,11 +2,12 @@
 # P-256 certificate, the demo upstream, certloop with a manual listener and nginx in front of
 # the same upstream, all on free loopback ports, stopped when the script exits.
 #
-#   bench_setup NAME NGINX_EVENTS NGINX_LISTEN NGINX_LOCATION_EXTRA
-# sets $dir (target/NAME), $up, $cl (certloop's port) and $ng (nginx's port).
+#   bench_setup NAME CERTLOOP_EXTRA NGINX_EVENTS NGINX_LISTEN NGINX_LOCATION_EXTRA
+# sets $dir (target/NAME), $up, $cl (certloop's port) and $ng (nginx's port). CERTLOOP_EXTRA
+# goes at the top of certloop's configuration (e.g. a [limits] table).
 
 bench_setup() {
-    local name=$1 nginx_events=$2 nginx_listen=$3 nginx_location_extra=$4
+    local name=$1 certloop_extra=$2 nginx_events=$3 nginx_listen=$4 nginx_location_extra=$5
     if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null || ! command -v python3 >/dev/null; then
         local sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
         "${sudo_cmd[@]}" apt-get update -q
@@ -22,6 +23,7 @@ bench_setup() {
         -addext subjectAltName=DNS:bench.local -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     target/release/demo-upstream "127.0.0.1:$up" 2>/dev/null & pids+=($!)
     cat > "$dir/certloop.toml" <<TOML
+$certloop_extra
 [[listeners]]
 name = "bench"
 bind = "127.0.0.1:$cl"
