@@ -6,6 +6,7 @@
 pub mod adapters;
 pub mod ari_directory;
 pub mod conformance;
+pub mod fault_proxy;
 pub mod fuzz_bodies;
 pub mod pebble;
 pub mod rustls_acme_fixture;

@@ -1,0 +1,225 @@
+//! The real binary against a CA that misbehaves: a fault-injecting proxy in front of Pebble
+//! (`certloop_sim::fault_proxy`). For each fault, the failure table's row that applies: a first
+//! start fails with a message that says what the CA did, without hammering it; a start with a
+//! cached certificate serves it and warns; transient faults do not stop a first start.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use certloop_sim::conformance::fetch_verified;
+use certloop_sim::fault_proxy::{Fault, FaultPlan, FaultProxy, Path};
+use certloop_sim::pebble::Pebble;
+use common::{Certloop, faketime_wrapper, upstream};
+
+fn config(pebble: &Pebble, proxy: &FaultProxy, name: &str, domain: &str) -> PathBuf {
+    let body = format!(
+        "state_dir = \"{}\"\n[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{}\"\n\
+         upstream = \"http://127.0.0.1:{}\"\ntls_mode = \"acme\"\nacme_domains = [\"{domain}\"]\n\
+         acme_directory = \"{}\"\nacme_directory_ca = \"{}\"\nacme_startup_timeout = \"6s\"\n",
+        pebble.scratch("state").display(),
+        pebble.tls_port,
+        upstream(),
+        proxy.directory_url,
+        pebble.directory_ca.display()
+    );
+    let path = pebble.scratch(&format!("{name}.toml"));
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+fn status(status: u16, retry_after: Option<&str>, problem: Option<&'static str>) -> Fault {
+    Fault::Status {
+        status,
+        retry_after: retry_after.map(str::to_owned),
+        problem,
+    }
+}
+
+/// Runs `check` once per case, each with its own Pebble and proxy, side by side.
+fn each_case<C: Send + 'static>(cases: Vec<C>, check: impl Fn(C) + Send + Sync + Copy + 'static) {
+    let threads: Vec<_> = cases
+        .into_iter()
+        .map(|case| std::thread::spawn(move || check(case)))
+        .collect();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().err())
+        .map(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn a_first_start_against_a_failing_ca_exits_1_saying_what_the_ca_did() {
+    let cases: Vec<(&str, Path, Fault, &str)> = vec![
+        (
+            "directory-503",
+            Path::Directory,
+            status(503, Some("120"), Some("serverInternal")),
+            "HTTP 503",
+        ),
+        (
+            "nonce-500",
+            Path::Nonce,
+            status(500, None, None),
+            "HTTP 500",
+        ),
+        (
+            "order-429",
+            Path::NewOrder,
+            status(
+                429,
+                Some("Wed, 21 Oct 2037 07:28:00 GMT"),
+                Some("rateLimited"),
+            ),
+            "rateLimited",
+        ),
+        ("garbage", Path::All, Fault::Garbage, "could not be read"),
+        ("stall", Path::Directory, Fault::Stall, "no response within"),
+        ("reset", Path::All, Fault::Reset, "CA unreachable"),
+    ];
+    each_case(cases, |(tag, path, fault, expected)| {
+        let pebble = Pebble::start();
+        let proxy = FaultProxy::start(&pebble);
+        proxy.set(Some(FaultPlan {
+            path,
+            fault,
+            times: None,
+        }));
+        let config = config(&pebble, &proxy, tag, &format!("{tag}.certloop.test"));
+        let started = Instant::now();
+        let mut certloop = Certloop::start(&config, &[], None);
+        let code = certloop.wait_exit(Duration::from_secs(30));
+        let log = certloop.log();
+        let last = log.lines().last().unwrap_or_default();
+        eprintln!("{tag}: {last}\n  requests: {:?}", proxy.requests());
+        assert_eq!(code, 1, "{tag}: exit code\n{log}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{tag}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            last.contains(&format!("listener {tag}")) && last.contains(expected),
+            "{tag}: the last line should name the listener and say {expected:?}:\n{last}\n{log}"
+        );
+        // An answer from the CA is not retried within seconds: with Retry-After or a server
+        // error it gets at most the first attempt and one retry within the startup timeout.
+        if tag != "reset" && tag != "stall" {
+            let orders = proxy
+                .requests()
+                .iter()
+                .filter(|r| path == Path::All || path_of(r, path))
+                .count();
+            assert!(
+                orders <= 4,
+                "{tag}: {orders} faulted requests\n{:?}",
+                proxy.requests()
+            );
+        }
+    });
+}
+
+fn path_of(request: &str, path: Path) -> bool {
+    let p = request.split(' ').nth(1).unwrap_or_default();
+    match path {
+        Path::Directory => p == "/dir",
+        Path::Nonce => p.starts_with("/nonce-plz"),
+        Path::NewOrder => p.starts_with("/order-plz"),
+        Path::Finalize => p.starts_with("/finalize-order/"),
+        Path::Certificate => p.starts_with("/certZ/"),
+        Path::All => true,
+    }
+}
+
+#[test]
+fn transient_faults_do_not_stop_a_first_start() {
+    let cases: Vec<(&str, FaultPlan)> = vec![
+        (
+            "bad-nonce",
+            FaultPlan {
+                path: Path::All,
+                fault: Fault::BadNonceFirst,
+                times: None,
+            },
+        ),
+        (
+            "slow-finalize",
+            FaultPlan {
+                path: Path::Finalize,
+                fault: Fault::Delay(Duration::from_secs(1)),
+                times: None,
+            },
+        ),
+        (
+            "reset-once",
+            FaultPlan {
+                path: Path::Directory,
+                fault: Fault::Reset,
+                times: Some(1),
+            },
+        ),
+    ];
+    each_case(cases, |(tag, plan)| {
+        let pebble = Pebble::start();
+        let proxy = FaultProxy::start(&pebble);
+        proxy.set(Some(plan));
+        let domain = format!("{tag}.certloop.test");
+        let config = config(&pebble, &proxy, tag, &domain);
+        let mut certloop = Certloop::start(&config, &[], None);
+        certloop.wait_ready();
+        assert!(proxy.faulted() > 0, "{tag}: no fault was injected");
+        fetch_verified(pebble.tls_port, &domain, &pebble.issuing_root_pem())
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+    });
+}
+
+#[test]
+fn with_a_cached_certificate_every_fault_is_a_warning() {
+    let cases: Vec<(&str, Fault, &str)> = vec![
+        (
+            "cached-503",
+            status(503, Some("300"), Some("serverInternal")),
+            "HTTP 503",
+        ),
+        ("cached-stall", Fault::Stall, "no response within"),
+        ("cached-garbage", Fault::Garbage, "could not be read"),
+        ("cached-reset", Fault::Reset, "CA unreachable"),
+    ];
+    each_case(cases, |(tag, fault, expected)| {
+        let pebble = Pebble::start();
+        let proxy = FaultProxy::start(&pebble);
+        let domain = format!("{tag}.certloop.test");
+        let config = config(&pebble, &proxy, tag, &domain);
+        let mut first = Certloop::start(&config, &[], None);
+        first.wait_ready();
+        first.signal("TERM");
+        assert_eq!(first.wait_exit(Duration::from_secs(35)), 0);
+        // Four years on, the cached certificate is due for renewal and the CA misbehaves.
+        proxy.set(Some(FaultPlan {
+            path: Path::All,
+            fault,
+            times: None,
+        }));
+        let wrapper = faketime_wrapper("+4y");
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let mut second = Certloop::start(&config, &[], Some(&wrapper));
+        second.wait_ready();
+        certloop_sim::pebble::wait_until(
+            &format!("{tag}: a renewal warning"),
+            Duration::from_secs(30),
+            || second.log().contains("WARN") && second.log().contains(expected),
+        );
+        fetch_verified(pebble.tls_port, &domain, &pebble.issuing_root_pem())
+            .unwrap_or_else(|e| panic!("{tag}: still serving: {e}"));
+    });
+}
