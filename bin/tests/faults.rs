@@ -274,3 +274,84 @@ fn kill_9_at_random_moments_never_leaves_anything_corrupt_served_or_behind() {
     assert!(leftovers(&cache_dir).is_empty());
     assert!(!last.log().contains("ERROR"), "{}", last.log());
 }
+
+/// A small tmpfs mounted on `dir` (the tests run as root, as CI does), unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self(dir.to_owned())
+    }
+
+    /// Fills the disk; returns the filler, whose removal frees the space again.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_at_renewal_keeps_the_renewed_certificate_served_and_warns() {
+    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+        validity_secs: Some(20),
+        ..Default::default()
+    });
+    let proxy = FaultProxy::start(&pebble);
+    let disk = SmallDisk::mount(&pebble.scratch("state").join("full"), "1m");
+    let domain = "full.certloop.test";
+    let config = config(&pebble, &proxy, "full", domain);
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let (first, _) = fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem())
+        .expect("first certificate");
+    let _filler = disk.fill();
+    // The 20-second certificate is renewed after about 13 s; storing it fails.
+    certloop_sim::pebble::wait_until("the cache write to fail", Duration::from_secs(40), || {
+        certloop.log().contains("could not write certificate cache")
+    });
+    let log = certloop.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("could not write certificate cache"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN")
+            && line.contains("No space left on device")
+            && line.contains("retrying at"),
+        "{line}"
+    );
+    let (renewed, _) = fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem())
+        .expect("the renewed certificate is served although it could not be stored");
+    assert_ne!(first, renewed, "the renewal is installed");
+    assert!(
+        certloop.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+}
