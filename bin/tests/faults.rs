@@ -355,3 +355,43 @@ fn a_full_disk_at_renewal_keeps_the_renewed_certificate_served_and_warns() {
         "still running"
     );
 }
+
+#[test]
+fn a_process_stopped_past_its_renewal_time_renews_soon_after_it_continues() {
+    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+        validity_secs: Some(20),
+        ..Default::default()
+    });
+    let proxy = FaultProxy::start(&pebble);
+    let domain = "stopped.certloop.test";
+    let config = config(&pebble, &proxy, "stopped", domain);
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    let (first, _) = fetch_verified(pebble.tls_port, domain, &root).expect("first certificate");
+    let orders = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/order-plz"))
+        .count();
+    // Stopped through the renewal point (about 13 s into the 20 s lifetime).
+    certloop.signal("STOP");
+    std::thread::sleep(Duration::from_secs(15));
+    certloop.signal("CONT");
+    let continued = Instant::now();
+    certloop_sim::pebble::wait_until(
+        "a renewed certificate after SIGCONT",
+        Duration::from_secs(60),
+        || fetch_verified(pebble.tls_port, domain, &root).is_ok_and(|(served, _)| served != first),
+    );
+    eprintln!("renewed {:?} after SIGCONT", continued.elapsed());
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/order-plz"))
+            .count()
+            > orders,
+        "a new order was placed"
+    );
+}
