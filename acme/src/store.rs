@@ -283,13 +283,21 @@ impl DirStore {
         write(&name, pkcs8_der)
     }
 
-    /// Moves an unusable file aside as `<name>.corrupt-<unix seconds>` and says so.
+    /// Moves an unusable file aside as `<name>.corrupt-<unix seconds>` (plus `-<n>` when that
+    /// name is taken) and says so.
     fn set_aside(&self, name: &str, problem: &str) -> String {
         let from = self.dir.join(name);
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let to = self.dir.join(format!("{name}.corrupt-{secs}"));
+        // Never over an earlier set-aside file (two in one second would share a name).
+        let to = (0..)
+            .map(|n| match n {
+                0 => self.dir.join(format!("{name}.corrupt-{secs}")),
+                n => self.dir.join(format!("{name}.corrupt-{secs}-{n}")),
+            })
+            .find(|candidate| !candidate.exists())
+            .expect("an unused name");
         match fs::rename(&from, &to).and_then(|()| File::open(&self.dir)?.sync_all()) {
             Ok(()) => format!(
                 "{}: {problem}; moved aside to {}",
@@ -511,6 +519,22 @@ mod tests {
             .filter(|n| n.contains(".corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1, "kept, not deleted");
+        // A second bad file within the same second is kept too, next to the first.
+        store
+            .store_cert(
+                &domains,
+                "https://ca.test/dir",
+                b"not pem either",
+                store.next_write(),
+            )
+            .unwrap();
+        let _ = store.load_cert(&domains, "https://ca.test/dir");
+        let aside = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 2, "the first set-aside file was overwritten");
         assert!(retry.is_none());
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
