@@ -223,6 +223,9 @@ impl<R: Runtime> AcmeContext<R> {
         replacing: Option<&CertBundle>,
     ) -> Result<Certificate, OrderError> {
         let account = self.account().await?;
+        if let Some(cert) = self.resume_pending(&account, domains).await? {
+            return Ok(cert);
+        }
         let identifiers: Vec<Identifier> =
             domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
         let replaced_leaf = replacing
@@ -318,21 +321,43 @@ impl<R: Runtime> AcmeContext<R> {
                 detail: format!("key generation: {e}"),
             }
         })?;
-        if order.state().status == OrderStatus::Ready {
-            let params =
-                rcgen::CertificateParams::new(domains.to_vec()).map_err(|e| OrderError {
-                    kind: FailureKind::Rejected,
-                    detail: format!("CSR: {e}"),
-                })?;
-            let csr = params.serialize_request(&key).map_err(|e| OrderError {
-                kind: FailureKind::Rejected,
-                detail: format!("CSR: {e}"),
-            })?;
-            order
-                .finalize_csr(csr.der())
-                .await
-                .map_err(|e| self.classify(&e))?;
+        if order.state().status != OrderStatus::Ready {
+            // Already finalized, by a run whose key is not ours to use.
+            return Err(OrderError {
+                kind: FailureKind::ServerError,
+                detail: format!(
+                    "the CA returned order {} already finalized; ordering again",
+                    order.url()
+                ),
+            });
         }
+        let params = rcgen::CertificateParams::new(domains.to_vec()).map_err(|e| OrderError {
+            kind: FailureKind::Rejected,
+            detail: format!("CSR: {e}"),
+        })?;
+        let csr = params.serialize_request(&key).map_err(|e| OrderError {
+            kind: FailureKind::Rejected,
+            detail: format!("CSR: {e}"),
+        })?;
+        order
+            .finalize_csr(csr.der())
+            .await
+            .map_err(|e| self.classify(&e))?;
+        // From here on the CA may issue: if collecting fails, the next attempt collects this
+        // order instead of placing another (Let's Encrypt allows 5 duplicates a week).
+        let key_pem = key.serialize_pem();
+        self.remember_pending(domains, order.url(), &key_pem).await;
+        let cert = self.collect(&mut order, &key_pem).await?;
+        self.forget_pending(domains).await;
+        Ok(cert)
+    }
+
+    /// Polls a finalized order until its certificate can be downloaded, and checks it.
+    async fn collect(
+        &self,
+        order: &mut instant_acme::Order,
+        key_pem: &str,
+    ) -> Result<Certificate, OrderError> {
         let mut delay = Duration::from_millis(250);
         let chain_pem = loop {
             match order.certificate().await.map_err(|e| self.classify(&e))? {
@@ -343,7 +368,7 @@ impl<R: Runtime> AcmeContext<R> {
                 }
             }
         };
-        let bundle = encode_cert_file(&key.serialize_pem(), &chain_pem);
+        let bundle = encode_cert_file(key_pem, &chain_pem);
         let invalid = |detail: String| OrderError {
             kind: FailureKind::InvalidCertificate,
             detail,
@@ -356,6 +381,91 @@ impl<R: Runtime> AcmeContext<R> {
             info,
             bundle: CertBundle::new(bundle),
         })
+    }
+
+    /// Collects the certificate of an order finalized by an earlier attempt, if one is
+    /// recorded. `Ok(None)`: nothing to collect (or the order is gone), order anew.
+    async fn resume_pending(
+        &self,
+        account: &Account,
+        domains: &[String],
+    ) -> Result<Option<Certificate>, OrderError> {
+        let (store, names, url) = (
+            self.store.clone(),
+            domains.to_vec(),
+            self.directory_url.clone(),
+        );
+        let pending = self
+            .rt
+            .unblock(Box::new(move || store.load_pending_order(&names, &url)))
+            .await;
+        let Some((order_url, key_pem)) = pending else {
+            return Ok(None);
+        };
+        let mut order = match account.order(order_url.clone()).await {
+            Ok(order) => order,
+            Err(e) => {
+                let error = self.classify(&e);
+                if error.kind == FailureKind::Unreachable {
+                    return Err(error); // try again later; the record stays
+                }
+                tracing::info!(order = %order_url, "the order finalized earlier is gone ({}); ordering anew", error.detail);
+                self.forget_pending(domains).await;
+                return Ok(None);
+            }
+        };
+        match order.state().status {
+            OrderStatus::Valid | OrderStatus::Processing => {
+                tracing::info!(order = %order_url, "collecting the certificate of an order finalized earlier");
+                match self.collect(&mut order, &key_pem).await {
+                    Ok(cert) => {
+                        self.forget_pending(domains).await;
+                        Ok(Some(cert))
+                    }
+                    Err(error) if error.kind == FailureKind::InvalidCertificate => {
+                        self.forget_pending(domains).await;
+                        Err(error)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            status => {
+                tracing::info!(order = %order_url, "the order finalized earlier is {status:?}; ordering anew");
+                self.forget_pending(domains).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn remember_pending(&self, domains: &[String], order_url: &str, key_pem: &str) {
+        let (store, names, url) = (
+            self.store.clone(),
+            domains.to_vec(),
+            self.directory_url.clone(),
+        );
+        let (order_url, key_pem) = (order_url.to_owned(), key_pem.to_owned());
+        let result = self
+            .rt
+            .unblock(Box::new(move || {
+                store.store_pending_order(&names, &url, &order_url, &key_pem)
+            }))
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(
+                "cannot record the finalized order; a failed download will order again: {e}"
+            );
+        }
+    }
+
+    async fn forget_pending(&self, domains: &[String]) {
+        let (store, names, url) = (
+            self.store.clone(),
+            domains.to_vec(),
+            self.directory_url.clone(),
+        );
+        self.rt
+            .unblock(Box::new(move || store.clear_pending_order(&names, &url)))
+            .await;
     }
 
     /// Waits before polling the order at `url` again: the Retry-After of the CA's last answer

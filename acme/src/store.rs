@@ -255,6 +255,61 @@ impl DirStore {
             .map_err(|e| format!("{}: {e}", self.dir.join(name).display()))
     }
 
+    /// Records an order that was finalized but whose certificate is not collected yet: its URL
+    /// and the private key of its CSR (0600, like the certificate file). The next attempt
+    /// polls this order instead of placing a new one.
+    pub fn store_pending_order(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+        order_url: &str,
+        key_pem: &str,
+    ) -> Result<(), String> {
+        let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
+        let json = serde_json::json!({ "order_url": order_url, "key_pem": key_pem });
+        let order = self.next_write();
+        self.write_atomic(&name, json.to_string().as_bytes(), order)
+            .map_err(|e| format!("{}: {e}", self.dir.join(name).display()))
+    }
+
+    /// The pending order recorded by [`Self::store_pending_order`]: `(order URL, key PEM)`. An
+    /// unreadable record is set aside.
+    pub fn load_pending_order(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+    ) -> Option<(String, String)> {
+        let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
+        let bytes = fs::read(self.dir.join(&name)).ok()?;
+        let parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                Some((
+                    v.get("order_url")?.as_str()?.to_owned(),
+                    v.get("key_pem")?.as_str()?.to_owned(),
+                ))
+            });
+        if parsed.is_none() {
+            let reason = self.set_aside(&name, "not a pending-order record");
+            tracing::warn!("{reason}");
+        }
+        parsed
+    }
+
+    /// Forgets the pending order (its certificate was collected, or the order is gone).
+    pub fn clear_pending_order(&self, domains: &[String], directory_url: &str) {
+        let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
+        let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
+        match fs::remove_file(self.dir.join(&name)) {
+            Ok(()) => {
+                landed.remove(&name);
+                let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", self.dir.join(name).display()),
+        }
+    }
+
     /// Loads what is cached for an account: certloop's credentials sidecar and rustls-acme's
     /// key file.
     pub fn load_account(&self, contacts: &[String], directory_url: &str) -> CachedAccount {

@@ -401,3 +401,43 @@ fn a_process_stopped_past_its_renewal_time_renews_soon_after_it_continues() {
         "a new order was placed"
     );
 }
+
+#[test]
+fn a_certificate_download_that_fails_after_finalize_collects_the_same_order() {
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    // The first two downloads fail as a reset connection, after the order was finalized.
+    proxy.set(Some(FaultPlan {
+        path: Path::Certificate,
+        fault: Fault::Reset,
+        times: Some(2),
+    }));
+    let domain = "finalized.certloop.test";
+    let config = config(&pebble, &proxy, "finalized", domain);
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem()).expect("served");
+    let requests = proxy.requests();
+    let count = |prefix: &str| requests.iter().filter(|r| r.contains(prefix)).count();
+    assert_eq!(proxy.faulted(), 2, "{requests:?}");
+    assert_eq!(
+        count("/order-plz"),
+        1,
+        "one order, collected after the failures: {requests:?}"
+    );
+    assert_eq!(count("/finalize-order/"), 1, "{requests:?}");
+    assert!(
+        certloop
+            .log()
+            .contains("collecting the certificate of an order finalized earlier")
+    );
+    let cache = pebble.scratch("state").join("finalized");
+    let leftover = std::fs::read_dir(&cache)
+        .expect("cache")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .any(|n| n.ends_with(".pending-order"));
+    assert!(
+        !leftover,
+        "the pending-order record is removed once collected"
+    );
+}
