@@ -2,7 +2,8 @@
 # Installs what the demo and the tests need on a fresh Debian machine (idempotent).
 set -euo pipefail
 need=()
-for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime cc:gcc; do
+for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime cc:gcc \
+    prlimit:util-linux mount:mount getconf:libc-bin; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 # The tests signal the proxy with the kill program (not the shell builtin).
