@@ -8,6 +8,8 @@
 //! - [`http01`]: HTTP-01 tokens and a minimal port-80 responder.
 //! - [`http_client`]: instant-acme's HTTP client over the seam, with timeouts and Retry-After.
 //! - [`order`]: the ACME step runner (account, order, challenges, polling, finalization).
+//! - [`config`]: what an embedder configures, and the errors of `launch`.
+//! - [`handle`]: the handle an embedder keeps.
 //! - [`driver`]: the loop that drives a `CertFleet` and carries out its actions.
 //! - [`example`]: flags and the page both runtimes' `https_server` examples use.
 
@@ -15,8 +17,10 @@
 
 pub mod accept;
 pub mod cache;
+pub mod config;
 pub mod driver;
 pub mod example;
+pub mod handle;
 pub mod http01;
 pub mod http_client;
 pub mod order;
@@ -24,8 +28,8 @@ pub mod runtime;
 pub mod store;
 pub mod tls;
 
-pub use driver::{
-    AcmeConfig, AcmeHandle, CertStatus, Directory, LifecycleEvent, StartError, launch,
-};
+pub use config::{AcmeConfig, Directory, StartError};
+pub use driver::launch;
+pub use handle::{AcmeHandle, CertStatus, LifecycleEvent};
 pub use order::{ChallengeKind, ExternalAccount};
 pub use runtime::Runtime;

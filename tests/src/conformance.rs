@@ -308,11 +308,11 @@ pub fn directory_selection<A: Adapter>(a: &A) {
     for (given, url) in [
         (
             "production",
-            certloop_acme::driver::LETS_ENCRYPT_PRODUCTION.to_owned(),
+            certloop_acme::config::LETS_ENCRYPT_PRODUCTION.to_owned(),
         ),
         (
             "staging",
-            certloop_acme::driver::LETS_ENCRYPT_STAGING.to_owned(),
+            certloop_acme::config::LETS_ENCRYPT_STAGING.to_owned(),
         ),
         (pebble.directory_url.as_str(), pebble.directory_url.clone()),
     ] {

@@ -1,0 +1,198 @@
+//! The handle an embedder keeps: the TLS settings and resolver to serve with, HTTP-01 answers,
+//! lifecycle events, validity, and the startup verdict.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use certloop_core::UnixTime;
+use rustls::ServerConfig;
+
+use crate::config::StartError;
+use crate::http01::Http01Tokens;
+use crate::tls::{CertResolver, server_config};
+
+/// One managed certificate's names and the validity of what is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertStatus {
+    /// The names.
+    pub domains: Vec<String>,
+    /// `(not_before, not_after)` of the served certificate, once one is served.
+    pub validity: Option<(UnixTime, UnixTime)>,
+}
+
+/// How many past lifecycle events a new subscriber receives.
+const HISTORY: usize = 32;
+
+/// What happened to a managed certificate, for embedders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// A cached certificate is served.
+    Loaded {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+    /// The served certificate is due for renewal (per policy or the CA's ARI window): a
+    /// renewal has started.
+    Expiring {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity of the served certificate.
+        not_after: UnixTime,
+    },
+    /// A first certificate was issued and is served.
+    Issued {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+    /// A renewed certificate replaced the previous one.
+    Renewed {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+    /// An order failed; the current certificate (if any) is still served.
+    RenewalFailed {
+        /// Its names.
+        domains: Vec<String>,
+        /// Why, with the CA's problem type.
+        error: String,
+        /// When the next attempt happens.
+        retry_at: UnixTime,
+        /// `true` if the served certificate has expired.
+        expired: bool,
+    },
+    /// The served certificate expired (it is still served while renewal is retried).
+    Expired {
+        /// Its names.
+        domains: Vec<String>,
+        /// End of validity.
+        not_after: UnixTime,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) resolver: Arc<CertResolver>,
+    pub(crate) tokens: Arc<Http01Tokens>,
+    pub(crate) subscribers: Mutex<Vec<async_channel::Sender<LifecycleEvent>>>,
+    /// The latest events, replayed to new subscribers (so none is missed between `launch`
+    /// and `subscribe`).
+    pub(crate) history: Mutex<std::collections::VecDeque<LifecycleEvent>>,
+    pub(crate) validity: Mutex<Vec<CertStatus>>,
+    pub(crate) directory_url: String,
+    /// Set by the driver once every certificate is served or one cannot be had; the channel
+    /// closes right after, waking every waiter.
+    pub(crate) outcome: Mutex<Option<Result<(), StartError>>>,
+    pub(crate) outcome_set: async_channel::Receiver<()>,
+}
+
+impl Shared {
+    /// Records `event` and sends it to every subscriber. The history lock is held throughout
+    /// (and taken first by `subscribe` too), so a subscriber gets each event exactly once.
+    pub(crate) fn publish(&self, event: LifecycleEvent) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(event.clone());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.retain(|s| s.try_send(event.clone()).is_ok() || !s.is_closed());
+    }
+}
+
+/// A running certificate manager. Cloning is cheap; when every clone is dropped the driver
+/// stops, and with it renewals (served certificates stay in any `ServerConfig` already
+/// built): keep a handle for as long as you serve.
+#[derive(Clone)]
+#[must_use = "dropping every AcmeHandle stops certificate renewal"]
+pub struct AcmeHandle {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) _stop: Arc<async_channel::Sender<()>>,
+}
+
+impl fmt::Debug for AcmeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeHandle")
+            .field("directory", &self.shared.directory_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcmeHandle {
+    /// The resolver to put in a rustls `ServerConfig`: current certificates by SNI, and the
+    /// TLS-ALPN-01 answers.
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        self.shared.resolver.clone()
+    }
+
+    /// A ready `ServerConfig`: TLS 1.2/1.3, AEAD suites, ALPN `h2`, `http/1.1`, `acme-tls/1`.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        Arc::new(server_config(self.shared.resolver.clone(), true))
+    }
+
+    /// The pending HTTP-01 tokens (for a port-80 responder of your own).
+    pub fn http01_tokens(&self) -> Arc<Http01Tokens> {
+        self.shared.tokens.clone()
+    }
+
+    /// The HTTP-01 answer for `token`, if one is pending.
+    pub fn http01_answer(&self, token: &str) -> Option<String> {
+        self.shared.tokens.answer(token)
+    }
+
+    /// Lifecycle events: the latest few that already happened, then every new one.
+    pub fn subscribe(&self) -> async_channel::Receiver<LifecycleEvent> {
+        let (tx, rx) = async_channel::unbounded();
+        let history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for event in history.iter() {
+            let _ = tx.try_send(event.clone());
+        }
+        self.shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Each certificate's names and the validity of what is served.
+    pub fn validity(&self) -> Vec<CertStatus> {
+        self.shared
+            .validity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The directory URL in use.
+    pub fn directory_url(&self) -> &str {
+        &self.shared.directory_url
+    }
+
+    /// Waits until every certificate is served (cached or issued), or one cannot be had: then
+    /// the error names the domains, the directory and what went wrong, and the server must not
+    /// start. Serve TLS with [`AcmeHandle::server_config`] meanwhile, so TLS-ALPN-01 validation
+    /// can reach it.
+    pub async fn ready(&self) -> Result<(), StartError> {
+        let _ = self.shared.outcome_set.recv().await;
+        let outcome = self
+            .shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        outcome.unwrap_or_else(|| {
+            Err(StartError::Config(
+                "the certificate driver stopped unexpectedly".into(),
+            ))
+        })
+    }
+}
