@@ -441,3 +441,38 @@ fn a_certificate_download_that_fails_after_finalize_collects_the_same_order() {
         "the pending-order record is removed once collected"
     );
 }
+
+#[test]
+fn the_wall_clock_jumping_forward_and_back_at_runtime() {
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    let domain = "clock.certloop.test";
+    let config = config(&pebble, &proxy, "clock", domain);
+    let offset = pebble.scratch("faketime-offset");
+    std::fs::write(&offset, "+0\n").expect("offset file");
+    let wrapper = common::faketime_file_wrapper(&offset);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut certloop = Certloop::start(&config, &[], Some(&wrapper));
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    let (first, _) = fetch_verified(pebble.tls_port, domain, &root).expect("first certificate");
+    // Four years later (the certificate lasts five): renewal is due, and the driver, which
+    // never sleeps more than a minute without reading the clock, notices.
+    std::fs::write(&offset, "+4y\n").expect("offset file");
+    let jumped = Instant::now();
+    certloop_sim::pebble::wait_until(
+        "a renewal after the clock jumped forward",
+        Duration::from_secs(90),
+        || fetch_verified(pebble.tls_port, domain, &root).is_ok_and(|(c, _)| c != first),
+    );
+    eprintln!("renewed {:?} after the jump", jumped.elapsed());
+    // Back to the present: the renewed certificate is still valid and still served.
+    std::fs::write(&offset, "+0\n").expect("offset file");
+    let (after, _) = fetch_verified(pebble.tls_port, domain, &root).expect("served");
+    assert_ne!(after, first);
+    assert!(
+        certloop.child.try_wait().expect("wait").is_none(),
+        "{}",
+        certloop.log()
+    );
+}

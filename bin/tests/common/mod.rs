@@ -204,17 +204,33 @@ pub fn peer_closed(tcp: &std::net::TcpStream) -> bool {
 /// so the child's PID is the program's own and killing it leaves nothing behind (the
 /// `faketime` command forks and would outlive a kill).
 pub fn faketime_wrapper(offset: &str) -> Vec<String> {
-    let library = std::fs::read_dir("/usr/lib")
+    vec![
+        "env".to_owned(),
+        format!("LD_PRELOAD={}", libfaketime().display()),
+        format!("FAKETIME={offset}"),
+    ]
+}
+
+/// Like [`faketime_wrapper`], with the offset read from `file` on every clock call, so that a
+/// test can move the wall clock of a running process by rewriting the file (e.g. `+4y`, `+0`).
+/// The monotonic clock is left alone, as with an NTP step: timers do not fire early.
+pub fn faketime_file_wrapper(file: &Path) -> Vec<String> {
+    vec![
+        "env".to_owned(),
+        format!("LD_PRELOAD={}", libfaketime().display()),
+        format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
+        "FAKETIME_NO_CACHE=1".to_owned(),
+        "DONT_FAKE_MONOTONIC=1".to_owned(),
+    ]
+}
+
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
         .expect("/usr/lib")
         .filter_map(Result::ok)
         .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
         .find(|path| path.is_file())
-        .expect("libfaketime.so.1 (Debian package faketime): run scripts/setup.sh");
-    vec![
-        "env".to_owned(),
-        format!("LD_PRELOAD={}", library.display()),
-        format!("FAKETIME={offset}"),
-    ]
+        .expect("libfaketime.so.1 (Debian package faketime): run scripts/setup.sh")
 }
 
 /// A TLS connection to `127.0.0.1:port` for `name` upgraded through the proxy to the test
