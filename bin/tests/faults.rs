@@ -314,12 +314,31 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// Makes the disk read-only for new opens by mounting a read-only view of it over
+    /// itself (a plain `remount,ro` is refused while certloop holds its lock file open).
+    fn remount_read_only(&self) {
+        for args in [&["--bind"][..], &["-o", "remount,bind,ro"][..]] {
+            let status = std::process::Command::new("mount")
+                .args(args)
+                .arg(&self.0)
+                .arg(&self.0)
+                .status()
+                .expect("mount");
+            assert!(status.success(), "mount {args:?}");
+        }
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
+        // Every mount stacked on the directory (the read-only view, then the tmpfs).
+        while std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
-            .status();
+            .status()
+            .is_ok_and(|s| s.success())
+        {}
     }
 }
 
@@ -475,4 +494,31 @@ fn the_wall_clock_jumping_forward_and_back_at_runtime() {
         "{}",
         certloop.log()
     );
+}
+
+#[test]
+fn a_cache_directory_that_turns_read_only_keeps_the_renewed_certificate_served() {
+    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+        validity_secs: Some(20),
+        ..Default::default()
+    });
+    let proxy = FaultProxy::start(&pebble);
+    let disk = SmallDisk::mount(&pebble.scratch("state").join("readonly"), "4m");
+    let domain = "readonly.certloop.test";
+    let config = config(&pebble, &proxy, "readonly", domain);
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    let (first, _) = fetch_verified(pebble.tls_port, domain, &root).expect("first certificate");
+    disk.remount_read_only();
+    certloop_sim::pebble::wait_until("the cache write to fail", Duration::from_secs(40), || {
+        certloop.log().contains("could not write certificate cache")
+    });
+    assert!(
+        certloop.log().contains("Read-only file system"),
+        "{}",
+        certloop.log()
+    );
+    let (renewed, _) = fetch_verified(pebble.tls_port, domain, &root).expect("still serving");
+    assert_ne!(first, renewed, "the renewal is installed");
 }
