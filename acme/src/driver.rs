@@ -166,6 +166,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         managed,
         events_tx,
         started: Some(outcome_tx),
+        retry_writes: Vec::new(),
     };
     rt.spawn(Box::pin(driver.run(fleet, events_rx, stop_rx)));
     Ok(handle)
@@ -192,6 +193,8 @@ struct Driver<R: Runtime> {
     events_tx: async_channel::Sender<Wake>,
     /// Dropped (closing the channel) once the startup outcome is recorded.
     started: Option<async_channel::Sender<()>>,
+    /// One per retry-state write still running; closed when it is done.
+    retry_writes: Vec<async_channel::Receiver<()>>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -204,6 +207,7 @@ impl<R: Runtime> Driver<R> {
         loop {
             while let Some((id, action)) = fleet.poll_action() {
                 if let Err(failure) = self.execute(id, action) {
+                    self.finish_retry_writes().await;
                     return self.record_outcome(Err(failure));
                 }
             }
@@ -236,8 +240,16 @@ impl<R: Runtime> Driver<R> {
                 }
                 // The timer may fire early or late: the fleet compares the clock itself.
                 Wake::Timer => fleet.handle_timeout(wall_clock()),
-                Wake::Stop => return,
+                Wake::Stop => return self.finish_retry_writes().await,
             }
+        }
+    }
+
+    /// Waits (a few seconds at most) for the retry-state writes still running, so that the
+    /// backoff they carry survives the exit that may follow.
+    async fn finish_retry_writes(&mut self) {
+        for finished in std::mem::take(&mut self.retry_writes) {
+            let _ = timeout(&self.rt, Duration::from_secs(5), finished.recv()).await;
         }
     }
 
@@ -296,7 +308,8 @@ impl<R: Runtime> Driver<R> {
                         let _ = cancelled.recv().await;
                         None
                     };
-                    if let Some(event) = futures_lite::future::or(work, cancelled).await {
+                    // The cancel signal is polled first: a cancelled task takes no further step.
+                    if let Some(event) = futures_lite::future::or(cancelled, work).await {
                         let _ = events.send(Wake::Event(id, event)).await;
                     }
                 }));
@@ -337,12 +350,17 @@ impl<R: Runtime> Driver<R> {
                 let work = self.rt.unblock(Box::new(move || {
                     store.store_retry(&domains, &url, &state, order)
                 }));
+                // Awaited before the driver ends (a failed startup exits right after).
+                let (done, finished) = async_channel::bounded::<()>(1);
+                self.retry_writes.retain(|w| !w.is_closed());
+                self.retry_writes.push(finished);
                 self.rt.spawn(Box::pin(async move {
                     if let Err(e) = work.await {
                         tracing::error!(
                             "cannot persist retry state; a restart will not honour the backoff: {e}"
                         );
                     }
+                    drop(done);
                 }));
             }
             Action::FetchRenewalInfo { request, cert } => {

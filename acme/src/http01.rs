@@ -13,21 +13,32 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::accept::{AcceptBackoff, PerClientSlots, accept_with_backoff};
 use crate::runtime::{Runtime, timeout};
+use crate::tls::ChallengeOwner;
 
 /// The path prefix HTTP-01 validation requests use.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Pending HTTP-01 tokens and their key authorizations.
+/// Pending HTTP-01 tokens and their key authorizations, each with the order that published it.
 #[derive(Debug, Default)]
 pub struct Http01Tokens {
-    tokens: RwLock<BTreeMap<String, String>>,
+    tokens: RwLock<BTreeMap<String, (Option<ChallengeOwner>, String)>>,
 }
 
 impl Http01Tokens {
     /// Answers `token` with `key_authorization` until removed.
     pub fn insert(&self, token: &str, key_authorization: &str) {
+        self.insert_for(None, token, key_authorization);
+    }
+
+    /// Answers `token` on behalf of `owner` until [`Self::remove_owned_by`] (a later owner of
+    /// the same token, when the CA reuses an authorization, takes it over).
+    pub fn insert_owned(&self, owner: ChallengeOwner, token: &str, key_authorization: &str) {
+        self.insert_for(Some(owner), token, key_authorization);
+    }
+
+    fn insert_for(&self, owner: Option<ChallengeOwner>, token: &str, key_authorization: &str) {
         let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        tokens.insert(token.to_owned(), key_authorization.to_owned());
+        tokens.insert(token.to_owned(), (owner, key_authorization.to_owned()));
     }
 
     /// Stops answering `token`.
@@ -38,13 +49,21 @@ impl Http01Tokens {
             .remove(token);
     }
 
+    /// Stops answering the tokens `owner` published (and still owns).
+    pub fn remove_owned_by(&self, owner: ChallengeOwner) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (published_by, _)| *published_by != Some(owner));
+    }
+
     /// The key authorization for a pending token.
     pub fn answer(&self, token: &str) -> Option<String> {
         self.tokens
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
-            .cloned()
+            .map(|(_, key_authorization)| key_authorization.clone())
     }
 
     /// The key authorization for a request path, if it is exactly a pending token's path.
@@ -209,6 +228,18 @@ mod tests {
         }
         tokens.remove("abc");
         assert_eq!(tokens.answer_path("/.well-known/acme-challenge/abc"), None);
+    }
+
+    #[test]
+    fn an_order_removes_only_the_tokens_it_still_owns() {
+        let tokens = Http01Tokens::default();
+        let (old, new) = (ChallengeOwner(1), ChallengeOwner(2));
+        tokens.insert_owned(old, "reused", "reused.thumb");
+        tokens.insert_owned(old, "mine", "mine.thumb");
+        tokens.insert_owned(new, "reused", "reused.thumb");
+        tokens.remove_owned_by(old);
+        assert_eq!(tokens.answer("mine"), None);
+        assert_eq!(tokens.answer("reused").as_deref(), Some("reused.thumb"));
     }
 
     #[test]

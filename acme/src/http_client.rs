@@ -104,6 +104,9 @@ impl std::error::Error for CaAnswered {}
 /// The most of an error body read (problem documents are small).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
+/// The most of a successful body read (a certificate chain is a few KiB).
+const SUCCESS_BODY_LIMIT: usize = 1024 * 1024;
+
 /// The HTTP client instant-acme talks through.
 pub struct AcmeHttpClient<R: Runtime> {
     rt: R,
@@ -157,11 +160,12 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
             match timeout(&rt, limit, send_checked(&rt, &tls, req, &uri, &what)).await {
                 Some(Ok(Checked::Success(rsp))) => {
                     let retry_after = rsp
-                        .headers()
+                        .parts
+                        .headers
                         .get(RETRY_AFTER)
                         .and_then(|v| parse_retry_after(v.to_str().ok()?));
                     slot.set(&uri.to_string(), retry_after);
-                    Ok(BytesResponse::from(rsp))
+                    Ok(rsp)
                 }
                 Some(Ok(Checked::BadNonce(rsp))) => Ok(rsp),
                 Some(Ok(Checked::Error(answer))) => Err(Error::Other(Box::new(answer))),
@@ -187,7 +191,9 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// A response, sorted by what instant-acme should see of it.
 enum Checked {
-    Success(http::Response<hyper::body::Incoming>),
+    /// Read in full within the request's timeout (ACME bodies are small), so that a body that
+    /// stalls halfway is a timeout too.
+    Success(BytesResponse),
     /// A `badNonce` problem, passed through so that instant-acme retries with a fresh nonce.
     BadNonce(BytesResponse),
     Error(CaAnswered),
@@ -203,10 +209,18 @@ async fn send_checked<R: Runtime>(
 ) -> Result<Checked, String> {
     let rsp = send(rt, tls, req, uri).await?;
     let status = rsp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return Ok(Checked::Success(rsp));
-    }
     let (parts, body) = rsp.into_parts();
+    if !(status.is_client_error() || status.is_server_error()) {
+        let body = Limited::new(body, SUCCESS_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| format!("{what}: reading the answer failed: {e}"))?
+            .to_bytes();
+        return Ok(Checked::Success(BytesResponse {
+            parts,
+            body: Box::new(body),
+        }));
+    }
     let body = Limited::new(body, ERROR_BODY_LIMIT)
         .collect()
         .await

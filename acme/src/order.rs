@@ -244,6 +244,7 @@ impl<R: Runtime> AcmeContext<R> {
                 // refuses the order): order once more without it.
                 Err(e)
                     if !matches!(e, instant_acme::Error::Api(_))
+                        && !is_ca_answer(&e)
                         && e.to_string().contains("replaces") =>
                 {
                     tracing::warn!("the CA ignored ARI `replaces`; ordering without it ({e})");
@@ -254,11 +255,10 @@ impl<R: Runtime> AcmeContext<R> {
             None => account.new_order(&plain_order).await,
         };
         let mut order = result.map_err(|e| self.classify(&e))?;
-        let mut guard = ChallengeGuard {
+        let guard = ChallengeGuard {
             resolver: &self.resolver,
             tokens: &self.tokens,
             owner: ChallengeOwner(self.next_owner.fetch_add(1, Ordering::Relaxed)),
-            tokens_added: Vec::new(),
         };
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -292,9 +292,11 @@ impl<R: Runtime> AcmeContext<R> {
                     self.resolver.add_challenge(guard.owner, &domain, cert);
                 }
                 ChallengeKind::Http01 => {
-                    self.tokens
-                        .insert(&challenge.token, key_authorization.as_str());
-                    guard.tokens_added.push(challenge.token.clone());
+                    self.tokens.insert_owned(
+                        guard.owner,
+                        &challenge.token,
+                        key_authorization.as_str(),
+                    );
                 }
             }
             // Each name is set ready as soon as its answer is in place: the CA validates them
@@ -339,14 +341,15 @@ impl<R: Runtime> AcmeContext<R> {
             kind: FailureKind::Rejected,
             detail: format!("CSR: {e}"),
         })?;
+        // Recorded before finalizing: once the finalize request reaches the CA it may issue,
+        // even if its answer is lost; the next attempt then collects this order instead of
+        // placing another (Let's Encrypt allows 5 duplicates a week).
+        let key_pem = key.serialize_pem();
+        self.remember_pending(domains, order.url(), &key_pem).await;
         order
             .finalize_csr(csr.der())
             .await
             .map_err(|e| self.classify(&e))?;
-        // From here on the CA may issue: if collecting fails, the next attempt collects this
-        // order instead of placing another (Let's Encrypt allows 5 duplicates a week).
-        let key_pem = key.serialize_pem();
-        self.remember_pending(domains, order.url(), &key_pem).await;
         let cert = self.collect(&mut order, &key_pem).await?;
         self.forget_pending(domains).await;
         Ok(cert)
@@ -406,14 +409,34 @@ impl<R: Runtime> AcmeContext<R> {
             Ok(order) => order,
             Err(e) => {
                 let error = self.classify(&e);
-                if error.kind == FailureKind::Unreachable {
+                let gone = matches!(&e, instant_acme::Error::Other(inner)
+                    if inner.downcast_ref::<CaAnswered>().is_some_and(|a| matches!(a.status, 403 | 404 | 410)));
+                if !gone {
                     return Err(error); // try again later; the record stays
                 }
-                tracing::info!(order = %order_url, "the order finalized earlier is gone ({}); ordering anew", error.detail);
+                tracing::info!(order = %order_url, "the order recorded earlier is gone ({}); ordering anew", error.detail);
                 self.forget_pending(domains).await;
                 return Ok(None);
             }
         };
+        if order.state().status == OrderStatus::Ready {
+            // The finalize request of the earlier attempt never reached the CA: finalize now,
+            // with the key recorded for it.
+            let key = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| OrderError {
+                kind: FailureKind::Rejected,
+                detail: format!("the recorded key of order {order_url} cannot be read: {e}"),
+            })?;
+            let csr = rcgen::CertificateParams::new(domains.to_vec())
+                .and_then(|params| params.serialize_request(&key))
+                .map_err(|e| OrderError {
+                    kind: FailureKind::Rejected,
+                    detail: format!("CSR: {e}"),
+                })?;
+            order
+                .finalize_csr(csr.der())
+                .await
+                .map_err(|e| self.classify(&e))?;
+        }
         match order.state().status {
             OrderStatus::Valid | OrderStatus::Processing => {
                 tracing::info!(order = %order_url, "collecting the certificate of an order finalized earlier");
@@ -430,7 +453,7 @@ impl<R: Runtime> AcmeContext<R> {
                 }
             }
             status => {
-                tracing::info!(order = %order_url, "the order finalized earlier is {status:?}; ordering anew");
+                tracing::info!(order = %order_url, "the order recorded earlier is {status:?}; ordering anew");
                 self.forget_pending(domains).await;
                 Ok(None)
             }
@@ -515,16 +538,18 @@ struct ChallengeGuard<'a> {
     resolver: &'a CertResolver,
     tokens: &'a Http01Tokens,
     owner: ChallengeOwner,
-    tokens_added: Vec<String>,
 }
 
 impl Drop for ChallengeGuard<'_> {
     fn drop(&mut self) {
         self.resolver.remove_challenges(self.owner);
-        for token in &self.tokens_added {
-            self.tokens.remove(token);
-        }
+        self.tokens.remove_owned_by(self.owner);
     }
+}
+
+/// Whether `error` is an error status the CA answered with (not instant-acme's own check).
+fn is_ca_answer(error: &instant_acme::Error) -> bool {
+    matches!(error, instant_acme::Error::Other(inner) if inner.downcast_ref::<CaAnswered>().is_some())
 }
 
 /// Classifies an error response by its problem type, or by its status when it carried no

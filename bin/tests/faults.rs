@@ -13,11 +13,13 @@ use certloop_sim::fault_proxy::{Fault, FaultPlan, FaultProxy, Path};
 use certloop_sim::pebble::Pebble;
 use common::{Certloop, faketime_wrapper, upstream};
 
-fn config(pebble: &Pebble, proxy: &FaultProxy, name: &str, domain: &str) -> PathBuf {
+/// A configuration for one ACME listener through `proxy`. `startup` is `acme_startup_timeout`:
+/// short where a start must fail, generous where it must succeed on a loaded machine.
+fn config(pebble: &Pebble, proxy: &FaultProxy, name: &str, domain: &str, startup: &str) -> PathBuf {
     let body = format!(
         "state_dir = \"{}\"\n[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{}\"\n\
          upstream = \"http://127.0.0.1:{}\"\ntls_mode = \"acme\"\nacme_domains = [\"{domain}\"]\n\
-         acme_directory = \"{}\"\nacme_directory_ca = \"{}\"\nacme_startup_timeout = \"6s\"\n",
+         acme_directory = \"{}\"\nacme_directory_ca = \"{}\"\nacme_startup_timeout = \"{startup}\"\n",
         pebble.scratch("state").display(),
         pebble.tls_port,
         upstream(),
@@ -95,7 +97,7 @@ fn a_first_start_against_a_failing_ca_exits_1_saying_what_the_ca_did() {
             fault,
             times: None,
         }));
-        let config = config(&pebble, &proxy, tag, &format!("{tag}.certloop.test"));
+        let config = config(&pebble, &proxy, tag, &format!("{tag}.certloop.test"), "6s");
         let started = Instant::now();
         let mut certloop = Certloop::start(&config, &[], None);
         let code = certloop.wait_exit(Duration::from_secs(30));
@@ -118,7 +120,10 @@ fn a_first_start_against_a_failing_ca_exits_1_saying_what_the_ca_did() {
             // The CA never answered: nothing was persisted against it, so once it is back a
             // restart orders at once instead of being refused by a backoff.
             proxy.set(None);
-            let mut again = Certloop::start(&config, &[], None);
+            let patient = pebble.scratch(&format!("{tag}.toml"));
+            let text = std::fs::read_to_string(&patient).expect("config");
+            std::fs::write(&patient, text.replace("\"6s\"", "\"30s\"")).expect("config");
+            let mut again = Certloop::start(&patient, &[], None);
             again.wait_ready();
         } else {
             let orders = proxy
@@ -180,7 +185,7 @@ fn transient_faults_do_not_stop_a_first_start() {
         let proxy = FaultProxy::start(&pebble);
         proxy.set(Some(plan));
         let domain = format!("{tag}.certloop.test");
-        let config = config(&pebble, &proxy, tag, &domain);
+        let config = config(&pebble, &proxy, tag, &domain, "30s");
         let mut certloop = Certloop::start(&config, &[], None);
         certloop.wait_ready();
         assert!(proxy.faulted() > 0, "{tag}: no fault was injected");
@@ -205,7 +210,7 @@ fn with_a_cached_certificate_every_fault_is_a_warning() {
         let pebble = Pebble::start();
         let proxy = FaultProxy::start(&pebble);
         let domain = format!("{tag}.certloop.test");
-        let config = config(&pebble, &proxy, tag, &domain);
+        let config = config(&pebble, &proxy, tag, &domain, "30s");
         let mut first = Certloop::start(&config, &[], None);
         first.wait_ready();
         first.signal("TERM");
@@ -239,7 +244,7 @@ fn kill_9_at_random_moments_never_leaves_anything_corrupt_served_or_behind() {
     });
     let proxy = FaultProxy::start(&pebble);
     let domain = "crash.certloop.test";
-    let config = config(&pebble, &proxy, "crash", domain);
+    let config = config(&pebble, &proxy, "crash", domain, "30s");
     let cache_dir = pebble.scratch("state").join("crash");
     let root = pebble.issuing_root_pem();
     let leftovers = |dir: &std::path::Path| -> Vec<String> {
@@ -351,7 +356,7 @@ fn a_full_disk_at_renewal_keeps_the_renewed_certificate_served_and_warns() {
     let proxy = FaultProxy::start(&pebble);
     let disk = SmallDisk::mount(&pebble.scratch("state").join("full"), "1m");
     let domain = "full.certloop.test";
-    let config = config(&pebble, &proxy, "full", domain);
+    let config = config(&pebble, &proxy, "full", domain, "30s");
     let mut certloop = Certloop::start(&config, &[], None);
     certloop.wait_ready();
     let (first, _) = fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem())
@@ -389,7 +394,7 @@ fn a_process_stopped_past_its_renewal_time_renews_soon_after_it_continues() {
     });
     let proxy = FaultProxy::start(&pebble);
     let domain = "stopped.certloop.test";
-    let config = config(&pebble, &proxy, "stopped", domain);
+    let config = config(&pebble, &proxy, "stopped", domain, "30s");
     let mut certloop = Certloop::start(&config, &[], None);
     certloop.wait_ready();
     let root = pebble.issuing_root_pem();
@@ -432,7 +437,7 @@ fn a_certificate_download_that_fails_after_finalize_collects_the_same_order() {
         times: Some(2),
     }));
     let domain = "finalized.certloop.test";
-    let config = config(&pebble, &proxy, "finalized", domain);
+    let config = config(&pebble, &proxy, "finalized", domain, "30s");
     let mut certloop = Certloop::start(&config, &[], None);
     certloop.wait_ready();
     fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem()).expect("served");
@@ -466,7 +471,7 @@ fn the_wall_clock_jumping_forward_and_back_at_runtime() {
     let pebble = Pebble::start();
     let proxy = FaultProxy::start(&pebble);
     let domain = "clock.certloop.test";
-    let config = config(&pebble, &proxy, "clock", domain);
+    let config = config(&pebble, &proxy, "clock", domain, "30s");
     let offset = pebble.scratch("faketime-offset");
     std::fs::write(&offset, "+0\n").expect("offset file");
     let wrapper = common::faketime_file_wrapper(&offset);
@@ -505,7 +510,7 @@ fn a_cache_directory_that_turns_read_only_keeps_the_renewed_certificate_served()
     let proxy = FaultProxy::start(&pebble);
     let disk = SmallDisk::mount(&pebble.scratch("state").join("readonly"), "4m");
     let domain = "readonly.certloop.test";
-    let config = config(&pebble, &proxy, "readonly", domain);
+    let config = config(&pebble, &proxy, "readonly", domain, "30s");
     let mut certloop = Certloop::start(&config, &[], None);
     certloop.wait_ready();
     let root = pebble.issuing_root_pem();
@@ -521,4 +526,30 @@ fn a_cache_directory_that_turns_read_only_keeps_the_renewed_certificate_served()
     );
     let (renewed, _) = fetch_verified(pebble.tls_port, domain, &root).expect("still serving");
     assert_ne!(first, renewed, "the renewal is installed");
+}
+
+#[test]
+fn a_finalize_whose_answer_is_lost_is_collected_without_finalizing_again() {
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    // Pebble finalizes the order, but certloop never hears back.
+    proxy.set(Some(FaultPlan {
+        path: Path::Finalize,
+        fault: Fault::LoseAnswer,
+        times: Some(1),
+    }));
+    let domain = "lost.certloop.test";
+    let config = config(&pebble, &proxy, "lost", domain, "30s");
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem()).expect("served");
+    let requests = proxy.requests();
+    let count = |prefix: &str| requests.iter().filter(|r| r.contains(prefix)).count();
+    assert_eq!(proxy.faulted(), 1, "{requests:?}");
+    assert_eq!(count("/order-plz"), 1, "no second order: {requests:?}");
+    assert_eq!(
+        count("/finalize-order/"),
+        1,
+        "no second finalize: {requests:?}"
+    );
 }

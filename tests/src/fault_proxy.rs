@@ -71,6 +71,9 @@ pub enum Fault {
     Delay(Duration),
     /// Closes the connection without an answer.
     Reset,
+    /// Forwards the request, then closes the connection instead of relaying Pebble's answer:
+    /// the CA acted on a request whose answer was lost.
+    LoseAnswer,
     /// `400 badNonce`, the first time each URL is requested; later requests are forwarded.
     BadNonceFirst,
 }
@@ -187,6 +190,7 @@ struct Context {
 /// What to do with one request.
 enum Decision {
     Forward(Option<Duration>),
+    ForwardThenReset,
     Answer(Response<Full<Bytes>>),
     Stall,
     Reset,
@@ -243,6 +247,7 @@ impl Context {
             Fault::Stall => Decision::Stall,
             Fault::Delay(by) => Decision::Forward(Some(*by)),
             Fault::Reset => Decision::Reset,
+            Fault::LoseAnswer => Decision::ForwardThenReset,
         }
     }
 
@@ -259,6 +264,10 @@ impl Context {
             Decision::Answer(response) => Ok(response),
             Decision::Stall => std::future::pending().await,
             Decision::Reset => Err(std::io::Error::other("reset by the fault proxy")),
+            Decision::ForwardThenReset => {
+                let _ = self.forward(req).await;
+                Err(std::io::Error::other("answer dropped by the fault proxy"))
+            }
             Decision::Forward(delay) => {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
