@@ -14,8 +14,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::pebble::Pebble;
 
@@ -45,19 +43,7 @@ impl AriDirectory {
             serde_json::from_slice(&out.stdout).expect("directory JSON");
         // The port is only known once bound; handlers read the directory from this cell.
         let directory_json = Arc::new(Mutex::new(String::new()));
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pebble.scratch("listener.pem"))
-                .expect("listener cert")
-                .collect::<Result<_, _>>()
-                .expect("listener cert");
-        let key =
-            PrivateKeyDer::from_pem_file(pebble.scratch("listener.key")).expect("listener key");
-        let tls = rustls::ServerConfig::builder_with_provider(certloop_acme::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("TLS config");
+        let tls = pebble.listener_server_config();
         let acceptor = futures_rustls::TlsAcceptor::from(Arc::new(tls));
         let asked = Arc::new(Mutex::new(Vec::new()));
         let seen = asked.clone();

@@ -5,13 +5,12 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certloop_acme::store::DirStore;
 use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError};
 use certloop_core::{Policy, Ratio};
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::pebble::{Pebble, PebbleOptions, free_port, wait_until};
 
@@ -90,21 +89,9 @@ pub fn fetch_verified(
     name: &str,
     root_pem: &str,
 ) -> Result<(CertificateDer<'static>, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = crate::client_config(root_pem, b"http/1.1")?;
     let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;

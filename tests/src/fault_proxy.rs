@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use crate::pebble::Pebble;
@@ -103,19 +103,7 @@ impl FaultProxy {
     /// Starts a proxy in front of `pebble` on a free port, with Pebble's listener certificate
     /// (so `pebble.directory_ca` verifies it), forwarding everything until a plan is set.
     pub fn start(pebble: &Pebble) -> Self {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pebble.scratch("listener.pem"))
-                .expect("listener cert")
-                .collect::<Result<_, _>>()
-                .expect("listener cert");
-        let key =
-            PrivateKeyDer::from_pem_file(pebble.scratch("listener.key")).expect("listener key");
-        let server = rustls::ServerConfig::builder_with_provider(certloop_acme::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("TLS config");
+        let server = pebble.listener_server_config();
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&pebble.directory_ca).expect("CA") {
             roots.add(cert.expect("CA")).expect("CA");

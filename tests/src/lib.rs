@@ -44,6 +44,27 @@ where
     port
 }
 
+/// A TLS client configuration (the one crypto provider) that trusts only the certificates in
+/// `root_pem` and offers `alpn`.
+pub fn client_config(
+    root_pem: &str,
+    alpn: &[u8],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e: rustls::pki_types::pem::Error| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Totals over many seeds.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {

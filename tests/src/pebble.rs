@@ -204,6 +204,25 @@ impl Pebble {
         std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
     }
 
+    /// TLS settings with Pebble's own listener certificate (`localhost`, `127.0.0.1`), for
+    /// servers placed in front of Pebble that clients reach with `directory_ca`.
+    pub fn listener_server_config(&self) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::CertificateDer::pem_file_iter(self.scratch("listener.pem"))
+                .expect("listener cert")
+                .collect::<Result<_, _>>()
+                .expect("listener cert");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.scratch("listener.key"))
+            .expect("listener key");
+        rustls::ServerConfig::builder_with_provider(certloop_acme::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("TLS config")
+    }
+
     /// A scratch directory that goes away with this Pebble.
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -161,19 +161,9 @@ pub fn tls_connect(
     root_pem: &str,
     alpn: &[u8],
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(cert.expect("root")).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
+    let config = certloop_sim::client_config(root_pem, alpn).expect("client TLS");
     let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
-    let mut conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), server).expect("client");
+    let mut conn = rustls::ClientConnection::new(config, server).expect("client");
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");

@@ -61,7 +61,7 @@ fn main() {
         read_log().contains(" ready")
     });
     let root = pebble.issuing_root_pem();
-    let client = client_config(&root);
+    let client = certloop_sim::client_config(&root, b"http/1.1").expect("client TLS");
     let orders_at_start = pebble.log().matches("POST /order-plz").count();
     let (rss_start, fds_start) = (rss_kib(pid), open_files(pid));
     println!(
@@ -105,20 +105,6 @@ fn main() {
     );
     println!("RSS: {rss_start} KiB at start, {rss_end} KiB at the end");
     println!("open files: {fds_start} at start, {fds_end} at the end");
-}
-
-fn client_config(root_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(cert.expect("root")).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 /// One request on a fresh connection, verified against Pebble's root.
