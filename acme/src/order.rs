@@ -118,7 +118,12 @@ impl<R: Runtime> AcmeContext<R> {
         let cached = self
             .rt
             .unblock(Box::new(move || store.load_account(&contacts, &url)))
-            .await;
+            .await
+            // A local fault, not the CA's: retried like an unreachable CA, nothing persisted.
+            .map_err(|detail| OrderError {
+                kind: FailureKind::Unreachable,
+                detail: format!("ACME account: {detail}"),
+            })?;
         let restored = match cached
             .credentials_json
             .and_then(|j| serde_json::from_slice::<AccountCredentials>(&j).ok())

@@ -312,12 +312,27 @@ impl DirStore {
 
     /// Loads what is cached for an account: certloop's credentials sidecar and rustls-acme's
     /// key file.
-    pub fn load_account(&self, contacts: &[String], directory_url: &str) -> CachedAccount {
+    /// A file that exists but cannot be read is an error, never "no account": registering a
+    /// new account would replace the key of the one that exists (and use up a one-time EAB
+    /// key).
+    pub fn load_account(
+        &self,
+        contacts: &[String],
+        directory_url: &str,
+    ) -> Result<CachedAccount, String> {
         let name = account_file_name(contacts, directory_url);
-        CachedAccount {
-            credentials_json: fs::read(self.dir.join(format!("{name}.credentials.json"))).ok(),
-            pkcs8_der: fs::read(self.dir.join(&name)).ok(),
-        }
+        let read = |file: &str| match read_retrying(&self.dir.join(file)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!(
+                "{}: cannot be read: {e}; left in place",
+                self.dir.join(file).display()
+            )),
+        };
+        Ok(CachedAccount {
+            credentials_json: read(&format!("{name}.credentials.json"))?,
+            pkcs8_der: read(&name)?,
+        })
     }
 
     /// Stores an account: the credentials sidecar and the rustls-acme key file.
@@ -504,6 +519,28 @@ mod tests {
             .filter(|n| is_temp_file(n))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_account_file_that_cannot_be_read_is_an_error_not_a_missing_account() {
+        let dir = temp_dir("account-read");
+        let store = DirStore::open(&dir).unwrap();
+        let contacts = vec!["mailto:a@example.com".to_owned()];
+        let url = "https://ca.test/dir";
+        let empty = store.load_account(&contacts, url).unwrap();
+        assert!(empty.credentials_json.is_none() && empty.pkcs8_der.is_none());
+        // A directory where the key file should be: EISDIR, like EACCES or EIO would be.
+        fs::create_dir(dir.join(account_file_name(&contacts, url))).unwrap();
+        // (No `Debug` on `CachedAccount`: it holds the account key.)
+        let Err(error) = store.load_account(&contacts, url) else {
+            panic!("an unreadable account file was taken for a missing one");
+        };
+        assert!(
+            error.contains("cannot be read") && error.contains("left in place"),
+            "{error}"
+        );
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }
