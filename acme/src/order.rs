@@ -406,7 +406,11 @@ impl<R: Runtime> AcmeContext<R> {
         let pending = self
             .rt
             .unblock(Box::new(move || store.load_pending_order(&names, &url)))
-            .await;
+            .await
+            .map_err(|detail| OrderError {
+                kind: FailureKind::Unreachable,
+                detail: format!("pending order: {detail}"),
+            })?;
         let Some((order_url, key_pem)) = pending else {
             return Ok(None);
         };

@@ -213,9 +213,17 @@ impl DirStore {
             },
         };
         let retry_name = format!("{name}.retry");
-        let retry = match fs::read_to_string(self.dir.join(&retry_name)) {
-            Err(_) => None,
-            Ok(text) => match decode_retry_state(&text) {
+        let retry = match read_retrying(&self.dir.join(&retry_name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: cannot be read: {e}; left in place, and the CA's backoff it records is \
+                     not honoured this time",
+                    self.dir.join(&retry_name).display()
+                );
+                None
+            }
+            Ok(bytes) => match decode_retry_state(&String::from_utf8_lossy(&bytes)) {
                 Ok(state) => Some(state),
                 Err(e) => {
                     let reason = self.set_aside(&retry_name, &e.to_string());
@@ -272,15 +280,25 @@ impl DirStore {
             .map_err(|e| format!("{}: {e}", self.dir.join(name).display()))
     }
 
-    /// The pending order recorded by [`Self::store_pending_order`]: `(order URL, key PEM)`. An
-    /// unreadable record is set aside.
+    /// The pending order recorded by [`Self::store_pending_order`]: `(order URL, key PEM)`. A
+    /// record that does not decode is set aside; one that cannot be read is an error (placing
+    /// a new order instead could get a duplicate certificate).
     pub fn load_pending_order(
         &self,
         domains: &[String],
         directory_url: &str,
-    ) -> Option<(String, String)> {
+    ) -> Result<Option<(String, String)>, String> {
         let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
-        let bytes = fs::read(self.dir.join(&name)).ok()?;
+        let bytes = match read_retrying(&self.dir.join(&name)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(format!(
+                    "{}: cannot be read: {e}; left in place",
+                    self.dir.join(&name).display()
+                ));
+            }
+        };
         let parsed = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| {
@@ -293,7 +311,7 @@ impl DirStore {
             let reason = self.set_aside(&name, "not a pending-order record");
             tracing::warn!("{reason}");
         }
-        parsed
+        Ok(parsed)
     }
 
     /// Forgets the pending order (its certificate was collected, or the order is gone).
