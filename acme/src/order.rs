@@ -351,10 +351,15 @@ impl<R: Runtime> AcmeContext<R> {
         // placing another (Let's Encrypt allows 5 duplicates a week).
         let key_pem = key.serialize_pem();
         self.remember_pending(domains, order.url(), &key_pem).await;
+        let finalize_url = order.state().finalize.clone();
         order
             .finalize_csr(csr.der())
             .await
             .map_err(|e| self.classify(&e))?;
+        // The CA may ask, in the finalize answer, how long to wait before polling.
+        if let Some(asked) = self.retry_after.take(&finalize_url) {
+            self.rt.sleep(polling_pause(asked)).await;
+        }
         let cert = self.collect(&mut order, &key_pem).await?;
         self.forget_pending(domains).await;
         Ok(cert)
@@ -503,10 +508,7 @@ impl<R: Runtime> AcmeContext<R> {
     /// Waits before polling the order at `url` again: the Retry-After of the CA's last answer
     /// from that URL if it sent one (at most 10 s), otherwise `delay`, which doubles up to 2 s.
     async fn poll_pause(&self, url: &str, delay: &mut Duration) {
-        let pause = match self.retry_after.take(url) {
-            Some(asked) => asked.clamp(Duration::from_millis(100), Duration::from_secs(10)),
-            None => *delay,
-        };
+        let pause = self.retry_after.take(url).map_or(*delay, polling_pause);
         self.rt.sleep(pause).await;
         *delay = (*delay * 2).min(Duration::from_secs(2));
     }
@@ -556,22 +558,30 @@ impl Drop for ChallengeGuard<'_> {
     }
 }
 
+/// How long to wait before polling when the CA's answer asked for `asked`: at least 100 ms, at
+/// most 10 s (an order is expected to move within seconds).
+fn polling_pause(asked: Duration) -> Duration {
+    asked.clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
 /// Whether `error` is an error status the CA answered with (not instant-acme's own check).
 fn is_ca_answer(error: &instant_acme::Error) -> bool {
     matches!(error, instant_acme::Error::Other(inner) if inner.downcast_ref::<CaAnswered>().is_some())
 }
 
 /// Classifies an error response by its problem type, or by its status when it carried no
-/// problem document. 429, and 503 with a Retry-After, ask to come back later: both are rate
+/// problem document (a 502 or 504 without one comes from a gateway that could not reach the
+/// CA: unreachable). 429, and 503 with a Retry-After, ask to come back later: both are rate
 /// limits whose wait the core honours.
 pub fn classify_answer(answer: &CaAnswered) -> OrderError {
     let mut error = match &answer.problem {
         Some(problem) => classify_problem(problem, answer.retry_after),
         None => OrderError {
-            kind: if answer.status >= 500 {
-                FailureKind::ServerError
-            } else {
-                FailureKind::Rejected
+            kind: match answer.status {
+                // A gateway in front of the CA saying the CA did not answer it.
+                502 | 504 => FailureKind::Unreachable,
+                500.. => FailureKind::ServerError,
+                _ => FailureKind::Rejected,
             },
             detail: String::new(),
         },
@@ -651,7 +661,15 @@ mod tests {
             }
         );
         let html = classify_answer(&answer(502, None, None));
-        assert_eq!(html.kind, FailureKind::ServerError);
+        assert_eq!(
+            html.kind,
+            FailureKind::Unreachable,
+            "a gateway without the CA behind it"
+        );
+        assert_eq!(
+            classify_answer(&answer(500, None, None)).kind,
+            FailureKind::ServerError
+        );
         assert!(
             html.detail
                 .contains("GET https://ca.test/directory: HTTP 502: <html>bad gateway"),
