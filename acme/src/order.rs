@@ -110,14 +110,9 @@ impl<R: Runtime> AcmeContext<R> {
         if let Some(account) = slot.as_ref() {
             return Ok(account.clone());
         }
-        let (store, contacts, url) = (
-            self.store.clone(),
-            self.contacts.clone(),
-            self.directory_url.clone(),
-        );
+        let contacts = self.contacts.clone();
         let cached = self
-            .rt
-            .unblock(Box::new(move || store.load_account(&contacts, &url)))
+            .with_store(move |store, url| store.load_account(&contacts, url))
             .await
             // A local fault, not the CA's: retried like an unreachable CA, nothing persisted.
             .map_err(|detail| OrderError {
@@ -181,16 +176,9 @@ impl<R: Runtime> AcmeContext<R> {
             Err(e) => return tracing::error!("cannot serialise ACME account credentials: {e}"),
         };
         let der = credentials.private_key().secret_pkcs8_der().to_vec();
-        let (store, contacts, url) = (
-            self.store.clone(),
-            self.contacts.clone(),
-            self.directory_url.clone(),
-        );
+        let contacts = self.contacts.clone();
         let result = self
-            .rt
-            .unblock(Box::new(move || {
-                store.store_account(&contacts, &url, &json, &der)
-            }))
+            .with_store(move |store, url| store.store_account(&contacts, url, &json, &der))
             .await;
         if let Err(e) = result {
             tracing::error!("cannot store ACME account; a restart will register again: {e}");
@@ -403,14 +391,9 @@ impl<R: Runtime> AcmeContext<R> {
         account: &Account,
         domains: &[String],
     ) -> Result<Option<Certificate>, OrderError> {
-        let (store, names, url) = (
-            self.store.clone(),
-            domains.to_vec(),
-            self.directory_url.clone(),
-        );
+        let names = domains.to_vec();
         let pending = self
-            .rt
-            .unblock(Box::new(move || store.load_pending_order(&names, &url)))
+            .with_store(move |store, url| store.load_pending_order(&names, url))
             .await
             .map_err(|detail| OrderError {
                 kind: FailureKind::Unreachable,
@@ -475,17 +458,12 @@ impl<R: Runtime> AcmeContext<R> {
     }
 
     async fn remember_pending(&self, domains: &[String], order_url: &str, key_pem: &str) {
-        let (store, names, url) = (
-            self.store.clone(),
-            domains.to_vec(),
-            self.directory_url.clone(),
-        );
-        let (order_url, key_pem) = (order_url.to_owned(), key_pem.to_owned());
+        let (names, order_url, key_pem) =
+            (domains.to_vec(), order_url.to_owned(), key_pem.to_owned());
         let result = self
-            .rt
-            .unblock(Box::new(move || {
-                store.store_pending_order(&names, &url, &order_url, &key_pem)
-            }))
+            .with_store(move |store, url| {
+                store.store_pending_order(&names, url, &order_url, &key_pem)
+            })
             .await;
         if let Err(e) = result {
             tracing::warn!(
@@ -495,14 +473,19 @@ impl<R: Runtime> AcmeContext<R> {
     }
 
     async fn forget_pending(&self, domains: &[String]) {
-        let (store, names, url) = (
-            self.store.clone(),
-            domains.to_vec(),
-            self.directory_url.clone(),
-        );
-        self.rt
-            .unblock(Box::new(move || store.clear_pending_order(&names, &url)))
+        let names = domains.to_vec();
+        self.with_store(move |store, url| store.clear_pending_order(&names, url))
             .await;
+    }
+
+    /// Runs `work` on the cache directory (with this context's directory URL) off the async
+    /// threads.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&DirStore, &str) -> T + Send + 'static,
+    ) -> T {
+        let (store, url) = (self.store.clone(), self.directory_url.clone());
+        self.rt.unblock(Box::new(move || work(&store, &url))).await
     }
 
     /// Waits before polling the order at `url` again: the Retry-After of the CA's last answer
