@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -18,10 +17,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 
 use crate::limits::{CLOSE_GRACE, Limits, MAX_CONCURRENT_STREAMS};
+use crate::observed_io::{IoObserver, Observed};
 use crate::proxy::ProxyBody;
 use crate::watchdog::{Activity, BodyId, Deadlines, Protocol, Verdict};
 
@@ -160,63 +160,18 @@ impl Body for TrackedBody {
     }
 }
 
-/// The client's stream, reporting what it reads to the watchdog.
-struct Watched<T> {
-    inner: T,
-    shared: Arc<Shared>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = &buf.filled()[before..];
-        if matches!(result, Poll::Ready(Ok(()))) && !read.is_empty() {
-            let began = {
-                let mut activity = self.shared.activity();
-                let was_pending = activity.head_pending();
-                activity.on_read(Instant::now(), read);
-                !was_pending && activity.head_pending()
-            };
-            if began {
-                self.shared.head_began.notify_one();
-            }
+/// The connection's reads feed the watchdog (a head that begins wakes it).
+impl IoObserver for Arc<Shared> {
+    fn read(&self, bytes: &[u8]) {
+        let began = {
+            let mut activity = self.activity();
+            let was_pending = activity.head_pending();
+            activity.on_read(Instant::now(), bytes);
+            !was_pending && activity.head_pending()
+        };
+        if began {
+            self.head_began.notify_one();
         }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -266,9 +221,9 @@ where
         activity: Mutex::new(Activity::new(protocol, Instant::now())),
         head_began: Notify::new(),
     });
-    let io = TokioIo::new(Watched {
+    let io = TokioIo::new(Observed {
         inner: io,
-        shared: shared.clone(),
+        observer: shared.clone(),
     });
     let service_shared = shared.clone();
     let service = service_fn(move |req: Request<Incoming>| {

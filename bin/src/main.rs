@@ -18,6 +18,7 @@ mod forwarding;
 mod h2_frames;
 mod limits;
 mod manual;
+mod observed_io;
 mod proxy;
 mod server;
 mod tunnel;

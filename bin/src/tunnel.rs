@@ -2,15 +2,14 @@
 //! until either side closes or nothing moves for the idle timeout. The caller keeps the
 //! connection's slots alive for as long as this runs, so tunnels count against the caps.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+
+use crate::observed_io::{IoObserver, Observed};
 
 /// How a tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,46 +37,14 @@ impl LastActivity {
     }
 }
 
-/// One side of the tunnel, touching the shared activity on every byte moved.
-struct Touching<T> {
-    inner: T,
-    activity: Arc<LastActivity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Touching<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
+/// Every byte moved, either way, on either side, counts as activity.
+impl IoObserver for Arc<LastActivity> {
+    fn read(&self, _bytes: &[u8]) {
+        self.touch();
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn wrote(&self, _count: usize) {
+        self.touch();
     }
 }
 
@@ -91,13 +58,13 @@ where
         opened: Instant::now(),
         at_ms: AtomicU64::new(0),
     });
-    let mut client = Touching {
+    let mut client = Observed {
         inner: client,
-        activity: activity.clone(),
+        observer: activity.clone(),
     };
-    let mut upstream = Touching {
+    let mut upstream = Observed {
         inner: upstream,
-        activity: activity.clone(),
+        observer: activity.clone(),
     };
     let idle_watch = async {
         loop {
