@@ -3,9 +3,8 @@
 //! runtime seam, so the tokio and smol crates share it.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use certloop_core::{
     Action, CertConfig, CertFleet, CertId, Event, Level, Notice, RenewalInfo, Serving, UnixTime,
@@ -13,21 +12,48 @@ use certloop_core::{
 use instant_acme::CertificateIdentifier;
 
 use crate::cache::decode_cert_file;
+use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
 use crate::handle::{AcmeHandle, CertStatus, LifecycleEvent, Shared};
-use crate::http_client::{RetryAfterSlot, request_timeout};
+use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
 use crate::order::{AcmeContext, ChallengeKind};
 use crate::runtime::{Runtime, timeout};
 use crate::store::DirStore;
-use crate::tls::{CertResolver, certified_key_from_bundle};
+use crate::tls::{CertResolver, ChallengeOwner, certified_key_from_bundle};
 
-/// The wall clock, as the core wants it.
-pub fn wall_clock() -> UnixTime {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    UnixTime::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+/// Watches the driver from outside: the simulator checks its invariants with it after every
+/// step. Calls are made on the driver's own task and must return at once.
+pub trait Observer: Send + Sync + 'static {
+    /// The driver is about to carry out `action` for the certificate at `cert` (configuration
+    /// order). Actions without IO (installing, logging) are done before the next step.
+    fn action(&self, cert: usize, action: &Action);
+
+    /// An order task for `cert`, publishing challenge answers as `owner`, began (`running`)
+    /// or ended, however it ended: answered, failed or cancelled (a task cancelled while it
+    /// waited for its predecessor reports only its end).
+    fn order_task(&self, cert: usize, owner: ChallengeOwner, running: bool);
+}
+
+/// What a simulation replaces under [`launch_with`]: how requests reach the CA, the disk, and
+/// an observer.
+pub struct Seams {
+    /// The CA; `None` for HTTPS over the runtime's TCP.
+    pub transport: Option<Arc<dyn Transport>>,
+    /// The disk under the cache directory.
+    pub fs: Arc<dyn CacheFs>,
+    /// Told about every action and order task.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Self {
+            transport: None,
+            fs: Arc::new(StdFs),
+            observer: None,
+        }
+    }
 }
 
 /// Per-certificate facts the driver needs to translate actions.
@@ -38,6 +64,26 @@ struct Managed {
     ari_supported: bool,
     /// Dropping it cancels the certificate's order task: there is at most one.
     order_task: Option<async_channel::Sender<()>>,
+    /// Closed when the latest order task has ended (its challenge answers removed): the next
+    /// one waits for it, so two never overlap.
+    order_ended: Option<async_channel::Receiver<()>>,
+}
+
+/// Ends an order task's life: tells the observer, then lets the next task for the certificate
+/// begin. Dropped after the order's own future, so its challenge answers are gone by then.
+struct OrderTaskLife {
+    observer: Option<Arc<dyn Observer>>,
+    cert: usize,
+    owner: ChallengeOwner,
+    _ended: async_channel::Sender<()>,
+}
+
+impl Drop for OrderTaskLife {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.observer {
+            observer.order_task(self.cert, self.owner, false);
+        }
+    }
 }
 
 /// Names that the challenges certloop can answer will never obtain, and names that two
@@ -81,6 +127,15 @@ enum Wake {
 /// The handle is usable at once: its resolver answers TLS-ALPN-01 challenges while the first
 /// certificates are ordered. Await [`AcmeHandle::ready`] before accepting traffic.
 pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+    launch_with(rt, config, Seams::default()).await
+}
+
+/// [`launch`] with some of its surroundings replaced (the simulator's CA, disk and observer).
+pub async fn launch_with<R: Runtime>(
+    rt: R,
+    config: AcmeConfig,
+    seams: Seams,
+) -> Result<AcmeHandle, StartError> {
     if config.certs.is_empty() {
         return Err(StartError::Config("no certificates configured".into()));
     }
@@ -100,9 +155,15 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
             .map_err(|e| StartError::Config(e.to_string()))?;
         cert_configs.push(cert);
     }
-    let dir = config.cache_dir.clone();
+    let transport = match seams.transport {
+        Some(transport) => transport,
+        None => Arc::new(
+            HttpsTransport::new(rt.clone(), &config.extra_roots).map_err(StartError::Config)?,
+        ),
+    };
+    let (dir, fs) = (config.cache_dir.clone(), seams.fs);
     let store = rt
-        .unblock(Box::new(move || DirStore::open(dir)))
+        .unblock(Box::new(move || DirStore::open_with(dir, fs)))
         .await
         .map_err(StartError::Store)?;
     let store = Arc::new(store);
@@ -129,7 +190,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         rt: rt.clone(),
         directory_url: directory_url.clone(),
         contacts: config.contacts.clone(),
-        extra_roots: config.extra_roots.clone(),
+        transport,
         eab: config.eab.clone(),
         store,
         resolver: shared.resolver.clone(),
@@ -137,10 +198,9 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         challenge: config.challenge,
         retry_after: RetryAfterSlot::default(),
         request_timeout: request_timeout(policy.startup_timeout),
-        next_owner: AtomicU64::new(0),
         account: async_lock::Mutex::new(None),
     });
-    let now = wall_clock();
+    let now = rt.wall_clock();
     let managed: Vec<Managed> = cert_configs
         .iter()
         .zip(&config.certs)
@@ -150,6 +210,7 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
             ready: false,
             ari_supported: false,
             order_task: None,
+            order_ended: None,
         })
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
@@ -167,6 +228,8 @@ pub async fn launch<R: Runtime>(rt: R, config: AcmeConfig) -> Result<AcmeHandle,
         events_tx,
         started: Some(outcome_tx),
         retry_writes: Vec::new(),
+        observer: seams.observer,
+        next_owner: 0,
     };
     rt.spawn(Box::pin(driver.run(fleet, events_rx, stop_rx)));
     Ok(handle)
@@ -195,6 +258,9 @@ struct Driver<R: Runtime> {
     started: Option<async_channel::Sender<()>>,
     /// One per retry-state write still running; closed when it is done.
     retry_writes: Vec<async_channel::Receiver<()>>,
+    observer: Option<Arc<dyn Observer>>,
+    /// The next order task's [`ChallengeOwner`].
+    next_owner: u64,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -216,7 +282,7 @@ impl<R: Runtime> Driver<R> {
             }
             let timer = self
                 .rt
-                .sleep(sleep_slice(fleet.poll_timeout(), wall_clock()));
+                .sleep(sleep_slice(fleet.poll_timeout(), self.rt.wall_clock()));
             let wake = futures_lite::future::or(
                 futures_lite::future::or(
                     async { events.recv().await.unwrap_or(Wake::Stop) },
@@ -232,14 +298,14 @@ impl<R: Runtime> Driver<R> {
             )
             .await;
             match wake {
-                Wake::Event(id, event) => fleet.handle(wall_clock(), id, event),
+                Wake::Event(id, event) => fleet.handle(self.rt.wall_clock(), id, event),
                 Wake::AriSupported(id) => {
                     if let Some(m) = self.managed.iter_mut().find(|m| m.id == id) {
                         m.ari_supported = true;
                     }
                 }
                 // The timer may fire early or late: the fleet compares the clock itself.
-                Wake::Timer => fleet.handle_timeout(wall_clock()),
+                Wake::Timer => fleet.handle_timeout(self.rt.wall_clock()),
                 Wake::Stop => return self.finish_retry_writes().await,
             }
         }
@@ -271,6 +337,9 @@ impl<R: Runtime> Driver<R> {
         };
         let domains = self.managed[index].domains.clone();
         let url = self.context.directory_url.clone();
+        if let Some(observer) = &self.observer {
+            observer.action(index, &action);
+        }
         match action {
             Action::LoadCache { .. } => {
                 let store = self.context.store.clone();
@@ -292,17 +361,38 @@ impl<R: Runtime> Driver<R> {
                 let context = self.context.clone();
                 let replacing = replacing.filter(|_| self.managed[index].ari_supported);
                 // One order task per certificate: replacing the sender cancels the previous
-                // task (its challenge answers go with it). The core's watchdog, on the wall
-                // clock, decides when an order has taken too long; no second clock here.
+                // task (its challenge answers go with it), and the new one begins once the
+                // previous one has ended. The core's watchdog, on the wall clock, decides when
+                // an order has taken too long; no second clock here.
                 let (cancel, cancelled) = async_channel::bounded::<()>(1);
-                self.managed[index].order_task = Some(cancel);
+                let (ended, order_ended) = async_channel::bounded::<()>(1);
+                let managed = &mut self.managed[index];
+                managed.order_task = Some(cancel);
+                let previous = managed.order_ended.replace(order_ended);
+                let owner = ChallengeOwner(self.next_owner);
+                self.next_owner += 1;
+                let life = OrderTaskLife {
+                    observer: self.observer.clone(),
+                    cert: index,
+                    owner,
+                    _ended: ended,
+                };
                 let events = self.events_tx.clone();
                 self.rt.spawn(Box::pin(async move {
+                    let life = life;
                     let work = async {
-                        Some(match context.order(&names, replacing.as_ref()).await {
-                            Ok(cert) => Event::OrderSucceeded { order, cert },
-                            Err(error) => Event::OrderFailed { order, error },
-                        })
+                        if let Some(previous) = previous {
+                            let _ = previous.recv().await;
+                        }
+                        if let Some(observer) = &life.observer {
+                            observer.order_task(life.cert, owner, true);
+                        }
+                        Some(
+                            match context.order(&names, replacing.as_ref(), owner).await {
+                                Ok(cert) => Event::OrderSucceeded { order, cert },
+                                Err(error) => Event::OrderFailed { order, error },
+                            },
+                        )
                     };
                     let cancelled = async {
                         let _ = cancelled.recv().await;

@@ -1,6 +1,6 @@
 //! instant-acme's `HttpClient` over the runtime seam: one HTTP/1.1 connection per request
-//! (hyper's low-level client), TLS by futures-rustls with the shared provider, a timeout on
-//! every request. The status of every response is checked here, before instant-acme reads a
+//! (hyper's low-level client, [`HttpsTransport`]), TLS by futures-rustls with the shared
+//! provider, a timeout on every request. The status of every response is checked here, before instant-acme reads a
 //! body: an error status becomes a [`CaAnswered`] error carrying the status, the problem
 //! document and the response's own `Retry-After` (except a `badNonce`, which instant-acme
 //! retries itself). The `Retry-After` of a successful response is kept per URL for polling.
@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
+use http::Request;
 use http::header::{HOST, RETRY_AFTER};
-use http::{Request, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Limited};
 use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient, Problem};
 use rustls::RootCertStore;
@@ -107,23 +108,53 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// The most of a successful body read (a certificate chain is a few KiB).
 const SUCCESS_BODY_LIMIT: usize = 1024 * 1024;
 
+/// A response as soon as its head arrived; the checks read the body.
+pub type TransportResponse = http::Response<UnsyncBoxBody<Bytes, String>>;
+
+/// How a request reaches the CA. Always [`HttpsTransport`], except in the simulator, whose CA
+/// lives in the same process.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `req` (an absolute `https` URL) and returns the response once its head arrived.
+    fn send(
+        &self,
+        req: Request<BodyWrapper<Bytes>>,
+    ) -> BoxFuture<Result<TransportResponse, String>>;
+}
+
 /// The HTTP client instant-acme talks through.
 pub struct AcmeHttpClient<R: Runtime> {
     rt: R,
-    tls: futures_rustls::TlsConnector,
+    transport: Arc<dyn Transport>,
     retry_after: RetryAfterSlot,
     request_timeout: Duration,
 }
 
 impl<R: Runtime> AcmeHttpClient<R> {
-    /// A client trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA), giving up
-    /// on a request after `request_timeout`.
+    /// A client sending through `transport`, giving up on a request after `request_timeout`.
     pub fn new(
         rt: R,
-        extra_roots: &[CertificateDer<'static>],
+        transport: Arc<dyn Transport>,
         retry_after: RetryAfterSlot,
         request_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Self {
+        Self {
+            rt,
+            transport,
+            retry_after,
+            request_timeout,
+        }
+    }
+}
+
+/// HTTPS to the CA over the runtime's TCP: one HTTP/1.1 connection per request.
+pub struct HttpsTransport<R: Runtime> {
+    rt: R,
+    tls: futures_rustls::TlsConnector,
+}
+
+impl<R: Runtime> HttpsTransport<R> {
+    /// A transport trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA).
+    pub fn new(rt: R, extra_roots: &[CertificateDer<'static>]) -> Result<Self, String> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -140,8 +171,19 @@ impl<R: Runtime> AcmeHttpClient<R> {
         Ok(Self {
             rt,
             tls: futures_rustls::TlsConnector::from(Arc::new(config)),
-            retry_after,
-            request_timeout,
+        })
+    }
+}
+
+impl<R: Runtime> Transport for HttpsTransport<R> {
+    fn send(
+        &self,
+        req: Request<BodyWrapper<Bytes>>,
+    ) -> BoxFuture<Result<TransportResponse, String>> {
+        let (rt, tls) = (self.rt.clone(), self.tls.clone());
+        Box::pin(async move {
+            let rsp = send(&rt, &tls, req).await?;
+            Ok(rsp.map(|body| body.map_err(|e| e.to_string()).boxed_unsync()))
         })
     }
 }
@@ -152,12 +194,16 @@ fn other(message: impl Into<String>) -> Error {
 
 impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
     fn request(&self, req: Request<BodyWrapper<Bytes>>) -> BoxFuture<Result<BytesResponse, Error>> {
-        let (rt, tls, slot) = (self.rt.clone(), self.tls.clone(), self.retry_after.clone());
-        let limit = self.request_timeout;
+        let (rt, transport) = (self.rt.clone(), self.transport.clone());
+        let (slot, limit) = (self.retry_after.clone(), self.request_timeout);
         Box::pin(async move {
             let uri = req.uri().clone();
             let what = format!("{} {uri}", req.method());
-            match timeout(&rt, limit, send_checked(&rt, &tls, req, &uri, &what)).await {
+            let checked = async {
+                let rsp = transport.send(req).await?;
+                check(rsp, &what).await
+            };
+            match timeout(&rt, limit, checked).await {
                 Some(Ok(Checked::Success(rsp))) => {
                     let retry_after = rsp
                         .parts
@@ -199,15 +245,8 @@ enum Checked {
     Error(CaAnswered),
 }
 
-/// Sends `req` and checks the status before anything reads the body.
-async fn send_checked<R: Runtime>(
-    rt: &R,
-    tls: &futures_rustls::TlsConnector,
-    req: Request<BodyWrapper<Bytes>>,
-    uri: &Uri,
-    what: &str,
-) -> Result<Checked, String> {
-    let rsp = send(rt, tls, req, uri).await?;
+/// Checks the status of `rsp` (the answer to `what`) before anything reads the body.
+async fn check(rsp: TransportResponse, what: &str) -> Result<Checked, String> {
     let status = rsp.status();
     let (parts, body) = rsp.into_parts();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -261,8 +300,8 @@ async fn send<R: Runtime>(
     rt: &R,
     tls: &futures_rustls::TlsConnector,
     mut req: Request<BodyWrapper<Bytes>>,
-    uri: &Uri,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let uri = req.uri().clone();
     if uri.scheme_str() != Some("https") {
         return Err("ACME requires https".into());
     }

@@ -1,9 +1,11 @@
 //! `certloop-acme`: everything both runtime adapters need, written once and generic over a
-//! four-operation [`runtime::Runtime`] seam (connect, sleep, spawn, unblock).
+//! four-operation [`runtime::Runtime`] seam (connect, sleep, spawn, unblock; plus the wall
+//! clock, the system's by default).
 //!
 //! - [`accept`]: accept loops that back off on errors instead of spinning.
 //! - [`cache`]: the rustls-acme compatible `DirCache` format as pure functions.
 //! - [`store`]: the cache directory on disk (atomic writes, 0600/0700, lock, set-aside).
+//! - [`cache_fs`]: the file operations the store is made of (the real disk, or a simulated one).
 //! - [`tls`]: the one crypto provider, shared server settings, the SNI and TLS-ALPN-01 resolver.
 //! - [`http01`]: HTTP-01 tokens and a minimal port-80 responder.
 //! - [`http_client`]: instant-acme's HTTP client over the seam, with timeouts and Retry-After.
@@ -17,6 +19,7 @@
 
 pub mod accept;
 pub mod cache;
+pub mod cache_fs;
 pub mod config;
 pub mod driver;
 pub mod example;

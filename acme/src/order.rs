@@ -3,7 +3,6 @@
 //! instant-acme's tokio-only `poll_*`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use certloop_core::{CertBundle, Certificate, FailureKind, OrderError};
@@ -11,10 +10,10 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
     ExternalAccountKey, Identifier, Key, NewAccount, NewOrder, OrderStatus, Problem,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::cache::{decode_cert_file, encode_cert_file};
-use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot};
+use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
 use crate::runtime::Runtime;
 use crate::store::DirStore;
@@ -66,8 +65,8 @@ pub struct AcmeContext<R: Runtime> {
     pub directory_url: String,
     /// Contact URIs for the account.
     pub contacts: Vec<String>,
-    /// Extra roots for the directory's HTTPS.
-    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// How requests reach the CA.
+    pub transport: Arc<dyn Transport>,
     /// EAB, if the CA requires it.
     pub eab: Option<ExternalAccount>,
     /// The cache directory.
@@ -82,25 +81,18 @@ pub struct AcmeContext<R: Runtime> {
     pub retry_after: RetryAfterSlot,
     /// How long one ACME request may take.
     pub request_timeout: Duration,
-    /// The next order task's [`ChallengeOwner`].
-    pub next_owner: AtomicU64,
     /// The account, once loaded or created.
     pub account: async_lock::Mutex<Option<Account>>,
 }
 
 impl<R: Runtime> AcmeContext<R> {
-    fn builder(&self) -> Result<instant_acme::AccountBuilder, OrderError> {
-        let http = AcmeHttpClient::new(
+    fn builder(&self) -> instant_acme::AccountBuilder {
+        Account::builder_with_http(Box::new(AcmeHttpClient::new(
             self.rt.clone(),
-            &self.extra_roots,
+            self.transport.clone(),
             self.retry_after.clone(),
             self.request_timeout,
-        )
-        .map_err(|detail| OrderError {
-            kind: FailureKind::Rejected,
-            detail,
-        })?;
-        Ok(Account::builder_with_http(Box::new(http)))
+        )))
     }
 
     /// The account for this cache directory: restored from certloop's credentials, adopted
@@ -124,7 +116,7 @@ impl<R: Runtime> AcmeContext<R> {
             .and_then(|j| serde_json::from_slice::<AccountCredentials>(&j).ok())
         {
             Some(credentials) => Some(
-                self.builder()?
+                self.builder()
                     .from_credentials(credentials)
                     .await
                     .map_err(|e| self.classify(&e))?,
@@ -138,7 +130,7 @@ impl<R: Runtime> AcmeContext<R> {
                     .map_err(|e| self.classify(&e))?;
                 let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.clone()));
                 let (account, credentials) = self
-                    .builder()?
+                    .builder()
                     .create_from_key((key, key_der), self.directory_url.clone())
                     .await
                     .map_err(|e| self.classify(&e))?;
@@ -157,7 +149,7 @@ impl<R: Runtime> AcmeContext<R> {
                     only_return_existing: false,
                 };
                 let (account, credentials) = self
-                    .builder()?
+                    .builder()
                     .create(&new, self.directory_url.clone(), eab.as_ref())
                     .await
                     .map_err(|e| self.classify(&e))?;
@@ -208,12 +200,14 @@ impl<R: Runtime> AcmeContext<R> {
         }
     }
 
-    /// Runs one order to a certificate for `domains`. `replacing` (sent as ARI `replaces`) must
-    /// only be given when the directory supports ARI.
+    /// Runs one order to a certificate for `domains`, publishing its challenge answers as
+    /// `owner` (they are removed when the order ends, however it ends). `replacing` (sent as
+    /// ARI `replaces`) must only be given when the directory supports ARI.
     pub async fn order(
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
+        owner: ChallengeOwner,
     ) -> Result<Certificate, OrderError> {
         let account = self.account().await?;
         if let Some(cert) = self.resume_pending(&account, domains).await? {
@@ -251,7 +245,7 @@ impl<R: Runtime> AcmeContext<R> {
         let guard = ChallengeGuard {
             resolver: &self.resolver,
             tokens: &self.tokens,
-            owner: ChallengeOwner(self.next_owner.fetch_add(1, Ordering::Relaxed)),
+            owner,
         };
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {

@@ -3,16 +3,14 @@
 //! directory, corrupt files moved aside rather than deleted, and one process per directory
 //! (an advisory lock).
 //!
-//! Blocking `std::fs` calls: adapters run them on their blocking pool.
+//! Blocking file operations (through [`CacheFs`]): adapters run them on their blocking pool.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use certloop_core::{CachedCert, CertBundle, Certificate, RetryState};
@@ -20,6 +18,7 @@ use certloop_core::{CachedCert, CertBundle, Certificate, RetryState};
 use crate::cache::{
     account_file_name, cert_file_name, decode_cert_file, decode_retry_state, encode_retry_state,
 };
+use crate::cache_fs::{CacheFs, DirState, LockError, LockGuard, StdFs};
 use crate::tls::certified_key_from_bundle;
 
 const LOCK_FILE: &str = ".certloop.lock";
@@ -47,11 +46,11 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 /// An open, locked cache directory.
-#[derive(Debug)]
 pub struct DirStore {
     dir: PathBuf,
+    fs: Arc<dyn CacheFs>,
     /// Held for the life of the store: the advisory lock.
-    _lock: File,
+    _lock: LockGuard,
     /// Makes every temp file name unique within the process.
     temp_counter: AtomicU64,
     /// The next [`WriteOrder`] to hand out.
@@ -80,46 +79,43 @@ pub struct CachedAccount {
     pub pkcs8_der: Option<Vec<u8>>,
 }
 
+impl fmt::Debug for DirStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DirStore {
-    /// Creates (mode 0700) and locks `dir`, and checks that it is writable. A second process
-    /// pointed at the same directory gets a clear error instead of corrupting it.
+    /// Creates (mode 0700) and locks `dir` on the real disk. A second process pointed at the
+    /// same directory gets a clear error instead of corrupting it. A directory that cannot be
+    /// written is used read-only, with a warning: what is cached there is served, and every
+    /// write that fails is reported and retried.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(dir, Arc::new(StdFs))
+    }
+
+    /// [`Self::open`] on the disk `fs` (the simulator's, with injected faults).
+    pub fn open_with(dir: impl Into<PathBuf>, fs: Arc<dyn CacheFs>) -> Result<Self, StoreError> {
         let dir = dir.into();
         let err = |path: &Path, problem: String| StoreError {
             path: path.to_owned(),
             problem,
         };
-        match fs::metadata(&dir) {
+        match fs.ensure_dir(&dir) {
             // An existing directory keeps the mode its owner gave it.
-            Ok(meta) if meta.is_dir() => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        "cache directory {} has mode {mode:o}: other users may be able to list it; \
-                         chmod 700 it (key files inside are 0600 regardless)",
-                        dir.display()
-                    );
-                }
-            }
-            Ok(_) => return Err(err(&dir, "exists and is not a directory".into())),
-            Err(_) => {
-                fs::create_dir_all(&dir)
-                    .map_err(|e| err(&dir, format!("cannot create it: {e}")))?;
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| err(&dir, format!("cannot set mode 0700: {e}")))?;
-            }
+            Ok(DirState::Existing { mode }) if mode & 0o077 != 0 => tracing::warn!(
+                "cache directory {} has mode {mode:o}: other users may be able to list it; \
+                 chmod 700 it (key files inside are 0600 regardless)",
+                dir.display()
+            ),
+            Ok(_) => {}
+            Err(e) => return Err(err(&dir, format!("cannot create it: {e}"))),
         }
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| err(&dir, format!("not writable: {e}")))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
+        let lock = match fs.lock(&dir.join(LOCK_FILE)) {
+            Ok(lock) => lock,
+            Err(LockError::Busy) => {
                 return Err(err(
                     &dir,
                     "already in use by another certloop process (lock file .certloop.lock); give each \
@@ -127,10 +123,13 @@ impl DirStore {
                         .into(),
                 ));
             }
-            Err(fs::TryLockError::Error(e)) => return Err(err(&dir, format!("cannot lock: {e}"))),
-        }
+            Err(LockError::Io(e)) => {
+                return Err(err(&dir, format!("cannot create or lock {LOCK_FILE}: {e}")));
+            }
+        };
         let store = Self {
             dir,
+            fs,
             _lock: lock,
             temp_counter: AtomicU64::new(0),
             next_order: AtomicU64::new(0),
@@ -138,33 +137,33 @@ impl DirStore {
         };
         store.remove_crash_leftovers();
         let probe = store.next_write();
-        store
-            .write_atomic(".certloop.probe", b"writable\n", probe)
-            .map_err(|e| err(&store.dir, format!("not writable: {e}")))?;
+        if let Err(e) = store.write_atomic(".certloop.probe", b"writable\n", probe) {
+            tracing::warn!(
+                "cache directory {} is not writable ({e}): certificates cached there are served, \
+                 but a new one cannot be kept and a restart will order it again",
+                store.dir.display()
+            );
+        }
         Ok(store)
     }
 
     /// Temp files a crash left between write and rename hold key material: remove them. The
     /// lock is held, so no other process is writing here.
     fn remove_crash_leftovers(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
+        let Ok(names) = self.fs.list(&self.dir) else {
             return;
         };
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name();
-            if name.to_str().is_some_and(is_temp_file) {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => tracing::info!(
-                        "removed {} left by an interrupted write",
-                        entry.path().display()
-                    ),
-                    Err(e) => tracing::warn!(
-                        "cannot remove {} left by an interrupted write: {e}",
-                        entry.path().display()
-                    ),
-                }
+        for name in names.into_iter().filter(|n| is_temp_file(n)) {
+            let path = self.dir.join(&name);
+            match self.fs.remove(&path) {
+                Ok(()) => tracing::info!("removed {} left by an interrupted write", path.display()),
+                Err(e) => tracing::warn!(
+                    "cannot remove {} left by an interrupted write: {e}",
+                    path.display()
+                ),
             }
         }
+        let _ = self.fs.sync_dir(&self.dir);
     }
 
     /// The order of a write decided now: pass it to the write when it runs.
@@ -190,7 +189,7 @@ impl DirStore {
         directory_url: &str,
     ) -> (CachedCert, Option<RetryState>) {
         let name = cert_file_name(domains, directory_url);
-        let cert = match read_retrying(&self.dir.join(&name)) {
+        let cert = match self.read_retrying(&self.dir.join(&name)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => CachedCert::Missing,
             // The file may be fine (EMFILE, EIO, EACCES): leave it where it is.
             Err(e) => CachedCert::Unreadable {
@@ -213,7 +212,7 @@ impl DirStore {
             },
         };
         let retry_name = format!("{name}.retry");
-        let retry = match read_retrying(&self.dir.join(&retry_name)) {
+        let retry = match self.read_retrying(&self.dir.join(&retry_name)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 tracing::warn!(
@@ -289,7 +288,7 @@ impl DirStore {
         directory_url: &str,
     ) -> Result<Option<(String, String)>, String> {
         let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
-        let bytes = match read_retrying(&self.dir.join(&name)) {
+        let bytes = match self.read_retrying(&self.dir.join(&name)) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
@@ -318,10 +317,10 @@ impl DirStore {
     pub fn clear_pending_order(&self, domains: &[String], directory_url: &str) {
         let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
         let mut landed = self.landed.lock().unwrap_or_else(|e| e.into_inner());
-        match fs::remove_file(self.dir.join(&name)) {
+        match self.fs.remove(&self.dir.join(&name)) {
             Ok(()) => {
                 landed.remove(&name);
-                let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+                let _ = self.fs.sync_dir(&self.dir);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("cannot remove {}: {e}", self.dir.join(name).display()),
@@ -339,7 +338,7 @@ impl DirStore {
         directory_url: &str,
     ) -> Result<CachedAccount, String> {
         let name = account_file_name(contacts, directory_url);
-        let read = |file: &str| match read_retrying(&self.dir.join(file)) {
+        let read = |file: &str| match self.read_retrying(&self.dir.join(file)) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!(
@@ -384,9 +383,9 @@ impl DirStore {
                 0 => self.dir.join(format!("{name}.corrupt-{secs}")),
                 n => self.dir.join(format!("{name}.corrupt-{secs}-{n}")),
             })
-            .find(|candidate| !candidate.exists())
+            .find(|candidate| !self.fs.exists(candidate))
             .expect("an unused name");
-        match fs::rename(&from, &to).and_then(|()| File::open(&self.dir)?.sync_all()) {
+        match (self.fs.rename(&from, &to)).and_then(|()| self.fs.sync_dir(&self.dir)) {
             Ok(()) => format!(
                 "{}: {problem}; moved aside to {}",
                 from.display(),
@@ -411,46 +410,41 @@ impl DirStore {
         let tmp = self
             .dir
             .join(format!(".{name}.tmp-{}-{unique}", std::process::id()));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, self.dir.join(name))?;
-            File::open(&self.dir)?.sync_all()
-        })();
+        let result = (self.fs.create_synced(&tmp, bytes))
+            .and_then(|()| self.fs.rename(&tmp, &self.dir.join(name)))
+            .and_then(|()| self.fs.sync_dir(&self.dir));
         match result {
             Ok(()) => {
                 landed.insert(name.to_owned(), order.0);
             }
             Err(_) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = self.fs.remove(&tmp);
             }
         }
         result
     }
-}
 
-/// Reads a file, trying again twice after a short pause when the error may pass (anything but
-/// "not found").
-fn read_retrying(path: &Path) -> io::Result<Vec<u8>> {
-    let mut attempt = 0;
-    loop {
-        match fs::read(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound && attempt < 2 => {
-                attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
+    /// Reads a file, trying again twice after a short pause when the error may pass (anything
+    /// but "not found").
+    fn read_retrying(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut attempt = 0;
+        loop {
+            match self.fs.read(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound && attempt < 2 => {
+                    attempt += 1;
+                    self.fs.pause_before_retry();
+                }
+                result => return result,
             }
-            result => return result,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -514,7 +508,7 @@ mod tests {
             "an older write landed last"
         );
         // Concurrent writes of one file use distinct temp files and all succeed.
-        let store = std::sync::Arc::new(store);
+        let store = Arc::new(store);
         let writers: Vec<_> = (0..8)
             .map(|i| {
                 let (store, domains) = (store.clone(), domains.clone());
