@@ -57,6 +57,13 @@ impl Http01Tokens {
             .retain(|_, (published_by, _)| *published_by != Some(owner));
     }
 
+    /// The order tasks whose tokens are published (tokens inserted without an owner are not
+    /// listed).
+    pub fn owners(&self) -> Vec<ChallengeOwner> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        tokens.values().filter_map(|(owner, _)| *owner).collect()
+    }
+
     /// The key authorization for a pending token.
     pub fn answer(&self, token: &str) -> Option<String> {
         self.tokens

@@ -432,6 +432,13 @@ impl<R: Runtime> AcmeContext<R> {
             OrderStatus::Valid | OrderStatus::Processing => {
                 tracing::info!(order = %order_url, "collecting the certificate of an order finalized earlier");
                 match self.collect(&mut order, &key_pem).await {
+                    // Collected too late to be of use (the CA issued it at finalize time):
+                    // not the CA's failure, order anew.
+                    Ok(cert) if cert.info.not_after <= self.rt.wall_clock() => {
+                        tracing::info!(order = %order_url, "the certificate of the order recorded earlier has expired since; ordering anew");
+                        self.forget_pending(domains).await;
+                        Ok(None)
+                    }
                     Ok(cert) => {
                         self.forget_pending(domains).await;
                         Ok(Some(cert))

@@ -169,6 +169,20 @@ impl CertResolver {
         challenges.retain(|_, (published_by, _)| *published_by != owner);
     }
 
+    /// The TLS-ALPN-01 answer published for `domain`, if one is.
+    pub fn challenge(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+        challenges
+            .get(&domain.to_ascii_lowercase())
+            .map(|(_, key)| key.clone())
+    }
+
+    /// The order tasks whose TLS-ALPN-01 answers are published.
+    pub fn challenge_owners(&self) -> Vec<ChallengeOwner> {
+        let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+        challenges.values().map(|(owner, _)| *owner).collect()
+    }
+
     /// The certificate that would be served for `server_name` (for tests and status).
     pub fn current(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());

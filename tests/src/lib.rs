@@ -6,6 +6,7 @@
 pub mod adapters;
 pub mod ari_directory;
 pub mod conformance;
+pub mod driver_sim;
 pub mod fault_proxy;
 pub mod fuzz_bodies;
 pub mod pebble;
