@@ -275,14 +275,15 @@ impl Machine {
                 if now >= deadline =>
             {
                 if self.order_in_flight.take().is_some() {
-                    // The order reached the CA and may still be running there: record it as a
-                    // failure, so a restart backs off instead of ordering again at once.
+                    // No answer in time is not an answer from the CA: recorded, but a restart
+                    // may order again at once (an order the CA finalized meanwhile is collected
+                    // then, not placed twice).
                     let detail = format!(
                         "no answer within the startup timeout ({})",
                         Human(self.policy.startup_timeout)
                     );
                     let error = OrderError {
-                        kind: FailureKind::ServerError,
+                        kind: FailureKind::Unreachable,
                         detail,
                     };
                     return self.order_failed(now, error, out);

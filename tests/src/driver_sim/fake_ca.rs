@@ -51,6 +51,9 @@ pub struct CaFaults {
     pub lost_answer: u64,
     /// 400 `badNonce`.
     pub bad_nonce: u64,
+    /// Of finalized orders, those that stay `processing` for up to 20 minutes (longer than
+    /// the core's order timeout) instead of up to 3 seconds.
+    pub slow_issuance: u64,
 }
 
 /// What the CA saw.
@@ -405,7 +408,13 @@ impl FakeCa {
                     Ok(chain) => chain,
                     Err(detail) => return problem(StatusCode::BAD_REQUEST, "badCSR", &detail),
                 };
-                let delay = ca.rng.up_to(3_000);
+                let slow = ca.faults.slow_issuance;
+                let delay = if ca.rng.chance(slow, 1000) {
+                    ca.stats.faults += 1;
+                    ca.rng.up_to(20 * 60_000)
+                } else {
+                    ca.rng.up_to(3_000)
+                };
                 let order = ca.orders.get_mut(&id).expect("present");
                 order.chain_pem = Some(chain);
                 order.status = OrderStatus::Processing;

@@ -69,6 +69,7 @@ impl DriverSimConfig {
             garbage: rate(4, 40),
             lost_answer: rate(3, 80),
             bad_nonce: rate(3, 100),
+            slow_issuance: rate(3, 300),
         };
         let disk_faults = DiskFaults {
             write_fails: rate(3, 150),
@@ -130,7 +131,7 @@ impl fmt::Display for DriverSimConfig {
         )?;
         writeln!(
             f,
-            "  CA faults per mille: refused={} stall={} slow={} 500={} 503={} 429={} garbage={} lost_answer={} bad_nonce={}",
+            "  CA faults per mille: refused={} stall={} slow={} 500={} 503={} 429={} garbage={} lost_answer={} bad_nonce={} slow_issuance={}",
             c.refused,
             c.stall,
             c.slow,
@@ -139,7 +140,8 @@ impl fmt::Display for DriverSimConfig {
             c.rate_limited,
             c.garbage,
             c.lost_answer,
-            c.bad_nonce
+            c.bad_nonce,
+            c.slow_issuance
         )?;
         writeln!(
             f,

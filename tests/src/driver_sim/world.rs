@@ -160,6 +160,8 @@ struct Process {
     /// Every certificate had a valid copy on disk at launch (and nothing may stop it being
     /// read): the failure table says this start must succeed.
     must_start: bool,
+    /// The ready verdict was checked.
+    ready_checked: std::cell::Cell<bool>,
 }
 
 #[derive(Default)]
@@ -268,6 +270,7 @@ impl DriverSim {
             slot: slot.clone(),
             launched_ms: self.exec.elapsed_ms(),
             must_start: self.disk_holds_valid_certs(now) && !reads_may_fail,
+            ready_checked: std::cell::Cell::new(false),
         });
         self.say(&format!(
             "launch (valid cache on disk: {})",
@@ -392,6 +395,11 @@ impl DriverSim {
                 self.failed_in_a_row = 0;
                 if seen.installed.iter().any(Option::is_none) {
                     return Err(self.violation("ready without a certificate installed".into()));
+                }
+                let expired =
+                    (seen.installed.iter().flatten()).any(|(_, not_after)| *not_after <= now);
+                if !process.ready_checked.replace(true) && expired {
+                    return Err(self.violation("ready with an expired certificate".into()));
                 }
             }
             Some(Err(error)) => {
