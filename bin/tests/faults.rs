@@ -529,6 +529,38 @@ fn a_cache_directory_that_turns_read_only_keeps_the_renewed_certificate_served()
 }
 
 #[test]
+fn a_read_only_cache_directory_at_start_serves_what_it_holds_and_warns() {
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    let disk = SmallDisk::mount(&pebble.scratch("state").join("rostart"), "4m");
+    let domain = "rostart.certloop.test";
+    let config = config(&pebble, &proxy, "rostart", domain, "10s");
+    let root = pebble.issuing_root_pem();
+    let mut first_run = Certloop::start(&config, &[], None);
+    first_run.wait_ready();
+    let (issued, _) = fetch_verified(pebble.tls_port, domain, &root).expect("issued");
+    first_run.signal("TERM");
+    assert_eq!(first_run.wait_exit(Duration::from_secs(10)), 0);
+    // The directory turns read-only, and the CA cannot be reached: the failure table's
+    // "cached certificate, CA unreachable" row, with nothing writable.
+    disk.remount_read_only();
+    proxy.set(Some(FaultPlan {
+        path: Path::All,
+        fault: Fault::Reset,
+        times: None,
+    }));
+    let mut second_run = Certloop::start(&config, &[], None);
+    second_run.wait_ready();
+    let (served, _) = fetch_verified(pebble.tls_port, domain, &root).expect("served from cache");
+    assert_eq!(served, issued, "the cached certificate");
+    let log = second_run.log();
+    assert!(
+        log.contains("is not writable") && log.contains("Read-only file system"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_finalize_whose_answer_is_lost_is_collected_without_finalizing_again() {
     let pebble = Pebble::start();
     let proxy = FaultProxy::start(&pebble);
