@@ -85,6 +85,18 @@ fn a_first_start_against_a_failing_ca_exits_1_saying_what_the_ca_did() {
             ),
             "rateLimited",
         ),
+        (
+            "finalize-500",
+            Path::Finalize,
+            status(500, None, Some("serverInternal")),
+            "HTTP 500",
+        ),
+        (
+            "download-503",
+            Path::Certificate,
+            status(503, Some("120"), None),
+            "HTTP 503",
+        ),
         ("garbage", Path::All, Fault::Garbage, "could not be read"),
         ("stall", Path::Directory, Fault::Stall, "no response within"),
         ("reset", Path::All, Fault::Reset, "CA unreachable"),
