@@ -99,9 +99,11 @@ impl CacheFs for StdFs {
             .write(true)
             .mode(0o600)
             .open(lock_file)
-            .or_else(|e| match e.raw_os_error() {
+            .or_else(|e| match e.kind() {
                 // A read-only directory: an existing lock file still locks.
-                Some(30 /* EROFS */ | 13 /* EACCES */) => File::open(lock_file).map_err(|_| e),
+                io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+                    File::open(lock_file).map_err(|_| e)
+                }
                 _ => Err(e),
             })
             .map_err(LockError::Io)?;

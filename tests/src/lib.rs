@@ -15,6 +15,7 @@ pub mod script;
 pub mod sim;
 pub mod upstream;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use sim::{Report, Sim, SimConfig, Violation};
@@ -78,19 +79,48 @@ pub struct Summary {
 /// Runs seeds `first..first + count`, each for `days`, on `threads` threads. Stops at the first
 /// violation (the lowest failing seed among those run).
 pub fn run_seeds(first: u64, count: u64, days: u64, threads: usize) -> Result<Summary, Violation> {
+    let reports = over_seeds(
+        first,
+        count,
+        threads,
+        |seed| Sim::new(SimConfig::from_seed(seed, days), false).run(),
+        |v| v.seed,
+    )?;
+    let mut summary = Summary::default();
+    reports.iter().for_each(|r| summary.add(r));
+    Ok(summary)
+}
+
+/// Runs `run` for seeds `first..first + count` on `threads` threads, each taking every
+/// `threads`-th seed. Once a seed fails, no thread starts another; the error is the lowest
+/// failing seed's (`seed_of` says which seed an error is for) among those run.
+pub fn over_seeds<R: Send, V: Send>(
+    first: u64,
+    count: u64,
+    threads: usize,
+    run: impl Fn(u64) -> Result<R, V> + Sync,
+    seed_of: fn(&V) -> u64,
+) -> Result<Vec<R>, V> {
     let threads = threads.max(1) as u64;
-    let results: Vec<Result<Summary, Violation>> = std::thread::scope(|scope| {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<(Vec<R>, Option<V>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
+                let (run, failed) = (&run, &failed);
                 scope.spawn(move || {
-                    let mut summary = Summary::default();
+                    let mut reports = Vec::new();
                     let mut seed = first + t;
-                    while seed < first + count {
-                        let report = Sim::new(SimConfig::from_seed(seed, days), false).run()?;
-                        summary.add(&report);
+                    while seed < first + count && !failed.load(Ordering::Relaxed) {
+                        match run(seed) {
+                            Ok(report) => reports.push(report),
+                            Err(v) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return (reports, Some(v));
+                            }
+                        }
                         seed += threads;
                     }
-                    Ok(summary)
+                    (reports, None)
                 })
             })
             .collect();
@@ -99,19 +129,19 @@ pub fn run_seeds(first: u64, count: u64, days: u64, threads: usize) -> Result<Su
             .map(|h| h.join().expect("simulation thread panicked"))
             .collect()
     });
-    let mut summary = Summary::default();
-    let mut first_violation: Option<Violation> = None;
-    for result in results {
-        match result {
-            Ok(s) => summary.merge(&s),
-            Err(v) => {
-                if first_violation.as_ref().is_none_or(|f| v.seed < f.seed) {
-                    first_violation = Some(v);
-                }
-            }
+    let mut all = Vec::new();
+    let mut first_violation: Option<V> = None;
+    for (reports, violation) in results {
+        all.extend(reports);
+        if let Some(v) = violation
+            && first_violation
+                .as_ref()
+                .is_none_or(|f| seed_of(&v) < seed_of(f))
+        {
+            first_violation = Some(v);
         }
     }
-    first_violation.map_or(Ok(summary), Err)
+    first_violation.map_or(Ok(all), Err)
 }
 
 impl Summary {
@@ -127,12 +157,6 @@ impl Summary {
         t.crashes += r.crashes;
         t.warnings += r.warnings;
         t.errors += r.errors;
-    }
-
-    fn merge(&mut self, other: &Self) {
-        let seeds = self.seeds + other.seeds;
-        self.add(&other.total);
-        self.seeds = seeds;
     }
 }
 

@@ -262,11 +262,6 @@ impl FakeCa {
             .unwrap_or(0)
     }
 
-    /// The root to trust (a PEM certificate).
-    pub fn issuer_pem(&self) -> String {
-        self.ca().issuer_pem.clone()
-    }
-
     fn answer(&self, method: &http::Method, path: &str, body: &[u8]) -> Answer {
         let now_mono = self.rt.executor().elapsed_ms();
         let now = self.rt.wall_clock();
@@ -560,16 +555,11 @@ fn challenge_json(ca: &Ca, id: u64, alpn: bool) -> Value {
     } else {
         ("http-01", "http")
     };
-    let status = match authz.validated {
-        None => "pending",
-        Some(true) => "valid",
-        Some(false) => "invalid",
-    };
     let mut challenge = json!({
         "type": kind,
         "url": format!("{BASE}/chall/{id}/{suffix}"),
         "token": authz.token,
-        "status": status,
+        "status": validation_status(authz.validated),
     });
     if authz.validated == Some(false) {
         challenge["error"] = json!({
@@ -581,16 +571,20 @@ fn challenge_json(ca: &Ca, id: u64, alpn: bool) -> Value {
     challenge
 }
 
-fn authz_json(ca: &Ca, id: u64) -> Value {
-    let authz = &ca.authzs[&id];
-    let status = match authz.validated {
+/// An authorization's (and its challenges') status: validation is immediate and final.
+fn validation_status(validated: Option<bool>) -> &'static str {
+    match validated {
         None => "pending",
         Some(true) => "valid",
         Some(false) => "invalid",
-    };
+    }
+}
+
+fn authz_json(ca: &Ca, id: u64) -> Value {
+    let authz = &ca.authzs[&id];
     json!({
         "identifier": {"type": "dns", "value": authz.name},
-        "status": status,
+        "status": validation_status(authz.validated),
         "challenges": [challenge_json(ca, id, true), challenge_json(ca, id, false)],
     })
 }

@@ -50,7 +50,7 @@ struct Disk {
     crash_in: Option<u64>,
     /// Read faults injected since the last crash.
     read_faults: u64,
-    /// Write faults injected (failed, torn, or failed renames), in total.
+    /// Write faults injected (failed or torn writes, failed renames), in total.
     write_faults: u64,
 }
 

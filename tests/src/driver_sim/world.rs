@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use certloop_acme::cache::{cert_file_name, decode_cert_file};
 use certloop_acme::driver::{Observer, Seams, launch_with};
+use certloop_acme::runtime::Runtime;
 use certloop_acme::tls::{ChallengeOwner, certified_key_from_bundle};
-use certloop_acme::{AcmeConfig, AcmeHandle, Directory, StartError};
+use certloop_acme::{AcmeConfig, AcmeHandle, Directory};
 use certloop_core::{Action, Policy, SplitMix64, UnixTime};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::DriverSimConfig;
 use super::executor::{SimExecutor, SimRuntime};
@@ -61,8 +60,8 @@ pub struct DriverReport {
     pub installs: u64,
     /// Wall-clock jumps.
     pub clock_jumps: u64,
-    /// Disk faults injected.
-    pub disk_faults: u64,
+    /// Disk write faults injected (failed or torn writes, failed renames).
+    pub disk_write_faults: u64,
     /// What the CA saw.
     pub ca: CaStats,
     /// Most orders for one certificate within an hour.
@@ -228,9 +227,6 @@ impl DriverSim {
         for names in &self.cfg.certs[1..] {
             config = config.certificate(names.clone());
         }
-        config.extra_roots = CertificateDer::pem_slice_iter(self.ca.issuer_pem().as_bytes())
-            .filter_map(Result::ok)
-            .collect();
         config
     }
 
@@ -265,17 +261,15 @@ impl DriverSim {
         });
         let slot = Arc::new(Mutex::new(ProcessSlot::default()));
         let reads_may_fail = self.in_safety() && self.cfg.disk_faults.read_fails > 0;
+        let valid_on_disk = self.disk_holds_valid_certs(now);
         self.process = Some(Process {
             observer: observer.clone(),
             slot: slot.clone(),
             launched_ms: self.exec.elapsed_ms(),
-            must_start: self.disk_holds_valid_certs(now) && !reads_may_fail,
+            must_start: valid_on_disk && !reads_may_fail,
             ready_checked: std::cell::Cell::new(false),
         });
-        self.say(&format!(
-            "launch (valid cache on disk: {})",
-            self.disk_holds_valid_certs(now)
-        ));
+        self.say(&format!("launch (valid cache on disk: {valid_on_disk})"));
         let rt: SimRuntime = self.exec.runtime();
         let seams = Seams {
             transport: Some(Arc::new(self.ca.clone())),
@@ -284,27 +278,17 @@ impl DriverSim {
         };
         let config = self.config();
         let published = self.ca.published();
-        certloop_acme::runtime::Runtime::spawn(
-            &rt.clone(),
-            Box::pin(async move {
-                match launch_with(rt, config, seams).await {
-                    Ok(handle) => {
-                        published.set(handle.resolver(), handle.http01_tokens());
-                        slot.lock().unwrap_or_else(|e| e.into_inner()).handle =
-                            Some(handle.clone());
-                        let outcome = handle.ready().await.map_err(|e| e.to_string());
-                        slot.lock().unwrap_or_else(|e| e.into_inner()).outcome = Some(outcome);
-                    }
-                    Err(e) => {
-                        let error = match e {
-                            StartError::Store(e) => format!("store: {e}"),
-                            other => other.to_string(),
-                        };
-                        slot.lock().unwrap_or_else(|e| e.into_inner()).outcome = Some(Err(error));
-                    }
+        self.exec.runtime().spawn(Box::pin(async move {
+            let outcome = match launch_with(rt, config, seams).await {
+                Ok(handle) => {
+                    published.set(handle.resolver(), handle.http01_tokens());
+                    locked(&slot).handle = Some(handle.clone());
+                    handle.ready().await
                 }
-            }),
-        );
+                Err(e) => Err(e),
+            };
+            locked(&slot).outcome = Some(outcome.map_err(|e| e.to_string()));
+        }));
     }
 
     /// Ends the process: every task dropped, the disk keeping what was durable if it crashed.
@@ -314,12 +298,7 @@ impl DriverSim {
             self.report.installs += seen.installs;
             self.trace ^= seen.trace.finish().rotate_left(self.report.launches as u32);
             drop(seen);
-            let handle = process
-                .slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .handle
-                .take();
+            let handle = locked(&process.slot).handle.take();
             drop(handle);
         }
         self.ca.published().clear();
@@ -342,7 +321,7 @@ impl DriverSim {
         };
         let now = self.exec.wall_clock();
         let (handle, outcome) = {
-            let slot = process.slot.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = locked(&process.slot);
             (slot.handle.clone(), slot.outcome.clone())
         };
         let seen = process.observer.seen();
@@ -478,7 +457,7 @@ impl DriverSim {
                 healed = true;
                 self.ca.set_faults(CaFaults::default());
                 self.ca.set_down(false);
-                outage_ends = None;
+                (next_crash, next_outage, outage_ends, next_jump) = (None, None, None, None);
                 self.fs.set_faults(DiskFaults::default());
                 self.fs.disarm();
                 self.say("healed");
@@ -490,77 +469,70 @@ impl DriverSim {
                 self.launch();
                 continue;
             }
-            if !healed {
-                if next_crash.is_some_and(|at| now >= at) {
-                    next_crash = self.next_in(self.cfg.crash_every).map(|d| d + now);
-                    if self.process.is_some() {
-                        if self.rng.chance(1, 2) {
-                            self.say("crash armed");
-                            self.fs.arm_crash(self.rng.up_to(12));
-                        } else {
-                            self.say("crash");
-                            let delay = self.rng.up_to(30_000);
-                            self.end_process(true, delay);
-                        }
-                    }
-                    continue;
-                }
-                if next_outage.is_some_and(|at| now >= at) {
-                    let (every, length) = self.cfg.outages.expect("scheduled");
-                    next_outage = Some(now + self.pick(every));
-                    outage_ends = Some(now + self.pick(length));
-                    self.ca.set_down(true);
-                    self.say("CA outage begins");
-                    continue;
-                }
-                if outage_ends.is_some_and(|at| now >= at) {
-                    outage_ends = None;
-                    self.ca.set_down(false);
-                    self.say("CA outage ends");
-                    continue;
-                }
-                if next_jump.is_some_and(|at| now >= at) {
-                    next_jump = self.next_in(self.cfg.clock_jumps).map(|d| d + now);
-                    // Forward up to 3 hours (a suspend), or back up to 10 minutes (an NTP step).
-                    let delta = if self.rng.chance(2, 3) {
-                        i64::try_from(self.rng.up_to(3 * 3_600_000)).unwrap_or(0)
+            if next_crash.is_some_and(|at| now >= at) {
+                next_crash = self.next_in(self.cfg.crash_every).map(|d| d + now);
+                if self.process.is_some() {
+                    if self.rng.chance(1, 2) {
+                        self.say("crash armed");
+                        self.fs.arm_crash(self.rng.up_to(12));
                     } else {
-                        -i64::try_from(self.rng.up_to(600_000)).unwrap_or(0)
-                    };
-                    self.exec.jump_wall_clock(delta);
-                    self.report.clock_jumps += 1;
-                    self.say(&format!("wall clock jumps {} s", delta / 1000));
-                    continue;
+                        self.say("crash");
+                        let delay = self.rng.up_to(30_000);
+                        self.end_process(true, delay);
+                    }
                 }
+                continue;
             }
-            let mut wake = self.exec.next_timer_ms().unwrap_or(end).min(end);
-            for at in [self.relaunch_at, outage_ends]
-                .into_iter()
-                .chain(if healed {
-                    [None, None, None]
+            if next_outage.is_some_and(|at| now >= at) {
+                let (every, length) = self.cfg.outages.expect("scheduled");
+                next_outage = Some(now + self.pick(every));
+                outage_ends = Some(now + self.pick(length));
+                self.ca.set_down(true);
+                self.say("CA outage begins");
+                continue;
+            }
+            if outage_ends.is_some_and(|at| now >= at) {
+                outage_ends = None;
+                self.ca.set_down(false);
+                self.say("CA outage ends");
+                continue;
+            }
+            if next_jump.is_some_and(|at| now >= at) {
+                next_jump = self.next_in(self.cfg.clock_jumps).map(|d| d + now);
+                // Forward up to 3 hours (a suspend), or back up to 10 minutes (an NTP step).
+                let delta = if self.rng.chance(2, 3) {
+                    i64::try_from(self.rng.up_to(3 * 3_600_000)).unwrap_or(0)
                 } else {
-                    [next_crash, next_outage, next_jump]
-                })
-                .flatten()
-            {
-                wake = wake.min(at);
+                    -i64::try_from(self.rng.up_to(600_000)).unwrap_or(0)
+                };
+                self.exec.jump_wall_clock(delta);
+                self.report.clock_jumps += 1;
+                self.say(&format!("wall clock jumps {} s", delta / 1000));
+                continue;
             }
-            if !healed {
-                wake = wake.min(ms(self.cfg.safety));
+            let heal_at = (!healed).then(|| ms(self.cfg.safety));
+            let wake = [
+                self.exec.next_timer_ms(),
+                Some(end),
+                heal_at,
+                self.relaunch_at,
+                next_crash,
+                next_outage,
+                outage_ends,
+                next_jump,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end);
+            if wake <= now {
+                // Everything due now was handled above: the world would spin in place.
+                return Err(self.violation(format!("nothing moves time past {now} ms")));
             }
-            self.exec.advance_to(wake.max(now));
-            if wake <= now && self.exec.next_timer_ms().is_none_or(|t| t > now) {
-                // Nothing to run and nothing due: time must move.
-                self.exec.advance_to(now + 1);
-            }
+            self.exec.advance_to(wake);
         }
         if let Some(process) = &self.process {
-            let outcome = process
-                .slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .outcome
-                .clone();
+            let outcome = locked(&process.slot).outcome.clone();
             if outcome != Some(Ok(())) {
                 return Err(self.violation(format!(
                     "healed for {} h and still not serving: {outcome:?}",
@@ -573,7 +545,7 @@ impl DriverSim {
         self.end_process(false, 0);
         self.report.ca = self.ca.stats();
         self.report.max_orders_per_hour = self.ca.max_orders_per_hour();
-        self.report.disk_faults = self.fs.write_faults();
+        self.report.disk_write_faults = self.fs.write_faults();
         let mut hasher = DefaultHasher::new();
         (
             self.trace,
@@ -595,6 +567,10 @@ impl DriverSim {
     fn next_in(&mut self, mean: Option<Duration>) -> Option<u64> {
         mean.map(|m| self.pick(m))
     }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn ms(d: Duration) -> u64 {
