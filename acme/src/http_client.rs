@@ -1,9 +1,10 @@
 //! instant-acme's `HttpClient` over the runtime seam: one HTTP/1.1 connection per request
 //! (hyper's low-level client, [`HttpsTransport`]), TLS by futures-rustls with the shared
-//! provider, a timeout on every request. The status of every response is checked here, before instant-acme reads a
-//! body: an error status becomes a [`CaAnswered`] error carrying the status, the problem
-//! document and the response's own `Retry-After` (except a `badNonce`, which instant-acme
-//! retries itself). The `Retry-After` of a successful response is kept per URL for polling.
+//! provider, a timeout on every request. The status of every response is checked here, before
+//! instant-acme reads a body: an error status becomes a [`CaAnswered`] error carrying the
+//! status, the problem document and the response's own `Retry-After` (except a `badNonce`,
+//! which instant-acme retries itself). The `Retry-After` of a successful response is kept per
+//! URL for polling.
 
 use std::collections::HashMap;
 use std::fmt;
