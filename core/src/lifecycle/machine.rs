@@ -1,10 +1,9 @@
 //! The state machine for one certificate.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{CertConfig, ConfigError, Policy, name_covers, retry_cap};
+use crate::config::{CertConfig, Policy, name_covers, retry_cap};
 use crate::event::{
     Action, CachedCert, CertInfo, CertProblem, Certificate, Event, FailureKind, Notice, OrderError,
     OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,
@@ -12,8 +11,9 @@ use crate::event::{
 use crate::rng::SplitMix64;
 use crate::time::{Human, UnixTime, duration_millis};
 
-/// Orders per certificate in any rolling hour, at most.
-pub const ORDER_BUDGET: usize = 8;
+use super::ari::AriPoll;
+use super::order_budget::OrderBudget;
+use super::store_writeback::{StoreWriteBack, WriteEnded};
 
 /// Where the lifecycle is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,26 +38,6 @@ struct Served {
     expiry_reported: bool,
 }
 
-/// Writing the served certificate to the cache.
-#[derive(Clone, Debug, Default)]
-struct StoreState {
-    in_flight: Option<RequestId>,
-    /// A newer certificate was installed while a write was in flight.
-    dirty: bool,
-    retry_at: Option<UnixTime>,
-    failures: u32,
-}
-
-/// Checking the CA's renewal information (ARI) for the served certificate.
-#[derive(Clone, Debug, Default)]
-struct AriState {
-    next_check: Option<UnixTime>,
-    in_flight: Option<RequestId>,
-    unsupported: bool,
-    /// The last window applied; the same window is not re-drawn (that would drift to its start).
-    window: Option<(UnixTime, UnixTime)>,
-}
-
 /// The machine behind [`CertLifecycle`] and [`crate::CertFleet`]: it writes actions into a
 /// caller-supplied sink so a fleet can share one queue among a million certificates.
 #[derive(Clone, Debug)]
@@ -75,16 +55,14 @@ pub(crate) struct Machine {
     order_deadline: UnixTime,
     /// An order that timed out; its answer is still taken until the next order starts.
     late_order: Option<OrderId>,
-    /// Start times of the last ORDER_BUDGET orders (a ring; EPOCH where unused).
-    recent_orders: [UnixTime; ORDER_BUDGET],
-    recent_next: usize,
+    budget: OrderBudget,
     /// Set while a failure streak gates the next order.
     retry_at: Option<UnixTime>,
     failures: u32,
     startup_attempts: u32,
     last_error: Option<OrderError>,
-    store: StoreState,
-    ari: AriState,
+    store: StoreWriteBack,
+    ari: AriPoll,
     next_id: u64,
     reported_wake: Option<UnixTime>,
 }
@@ -107,14 +85,13 @@ impl Machine {
             order_in_flight: None,
             order_deadline: now,
             late_order: None,
-            recent_orders: [UnixTime::EPOCH; ORDER_BUDGET],
-            recent_next: 0,
+            budget: OrderBudget::new(),
             retry_at: None,
             failures: 0,
             startup_attempts: 0,
             last_error: None,
-            store: StoreState::default(),
-            ari: AriState::default(),
+            store: StoreWriteBack::default(),
+            ari: AriPoll::default(),
             next_id: 1,
             reported_wake: None,
             policy,
@@ -165,8 +142,8 @@ impl Machine {
                     self.next_order_time(),
                     self.unanswered_order_deadline(),
                     expiry,
-                    self.store.retry_at,
-                    self.ari.next_check,
+                    self.store.wake(),
+                    self.ari.wake(),
                 ]
                 .into_iter()
                 .flatten()
@@ -219,14 +196,10 @@ impl Machine {
             }
             back(&mut self.started_at);
             back(&mut self.order_deadline);
-            for timer in [
-                &mut self.retry_at,
-                &mut self.store.retry_at,
-                &mut self.ari.next_check,
-            ] {
-                timer.as_mut().map(back);
-            }
-            self.recent_orders.iter_mut().for_each(back);
+            self.retry_at.as_mut().map(back);
+            self.store.shift_back(by);
+            self.ari.shift_back(by);
+            self.budget.shift_back(by);
         }
         self.clock = now;
         now
@@ -261,10 +234,7 @@ impl Machine {
                 .or(self.serving.as_ref().map(|s| s.renew_at))?,
             Phase::LoadingCache { .. } | Phase::Failed => return None,
         };
-        // Whatever the policy and the CA do (short-lived certificates, successes that are at once
-        // due for renewal), at most ORDER_BUDGET orders start in any rolling hour.
-        let oldest = self.recent_orders[self.recent_next];
-        Some(wanted.max(oldest.saturating_add(Duration::from_secs(3600))))
+        Some(self.budget.earliest(wanted))
     }
 
     /// Fires every timer that is due at `now`.
@@ -318,12 +288,10 @@ impl Machine {
             let not_after = served.cert.info.not_after;
             out(Action::Log(Notice::CertExpired { not_after }));
         }
-        if self.store.retry_at.is_some_and(|at| at <= now) {
-            self.store.retry_at = None;
+        if self.store.take_due(now) {
             self.store_served(out);
         }
-        if self.ari.next_check.is_some_and(|at| at <= now) {
-            self.ari.next_check = None;
+        if self.ari.take_due(now) {
             self.fetch_renewal_info(now, out);
         }
     }
@@ -418,8 +386,7 @@ impl Machine {
         let order = OrderId(self.next_id());
         self.order_in_flight = Some(order);
         self.late_order = None;
-        self.recent_orders[self.recent_next] = now;
-        self.recent_next = (self.recent_next + 1) % ORDER_BUDGET;
+        self.budget.spend(now);
         self.order_deadline = now.saturating_add(self.policy.order_timeout);
         if matches!(self.phase, Phase::Starting { .. }) {
             self.startup_attempts += 1;
@@ -635,9 +602,7 @@ impl Machine {
             self.phase = Phase::Running;
             out(Action::Ready { not_after });
         }
-        self.ari.in_flight = None;
-        self.ari.window = None;
-        self.ari.next_check = (!self.ari.unsupported).then_some(now);
+        self.ari.restart(now);
     }
 
     /// `not_after` minus the renewal threshold, minus a seeded spread.
@@ -653,15 +618,12 @@ impl Machine {
     /// Writes the served certificate, or marks it for writing once the write in flight ends.
     fn store_served(&mut self, out: &mut impl FnMut(Action)) {
         let Some(served) = &self.serving else { return };
-        if self.store.in_flight.is_some() {
-            self.store.dirty = true;
+        if self.store.defer_if_busy() {
             return;
         }
         let cert = served.cert.clone();
         let request = RequestId(self.next_id());
-        self.store.in_flight = Some(request);
-        self.store.dirty = false;
-        self.store.retry_at = None;
+        self.store.begin(request);
         out(Action::StoreCert { request, cert });
     }
 
@@ -672,26 +634,18 @@ impl Machine {
         result: Result<(), String>,
         out: &mut impl FnMut(Action),
     ) {
-        if self.store.in_flight != Some(request) {
-            return out(Action::Log(Notice::IgnoredStale("store completion")));
-        }
-        self.store.in_flight = None;
-        match result {
-            Ok(()) => {
-                self.store.failures = 0;
-                if self.store.dirty {
+        match (self.store.finish(request, result.is_ok()), result) {
+            (WriteEnded::Stale, _) => out(Action::Log(Notice::IgnoredStale("store completion"))),
+            (WriteEnded::Written { rewrite }, _) => {
+                if rewrite {
                     self.store_served(out);
                 }
             }
-            Err(reason) => {
-                self.store.failures = self.store.failures.saturating_add(1);
-                let delay = self.backoff(
-                    self.policy.retry_min,
-                    self.policy.retry_max,
-                    self.store.failures,
-                );
-                let retry_at = now.saturating_add(delay);
-                self.store.retry_at = Some(retry_at);
+            (WriteEnded::Failed { failures }, result) => {
+                let (min, max) = (self.policy.retry_min, self.policy.retry_max);
+                let retry_at = now.saturating_add(self.backoff(min, max, failures));
+                self.store.retry_at(retry_at);
+                let reason = result.err().unwrap_or_default();
                 out(Action::Log(Notice::StoreFailed { reason, retry_at }));
             }
         }
@@ -702,12 +656,12 @@ impl Machine {
         let Some(served) = &self.serving else { return };
         let renewing =
             self.order_in_flight.is_some() || self.failures > 0 || now >= served.renew_at;
-        if renewing || self.ari.unsupported || self.ari.in_flight.is_some() {
+        if renewing || !self.ari.can_ask() {
             return;
         }
         let cert = served.cert.bundle.clone();
         let request = RequestId(self.next_id());
-        self.ari.in_flight = Some(request);
+        self.ari.begin(request);
         out(Action::FetchRenewalInfo { request, cert });
     }
 
@@ -718,32 +672,10 @@ impl Machine {
         info: RenewalInfo,
         out: &mut impl FnMut(Action),
     ) {
-        if self.ari.in_flight != Some(request) {
-            return out(Action::Log(Notice::IgnoredStale("renewal information")));
-        }
-        self.ari.in_flight = None;
-        let (policy_min, policy_max) = (self.policy.retry_min, self.policy.retry_after_max);
-        let ask_again = |retry_after: Option<Duration>, default: Duration| {
-            now.saturating_add(retry_after.unwrap_or(default).clamp(policy_min, policy_max))
-        };
-        match info {
-            RenewalInfo::Window {
-                start,
-                end,
-                retry_after,
-            } if start <= end => {
-                if self.ari.window != Some((start, end)) {
-                    self.ari.window = Some((start, end));
-                    self.apply_renewal_window(now, start, end, out);
-                }
-                self.ari.next_check =
-                    Some(ask_again(retry_after, self.policy.renewal_info_interval));
-            }
-            RenewalInfo::Unsupported => self.ari.unsupported = true,
-            RenewalInfo::Window { retry_after, .. } | RenewalInfo::Failed { retry_after } => {
-                self.ari.next_check =
-                    Some(ask_again(retry_after, self.policy.renewal_info_interval));
-            }
+        match self.ari.answered(now, request, info, &self.policy) {
+            Err(()) => out(Action::Log(Notice::IgnoredStale("renewal information"))),
+            Ok(Some((start, end))) => self.apply_renewal_window(now, start, end, out),
+            Ok(None) => {}
         }
     }
 
@@ -766,80 +698,5 @@ impl Machine {
                 renew_at: served.renew_at,
             }));
         }
-    }
-}
-
-/// The lifecycle of one certificate: events with the current time in, actions out.
-///
-/// Drive it like this, and nothing else:
-/// 1. after [`CertLifecycle::new`] and after every [`CertLifecycle::handle`], drain
-///    [`CertLifecycle::poll_action`] until it returns `None`, carrying out each action;
-/// 2. sleep until [`CertLifecycle::poll_timeout`] (or until an IO result arrives), then call
-///    `handle(now, Event::Tick)` (or the IO result's event).
-///
-/// `handle` never fails. Late, duplicate or unknown completions, early ticks and a clock that
-/// goes backwards are harmless.
-#[derive(Debug)]
-pub struct CertLifecycle {
-    machine: Machine,
-    actions: VecDeque<Action>,
-}
-
-impl CertLifecycle {
-    /// A lifecycle for `cert`, started at `now`. Its first action is [`Action::LoadCache`].
-    pub fn new(policy: Arc<Policy>, cert: &CertConfig, now: UnixTime) -> Result<Self, ConfigError> {
-        policy.validate()?;
-        let mut actions = VecDeque::new();
-        let machine = Machine::new(policy, cert, now, &mut |a| actions.push_back(a));
-        Ok(Self { machine, actions })
-    }
-
-    /// Feeds one event that happened at `now`.
-    pub fn handle(&mut self, now: UnixTime, event: Event) {
-        let actions = &mut self.actions;
-        self.machine
-            .handle(now, event, &mut |a| actions.push_back(a));
-    }
-
-    /// The next action to carry out; drain until `None` after every `handle`.
-    #[must_use]
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
-    /// When to call `handle(now, Event::Tick)` next; `None` once startup has failed.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<UnixTime> {
-        self.machine.poll_timeout()
-    }
-
-    /// The certificate being served, if any.
-    pub fn serving(&self) -> Option<&CertInfo> {
-        self.machine.serving()
-    }
-
-    /// When the served certificate will be renewed (absent failures).
-    pub fn renew_at(&self) -> Option<UnixTime> {
-        self.machine.renew_at()
-    }
-
-    /// `true` once a certificate is installed (after [`Action::Ready`]).
-    pub fn is_ready(&self) -> bool {
-        self.machine.is_ready()
-    }
-
-    /// `true` after [`Action::FailStartup`].
-    pub fn has_failed(&self) -> bool {
-        self.machine.has_failed()
-    }
-
-    /// The order awaiting an answer, if any.
-    pub fn order_in_flight(&self) -> Option<OrderId> {
-        self.machine.order_in_flight()
-    }
-
-    /// The configured names.
-    pub fn domains(&self) -> &Arc<[String]> {
-        self.machine.domains()
     }
 }

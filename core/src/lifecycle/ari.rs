@@ -1,0 +1,156 @@
+//! Polling the CA's renewal information (ARI, RFC 9773) for the served certificate: one request
+//! at a time, asked again when the CA says (within the policy's bounds), never again once the
+//! CA turns out not to offer it.
+
+use std::time::Duration;
+
+use crate::config::Policy;
+use crate::event::{RenewalInfo, RequestId};
+use crate::time::UnixTime;
+
+/// The state of ARI polling for the served certificate.
+#[derive(Clone, Debug, Default)]
+pub(super) struct AriPoll {
+    next_check: Option<UnixTime>,
+    in_flight: Option<RequestId>,
+    unsupported: bool,
+    /// The last window applied; the same window is not re-drawn (that would drift to its start).
+    window: Option<(UnixTime, UnixTime)>,
+}
+
+impl AriPoll {
+    /// A new certificate is served: forget the old one's window and ask at `now`.
+    pub(super) fn restart(&mut self, now: UnixTime) {
+        self.in_flight = None;
+        self.window = None;
+        self.next_check = (!self.unsupported).then_some(now);
+    }
+
+    /// `true` when no request is in flight and the CA may offer ARI.
+    pub(super) fn can_ask(&self) -> bool {
+        !self.unsupported && self.in_flight.is_none()
+    }
+
+    /// A request starts as `request`.
+    pub(super) fn begin(&mut self, request: RequestId) {
+        self.in_flight = Some(request);
+    }
+
+    /// The CA's answer to `request`, at `now`. `Err(())` for a late or duplicate answer;
+    /// `Ok(Some(window))` for a window not applied before, which the caller applies.
+    pub(super) fn answered(
+        &mut self,
+        now: UnixTime,
+        request: RequestId,
+        info: RenewalInfo,
+        policy: &Policy,
+    ) -> Result<Option<(UnixTime, UnixTime)>, ()> {
+        if self.in_flight != Some(request) {
+            return Err(());
+        }
+        self.in_flight = None;
+        let ask_again = |retry_after: Option<Duration>| {
+            let wait = retry_after.unwrap_or(policy.renewal_info_interval);
+            now.saturating_add(wait.clamp(policy.retry_min, policy.retry_after_max))
+        };
+        match info {
+            RenewalInfo::Window {
+                start,
+                end,
+                retry_after,
+            } if start <= end => {
+                self.next_check = Some(ask_again(retry_after));
+                let new = self.window != Some((start, end));
+                self.window = Some((start, end));
+                Ok(new.then_some((start, end)))
+            }
+            RenewalInfo::Unsupported => {
+                self.unsupported = true;
+                Ok(None)
+            }
+            RenewalInfo::Window { retry_after, .. } | RenewalInfo::Failed { retry_after } => {
+                self.next_check = Some(ask_again(retry_after));
+                Ok(None)
+            }
+        }
+    }
+
+    /// When the next check is due, if one is scheduled.
+    pub(super) fn wake(&self) -> Option<UnixTime> {
+        self.next_check
+    }
+
+    /// `true` once, when the scheduled check is due at `now`.
+    pub(super) fn take_due(&mut self, now: UnixTime) -> bool {
+        let due = self.next_check.is_some_and(|at| at <= now);
+        if due {
+            self.next_check = None;
+        }
+        due
+    }
+
+    /// The wall clock was set back by `by`: the next check keeps its remaining wait.
+    pub(super) fn shift_back(&mut self, by: Duration) {
+        if let Some(at) = &mut self.next_check {
+            *at = at.saturating_sub(by);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: UnixTime = UnixTime::from_secs(1_800_000_000);
+
+    fn window(start: u64, end: u64, retry_after: Option<u64>) -> RenewalInfo {
+        RenewalInfo::Window {
+            start: UnixTime::from_secs(start),
+            end: UnixTime::from_secs(end),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn a_window_is_applied_once_and_asked_again_within_the_policy_bounds() {
+        let policy = Policy::default();
+        let mut ari = AriPoll::default();
+        ari.restart(T0);
+        assert!(ari.take_due(T0) && ari.can_ask());
+        ari.begin(RequestId(1));
+        assert!(!ari.can_ask());
+        let first = ari.answered(T0, RequestId(1), window(10, 20, Some(1)), &policy);
+        let (start, end) = (UnixTime::from_secs(10), UnixTime::from_secs(20));
+        assert_eq!(first, Ok(Some((start, end))));
+        assert_eq!(ari.wake(), Some(T0.saturating_add(policy.retry_min)));
+        ari.begin(RequestId(2));
+        let again = ari.answered(T0, RequestId(2), window(10, 20, None), &policy);
+        assert_eq!(again, Ok(None));
+        assert_eq!(
+            ari.wake(),
+            Some(T0.saturating_add(policy.renewal_info_interval))
+        );
+        let late = ari.answered(T0, RequestId(2), window(10, 20, None), &policy);
+        assert_eq!(late, Err(()));
+    }
+
+    #[test]
+    fn an_inverted_window_is_a_failure_and_unsupported_stops_asking() {
+        let policy = Policy::default();
+        let mut ari = AriPoll::default();
+        ari.begin(RequestId(1));
+        let inverted = ari.answered(T0, RequestId(1), window(20, 10, None), &policy);
+        assert_eq!(inverted, Ok(None));
+        ari.shift_back(Duration::from_secs(60));
+        let expected = T0.saturating_add(policy.renewal_info_interval);
+        assert_eq!(
+            ari.wake(),
+            Some(expected.saturating_sub(Duration::from_secs(60)))
+        );
+        ari.begin(RequestId(2));
+        let answer = ari.answered(T0, RequestId(2), RenewalInfo::Unsupported, &policy);
+        assert_eq!(answer, Ok(None));
+        ari.restart(T0);
+        assert!(!ari.can_ask() && ari.wake().is_none());
+    }
+}
