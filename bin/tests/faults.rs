@@ -99,6 +99,13 @@ fn a_first_start_against_a_failing_ca_exits_1_saying_what_the_ca_did() {
         ),
         ("garbage", Path::All, Fault::Garbage, "could not be read"),
         ("stall", Path::Directory, Fault::Stall, "no response within"),
+        // 5 s per request, longer than a 6 s startup timeout allows one request (2 s).
+        (
+            "slow",
+            Path::All,
+            Fault::Delay(Duration::from_secs(5)),
+            "no response within",
+        ),
         ("reset", Path::All, Fault::Reset, "CA unreachable"),
     ];
     each_case(cases, |(tag, path, fault, expected)| {
@@ -128,7 +135,7 @@ fn a_first_start_against_a_failing_ca_exits_1_saying_what_the_ca_did() {
         );
         // An answer from the CA is not retried within seconds: with Retry-After or a server
         // error it gets at most the first attempt and one retry within the startup timeout.
-        if tag == "reset" || tag == "stall" {
+        if ["reset", "stall", "slow"].contains(&tag) {
             // The CA never answered: nothing was persisted against it, so once it is back a
             // restart orders at once instead of being refused by a backoff.
             proxy.set(None);
@@ -179,7 +186,8 @@ fn transient_faults_do_not_stop_a_first_start() {
             "slow-finalize",
             FaultPlan {
                 path: Path::Finalize,
-                fault: Fault::Delay(Duration::from_secs(1)),
+                // Within the 10 s a request gets under a 30 s startup timeout.
+                fault: Fault::Delay(Duration::from_secs(5)),
                 times: None,
             },
         ),
@@ -208,17 +216,26 @@ fn transient_faults_do_not_stop_a_first_start() {
 
 #[test]
 fn with_a_cached_certificate_every_fault_is_a_warning() {
-    let cases: Vec<(&str, Fault, &str)> = vec![
+    // (tag, fault, what the log must say, whether that is a warning). A CA that is slow but
+    // answers within the per-request timeout is no fault: the renewal goes through.
+    let cases: Vec<(&str, Fault, &str, bool)> = vec![
         (
             "cached-503",
             status(503, Some("300"), Some("serverInternal")),
             "HTTP 503",
+            true,
         ),
-        ("cached-stall", Fault::Stall, "no response within"),
-        ("cached-garbage", Fault::Garbage, "could not be read"),
-        ("cached-reset", Fault::Reset, "CA unreachable"),
+        ("cached-stall", Fault::Stall, "no response within", true),
+        ("cached-garbage", Fault::Garbage, "could not be read", true),
+        ("cached-reset", Fault::Reset, "CA unreachable", true),
+        (
+            "cached-slow",
+            Fault::Delay(Duration::from_secs(5)),
+            "renewed certificate installed",
+            false,
+        ),
     ];
-    each_case(cases, |(tag, fault, expected)| {
+    each_case(cases, |(tag, fault, expected, warns)| {
         let pebble = Pebble::start();
         let proxy = FaultProxy::start(&pebble);
         let domain = format!("{tag}.certloop.test");
@@ -238,9 +255,9 @@ fn with_a_cached_certificate_every_fault_is_a_warning() {
         let mut second = Certloop::start(&config, &[], Some(&wrapper));
         second.wait_ready();
         certloop_sim::pebble::wait_until(
-            &format!("{tag}: a renewal warning"),
-            Duration::from_secs(30),
-            || second.log().contains("WARN") && second.log().contains(expected),
+            &format!("{tag}: {expected:?} in the log"),
+            Duration::from_secs(120),
+            || second.log().contains(expected) && (!warns || second.log().contains("WARN")),
         );
         fetch_verified(pebble.tls_port, &domain, &pebble.issuing_root_pem())
             .unwrap_or_else(|e| panic!("{tag}: still serving: {e}"));
@@ -277,8 +294,21 @@ fn kill_9_at_random_moments_never_leaves_anything_corrupt_served_or_behind() {
             .wrapping_add(1);
         Duration::from_millis((state >> 33) % 700)
     };
+    // Most kills are tied to issuance: those starts run 15 s ahead, so a certificate they find
+    // is due for renewal or expired once it is 5 s old (while one they get is not due at once:
+    // renewal starts with 10 s to 13 s left), and they are killed just after the CA received their
+    // first, second or third issuance step (new order, finalize, certificate download; the
+    // pending-order record and the certificate write follow those). The rest land at random
+    // moments of a start on the real clock.
+    let steps = [Path::NewOrder, Path::Finalize, Path::Certificate];
+    let step_of = |request: &String| steps.iter().position(|&p| path_of(request, p));
+    let mut killed_after = [0usize; 3];
+    let ahead = faketime_wrapper("+15");
+    let ahead: Vec<&str> = ahead.iter().map(String::as_str).collect();
     for iteration in 0..50 {
-        let mut certloop = Certloop::start(&config, &[], None);
+        let seen = proxy.requests().len();
+        let tied = iteration % 5 != 4 && iteration % 4 != 0;
+        let mut certloop = Certloop::start(&config, &[], tied.then_some(&ahead[..]));
         if iteration % 5 == 4 {
             // Every fifth start: it must come up and serve a valid certificate whose key
             // matches, with no temp file left by the kills before.
@@ -288,9 +318,28 @@ fn kill_9_at_random_moments_never_leaves_anything_corrupt_served_or_behind() {
             let left = leftovers(&cache_dir);
             assert!(left.is_empty(), "iteration {iteration}: {left:?}");
         }
-        std::thread::sleep(next_delay());
+        let delay = next_delay();
+        if tied {
+            let nth = iteration % 4 - 1;
+            let received = || proxy.requests()[seen..].iter().filter_map(step_of).nth(nth);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while received().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if let Some(step) = received() {
+                killed_after[step] += 1;
+                std::thread::sleep(delay / 20); // 0 to 35 ms: inside the step or the write after it
+            }
+        } else {
+            std::thread::sleep(delay);
+        }
         drop(certloop); // SIGKILL
     }
+    eprintln!("kills after new order, finalize, certificate download: {killed_after:?}");
+    assert!(
+        killed_after.iter().sum::<usize>() >= 20 && killed_after.iter().all(|&n| n >= 3),
+        "too few kills landed on issuance steps: {killed_after:?}"
+    );
     let mut last = Certloop::start(&config, &[], None);
     last.wait_ready();
     fetch_verified(pebble.tls_port, domain, &root).expect("serves after 50 kills");
