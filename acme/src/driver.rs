@@ -162,12 +162,21 @@ pub async fn launch_with<R: Runtime>(
         ),
     };
     let (dir, fs) = (config.cache_dir.clone(), seams.fs);
+    let directory_url = config.directory.url().to_owned();
+    // The names exactly as the orders will use them (their records are keyed by them).
+    let certs: Vec<Vec<String>> = (cert_configs.iter())
+        .map(|c| c.domains().to_vec())
+        .collect();
+    let url = directory_url.clone();
     let store = rt
-        .unblock(Box::new(move || DirStore::open_with(dir, fs)))
+        .unblock(Box::new(move || {
+            let store = DirStore::open_with(dir, fs)?;
+            store.remove_orphaned_pending_orders(&certs, &url);
+            Ok(store)
+        }))
         .await
         .map_err(StartError::Store)?;
     let store = Arc::new(store);
-    let directory_url = config.directory.url().to_owned();
     let (outcome_tx, outcome_set) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
         resolver: Arc::new(CertResolver::for_certificates(&config.certs)),

@@ -12,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -23,6 +23,8 @@ use http_body_util::{BodyExt, Limited};
 use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient, Problem};
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName};
+
+use certloop_core::UnixTime;
 
 use crate::runtime::{BoxFuture, Runtime, timeout};
 
@@ -202,20 +204,23 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
             let what = format!("{} {uri}", req.method());
             let checked = async {
                 let rsp = transport.send(req).await?;
-                check(rsp, &what).await
+                let answered_at = rt.wall_clock();
+                check(rsp, &what, answered_at)
+                    .await
+                    .map(|checked| (checked, answered_at))
             };
             match timeout(&rt, limit, checked).await {
-                Some(Ok(Checked::Success(rsp))) => {
+                Some(Ok((Checked::Success(rsp), answered_at))) => {
                     let retry_after = rsp
                         .parts
                         .headers
                         .get(RETRY_AFTER)
-                        .and_then(|v| parse_retry_after(v.to_str().ok()?));
+                        .and_then(|v| parse_retry_after(v.to_str().ok()?, answered_at));
                     slot.set(&uri.to_string(), retry_after);
                     Ok(rsp)
                 }
-                Some(Ok(Checked::BadNonce(rsp))) => Ok(rsp),
-                Some(Ok(Checked::Error(answer))) => Err(Error::Other(Box::new(answer))),
+                Some(Ok((Checked::BadNonce(rsp), _))) => Ok(rsp),
+                Some(Ok((Checked::Error(answer), _))) => Err(Error::Other(Box::new(answer))),
                 Some(Err(e)) => Err(other(format!("{what}: {e}"))),
                 None => Err(other(format!("{what}: no response within {limit:?}"))),
             }
@@ -223,17 +228,16 @@ impl<R: Runtime> HttpClient for AcmeHttpClient<R> {
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), as a duration from now.
-fn parse_retry_after(value: &str) -> Option<Duration> {
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), as a duration from
+/// `now` (the runtime's wall clock when the answer arrived).
+fn parse_retry_after(value: &str, now: UnixTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    let at_secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Some(UnixTime::from_secs(at_secs).saturating_since(now))
 }
 
 /// A response, sorted by what instant-acme should see of it.
@@ -246,8 +250,9 @@ enum Checked {
     Error(CaAnswered),
 }
 
-/// Checks the status of `rsp` (the answer to `what`) before anything reads the body.
-async fn check(rsp: TransportResponse, what: &str) -> Result<Checked, String> {
+/// Checks the status of `rsp` (the answer to `what`, arrived at `now`) before anything reads
+/// the body.
+async fn check(rsp: TransportResponse, what: &str, now: UnixTime) -> Result<Checked, String> {
     let status = rsp.status();
     let (parts, body) = rsp.into_parts();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -280,7 +285,7 @@ async fn check(rsp: TransportResponse, what: &str) -> Result<Checked, String> {
     let retry_after = parts
         .headers
         .get(RETRY_AFTER)
-        .and_then(|v| parse_retry_after(v.to_str().ok()?));
+        .and_then(|v| parse_retry_after(v.to_str().ok()?, now));
     let body_excerpt = match &problem {
         Some(_) => String::new(),
         None => String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -408,17 +413,21 @@ mod tests {
 
     #[test]
     fn retry_after_in_both_forms() {
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
-        let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).expect("HTTP-date");
-        assert!(
-            parsed > Duration::from_secs(3590) && parsed <= Duration::from_secs(3600),
-            "{parsed:?}"
+        let now = UnixTime::from_secs(1_800_000_000);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = UNIX_EPOCH + Duration::from_secs(1_800_003_600);
+        assert_eq!(
+            parse_retry_after(&httpdate::fmt_http_date(later), now),
+            Some(hour)
         );
         assert_eq!(
-            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
             Some(Duration::ZERO)
         );
-        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

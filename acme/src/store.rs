@@ -313,6 +313,38 @@ impl DirStore {
         Ok(parsed)
     }
 
+    /// Removes the pending-order records that no certificate in `configured` (for
+    /// `directory_url`) will ever read: its names or its CA changed since the record was made.
+    /// Each holds the private key of an order this configuration never collects, so it does not
+    /// stay behind; if the old configuration comes back, it orders anew.
+    pub fn remove_orphaned_pending_orders(&self, configured: &[Vec<String>], directory_url: &str) {
+        let Ok(names) = self.fs.list(&self.dir) else {
+            return;
+        };
+        let wanted: Vec<String> = (configured.iter())
+            .map(|domains| format!("{}.pending-order", cert_file_name(domains, directory_url)))
+            .collect();
+        let orphans =
+            (names.into_iter()).filter(|n| n.ends_with(".pending-order") && !wanted.contains(n));
+        let mut removed = false;
+        for name in orphans {
+            let path = self.dir.join(&name);
+            match self.fs.remove(&path) {
+                Ok(()) => {
+                    removed = true;
+                    tracing::info!(
+                        "removed {}: no configured certificate of this CA collects that order",
+                        path.display()
+                    );
+                }
+                Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+            }
+        }
+        if removed {
+            let _ = self.fs.sync_dir(&self.dir);
+        }
+    }
+
     /// Forgets the pending order (its certificate was collected, or the order is gone).
     pub fn clear_pending_order(&self, domains: &[String], directory_url: &str) {
         let name = format!("{}.pending-order", cert_file_name(domains, directory_url));
@@ -451,6 +483,31 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("certloop-store-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn pending_orders_of_certificates_no_longer_configured_are_removed() {
+        let dir = temp_dir("orphans");
+        let store = DirStore::open(&dir).unwrap();
+        let (url, other_ca) = ("https://ca.test/dir", "https://other.test/dir");
+        let kept = vec!["kept.example".to_owned()];
+        let renamed = vec!["old-name.example".to_owned()];
+        for (domains, ca) in [(&kept, url), (&renamed, url), (&kept, other_ca)] {
+            store
+                .store_pending_order(domains, ca, "https://ca.test/order/1", "KEY")
+                .unwrap();
+        }
+        store.remove_orphaned_pending_orders(std::slice::from_ref(&kept), url);
+        let pending: Vec<String> = (fs::read_dir(&dir).unwrap())
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".pending-order"))
+            .collect();
+        assert_eq!(
+            pending,
+            [format!("{}.pending-order", cert_file_name(&kept, url))]
+        );
+        assert!(store.load_pending_order(&kept, url).unwrap().is_some());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
