@@ -318,8 +318,12 @@ impl DirStore {
     /// Each holds the private key of an order this configuration never collects, so it does not
     /// stay behind; if the old configuration comes back, it orders anew.
     pub fn remove_orphaned_pending_orders(&self, configured: &[Vec<String>], directory_url: &str) {
-        let Ok(names) = self.fs.list(&self.dir) else {
-            return;
+        let names = match self.fs.list(&self.dir) {
+            Ok(names) => names,
+            Err(e) => {
+                let dir = self.dir.display();
+                return tracing::warn!("cannot list {dir} for stale pending-order records: {e}");
+            }
         };
         let wanted: Vec<String> = (configured.iter())
             .map(|domains| format!("{}.pending-order", cert_file_name(domains, directory_url)))

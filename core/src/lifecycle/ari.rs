@@ -18,6 +18,17 @@ pub(super) struct AriPoll {
     window: Option<(UnixTime, UnixTime)>,
 }
 
+/// What an answer from the CA means for the served certificate.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum AriAnswer {
+    /// Not the request in flight: a late or duplicate answer.
+    Stale,
+    /// A window not applied before; the caller applies it.
+    NewWindow { start: UnixTime, end: UnixTime },
+    /// Nothing to apply (the same window again, a failure, or no ARI at this CA).
+    Nothing,
+}
+
 impl AriPoll {
     /// A new certificate is served: forget the old one's window and ask at `now`.
     pub(super) fn restart(&mut self, now: UnixTime) {
@@ -36,17 +47,16 @@ impl AriPoll {
         self.in_flight = Some(request);
     }
 
-    /// The CA's answer to `request`, at `now`. `Err(())` for a late or duplicate answer;
-    /// `Ok(Some(window))` for a window not applied before, which the caller applies.
+    /// The CA's answer to `request`, at `now`.
     pub(super) fn answered(
         &mut self,
         now: UnixTime,
         request: RequestId,
         info: RenewalInfo,
         policy: &Policy,
-    ) -> Result<Option<(UnixTime, UnixTime)>, ()> {
+    ) -> AriAnswer {
         if self.in_flight != Some(request) {
-            return Err(());
+            return AriAnswer::Stale;
         }
         self.in_flight = None;
         let ask_again = |retry_after: Option<Duration>| {
@@ -60,17 +70,19 @@ impl AriPoll {
                 retry_after,
             } if start <= end => {
                 self.next_check = Some(ask_again(retry_after));
-                let new = self.window != Some((start, end));
+                if self.window == Some((start, end)) {
+                    return AriAnswer::Nothing;
+                }
                 self.window = Some((start, end));
-                Ok(new.then_some((start, end)))
+                AriAnswer::NewWindow { start, end }
             }
             RenewalInfo::Unsupported => {
                 self.unsupported = true;
-                Ok(None)
+                AriAnswer::Nothing
             }
             RenewalInfo::Window { retry_after, .. } | RenewalInfo::Failed { retry_after } => {
                 self.next_check = Some(ask_again(retry_after));
-                Ok(None)
+                AriAnswer::Nothing
             }
         }
     }
@@ -121,17 +133,17 @@ mod tests {
         assert!(!ari.can_ask());
         let first = ari.answered(T0, RequestId(1), window(10, 20, Some(1)), &policy);
         let (start, end) = (UnixTime::from_secs(10), UnixTime::from_secs(20));
-        assert_eq!(first, Ok(Some((start, end))));
+        assert_eq!(first, AriAnswer::NewWindow { start, end });
         assert_eq!(ari.wake(), Some(T0.saturating_add(policy.retry_min)));
         ari.begin(RequestId(2));
         let again = ari.answered(T0, RequestId(2), window(10, 20, None), &policy);
-        assert_eq!(again, Ok(None));
+        assert_eq!(again, AriAnswer::Nothing);
         assert_eq!(
             ari.wake(),
             Some(T0.saturating_add(policy.renewal_info_interval))
         );
         let late = ari.answered(T0, RequestId(2), window(10, 20, None), &policy);
-        assert_eq!(late, Err(()));
+        assert_eq!(late, AriAnswer::Stale);
     }
 
     #[test]
@@ -140,7 +152,7 @@ mod tests {
         let mut ari = AriPoll::default();
         ari.begin(RequestId(1));
         let inverted = ari.answered(T0, RequestId(1), window(20, 10, None), &policy);
-        assert_eq!(inverted, Ok(None));
+        assert_eq!(inverted, AriAnswer::Nothing);
         ari.shift_back(Duration::from_secs(60));
         let expected = T0.saturating_add(policy.renewal_info_interval);
         assert_eq!(
@@ -149,7 +161,7 @@ mod tests {
         );
         ari.begin(RequestId(2));
         let answer = ari.answered(T0, RequestId(2), RenewalInfo::Unsupported, &policy);
-        assert_eq!(answer, Ok(None));
+        assert_eq!(answer, AriAnswer::Nothing);
         ari.restart(T0);
         assert!(!ari.can_ask() && ari.wake().is_none());
     }

@@ -11,7 +11,7 @@ use crate::event::{
 use crate::rng::SplitMix64;
 use crate::time::{Human, UnixTime, duration_millis};
 
-use super::ari::AriPoll;
+use super::ari::{AriAnswer, AriPoll};
 use super::order_budget::OrderBudget;
 use super::store_writeback::{StoreWriteBack, WriteEnded};
 
@@ -636,18 +636,15 @@ impl Machine {
     ) {
         match (self.store.finish(request, result.is_ok()), result) {
             (WriteEnded::Stale, _) => out(Action::Log(Notice::IgnoredStale("store completion"))),
-            (WriteEnded::Written { rewrite }, _) => {
-                if rewrite {
-                    self.store_served(out);
-                }
-            }
-            (WriteEnded::Failed { failures }, result) => {
+            (WriteEnded::Written { rewrite: true }, _) => self.store_served(out),
+            (WriteEnded::Failed { failures }, Err(reason)) => {
                 let (min, max) = (self.policy.retry_min, self.policy.retry_max);
                 let retry_at = now.saturating_add(self.backoff(min, max, failures));
-                self.store.retry_at(retry_at);
-                let reason = result.err().unwrap_or_default();
+                self.store.schedule_retry(retry_at);
                 out(Action::Log(Notice::StoreFailed { reason, retry_at }));
             }
+            // Written with nothing newer waiting (`finish` fails only an `Err`).
+            (WriteEnded::Written { rewrite: false } | WriteEnded::Failed { .. }, _) => {}
         }
     }
 
@@ -673,9 +670,9 @@ impl Machine {
         out: &mut impl FnMut(Action),
     ) {
         match self.ari.answered(now, request, info, &self.policy) {
-            Err(()) => out(Action::Log(Notice::IgnoredStale("renewal information"))),
-            Ok(Some((start, end))) => self.apply_renewal_window(now, start, end, out),
-            Ok(None) => {}
+            AriAnswer::Stale => out(Action::Log(Notice::IgnoredStale("renewal information"))),
+            AriAnswer::NewWindow { start, end } => self.apply_renewal_window(now, start, end, out),
+            AriAnswer::Nothing => {}
         }
     }
 

@@ -1,6 +1,6 @@
 //! The lifecycle of one certificate: [`CertLifecycle`] is the public face of [`Machine`], whose
-//! timers that measure a duration live in small sub-states (store write-back, ARI polling, the
-//! order budget), each moving itself back when the wall clock is set back.
+//! side timers live in small sub-states (store write-back, ARI polling, the order budget), each
+//! moving itself back when the wall clock is set back.
 
 mod ari;
 mod machine;

@@ -61,7 +61,7 @@ impl StoreWriteBack {
     }
 
     /// Writes again at `at`.
-    pub(super) fn retry_at(&mut self, at: UnixTime) {
+    pub(super) fn schedule_retry(&mut self, at: UnixTime) {
         self.retry_at = Some(at);
     }
 
@@ -115,7 +115,7 @@ mod tests {
                 store.finish(RequestId(n.into()), false),
                 WriteEnded::Failed { failures: n }
             );
-            store.retry_at(t);
+            store.schedule_retry(t);
         }
         store.shift_back(Duration::from_secs(400));
         assert_eq!(store.wake(), Some(UnixTime::from_secs(600)));
