@@ -72,7 +72,10 @@ impl Runtime for TokioRuntime {
         Box::pin(async move {
             match task.await {
                 Ok(value) => value,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down (e.g. `main` returned), and the task
+                // awaiting this is about to be dropped with it. Nothing to report.
+                Err(_) => std::future::pending().await,
             }
         })
     }
@@ -99,4 +102,34 @@ pub async fn serve_http01(listener: tokio::net::TcpListener, tokens: Arc<Http01T
             .map(|(stream, peer)| (stream.compat(), peer.ip()))
     };
     certloop_acme::http01::serve_responder(TokioRuntime::current(), accept, tokens).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    #[test]
+    fn blocking_work_cancelled_by_a_shut_down_runtime_is_not_a_panic() {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let seam = runtime.block_on(async { TokioRuntime::current() });
+        drop(runtime); // as when `main` returns: blocking work spawned now is cancelled
+        let mut pending = seam.unblock(Box::new(|| 42));
+        let poll = pending
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(poll.is_pending(), "{poll:?}");
+    }
+
+    #[test]
+    fn a_panic_in_blocking_work_reaches_the_caller() {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let caught = runtime.block_on(async {
+            let work = TokioRuntime::current().unblock(Box::new(|| panic!("in the blocking pool")));
+            futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work)).await
+        });
+        assert!(caught.is_err());
+    }
 }
