@@ -107,7 +107,7 @@ pub async fn serve_http01(listener: tokio::net::TcpListener, tokens: Arc<Http01T
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::task::{Context, Poll, Waker};
+    use std::task::{Context, Waker};
 
     use super::*;
 
