@@ -106,7 +106,6 @@ pub async fn serve_http01(listener: tokio::net::TcpListener, tokens: Arc<Http01T
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::task::{Context, Waker};
 
     use super::*;
