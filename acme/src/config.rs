@@ -2,9 +2,9 @@
 //! the policy, and what can go wrong at launch.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use certloop_core::Policy;
+use certloop_core::{CertConfig, Policy, UnixTime};
 use rustls_pki_types::CertificateDer;
 
 use crate::order::{ChallengeKind, ExternalAccount};
@@ -51,32 +51,67 @@ impl Directory {
     }
 }
 
-/// What to manage.
+/// What to manage: built with [`AcmeConfig::new`] and the methods that follow it, checked as a
+/// whole by [`AcmeConfig::check`] (and again by `launch`). Nothing fails in the middle of the
+/// chain: files are read and keys decoded when the configuration is checked, and each error
+/// names the method whose input is wrong.
 #[derive(Clone, Debug)]
 pub struct AcmeConfig {
-    /// One entry per certificate: its names (the first certificate is the SNI fallback).
-    pub certs: Vec<Vec<String>>,
-    /// The ACME directory.
-    pub directory: Directory,
-    /// Account contacts, e.g. `mailto:ops@example.com`.
-    pub contacts: Vec<String>,
-    /// The cache directory (one per listener).
-    pub cache_dir: PathBuf,
-    /// TLS-ALPN-01 (default) or HTTP-01.
-    pub challenge: ChallengeKind,
-    /// Extra roots for the directory's HTTPS (e.g. Pebble's test CA).
-    pub extra_roots: Vec<CertificateDer<'static>>,
-    /// External Account Binding, if the CA requires it.
-    pub eab: Option<ExternalAccount>,
-    /// Renewal and retry policy.
-    pub policy: Policy,
+    pub(crate) certs: Vec<Vec<String>>,
+    pub(crate) directory: Directory,
+    pub(crate) contacts: Vec<String>,
+    pub(crate) cache_dir: PathBuf,
+    pub(crate) challenge: ChallengeKind,
+    pub(crate) extra_roots_files: Vec<PathBuf>,
+    pub(crate) eab: Option<(String, String)>,
+    pub(crate) policy: Policy,
+    pub(crate) retry_now: bool,
+}
+
+/// What checking a configuration reads from outside it.
+pub(crate) struct Resolved {
+    pub(crate) extra_roots: Vec<CertificateDer<'static>>,
+    pub(crate) eab: Option<ExternalAccount>,
 }
 
 impl AcmeConfig {
+    /// One certificate covering `domains` (more with [`AcmeConfig::certificate`]), cached in
+    /// `cache_dir` (one directory per configuration; it is created 0700 if missing). Defaults:
+    /// Let's Encrypt production, TLS-ALPN-01, no contact, [`Policy::default`].
+    pub fn new(
+        domains: impl IntoIterator<Item = impl Into<String>>,
+        cache_dir: impl AsRef<Path>,
+    ) -> Self {
+        Self {
+            certs: vec![domains.into_iter().map(Into::into).collect()],
+            directory: Directory::Production,
+            contacts: Vec::new(),
+            cache_dir: cache_dir.as_ref().to_owned(),
+            challenge: ChallengeKind::TlsAlpn01,
+            extra_roots_files: Vec::new(),
+            eab: None,
+            policy: Policy::default(),
+            retry_now: false,
+        }
+    }
+
+    /// Also manages a certificate for these names (served by SNI; the first certificate is
+    /// what clients without SNI get).
+    pub fn certificate(mut self, domains: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.certs
+            .push(domains.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Uses this ACME directory (default: Let's Encrypt production).
     pub fn directory(mut self, directory: Directory) -> Self {
         self.directory = directory;
         self
+    }
+
+    /// Uses the ACME directory at this `https://` URL.
+    pub fn directory_url(self, url: impl Into<String>) -> Self {
+        self.directory(Directory::Url(url.into()))
     }
 
     /// Adds an account contact, e.g. `mailto:ops@example.com`.
@@ -91,44 +126,18 @@ impl AcmeConfig {
         self
     }
 
-    /// Also manages a certificate for these names (served by SNI).
-    pub fn certificate(mut self, domains: Vec<String>) -> Self {
-        self.certs.push(domains);
+    /// Also trusts every certificate in this PEM file for the directory's HTTPS (e.g. Pebble's
+    /// test CA). The file is read when the configuration is checked.
+    pub fn extra_roots_pem(mut self, path: impl AsRef<Path>) -> Self {
+        self.extra_roots_files.push(path.as_ref().to_owned());
         self
     }
 
-    /// Trusts every certificate in this PEM file for the directory's HTTPS.
-    pub fn extra_roots_pem(mut self, path: &std::path::Path) -> Result<Self, StartError> {
-        use rustls_pki_types::pem::PemObject;
-        let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?
-            .collect();
-        let certs = certs.map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(StartError::Config(format!(
-                "{}: no certificates in it",
-                path.display()
-            )));
-        }
-        self.extra_roots.extend(certs);
-        Ok(self)
-    }
-
-    /// Uses External Account Binding with this key id and base64url HMAC key.
-    pub fn eab(
-        mut self,
-        kid: impl Into<String>,
-        hmac_key_base64url: &str,
-    ) -> Result<Self, StartError> {
-        use base64::Engine;
-        let hmac_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(hmac_key_base64url.trim_end_matches('='))
-            .map_err(|e| StartError::Config(format!("EAB HMAC key is not base64url: {e}")))?;
-        self.eab = Some(ExternalAccount {
-            kid: kid.into(),
-            hmac_key,
-        });
-        Ok(self)
+    /// Uses External Account Binding with the CA's key id and its base64url HMAC key. The key
+    /// is decoded when the configuration is checked, and never printed.
+    pub fn eab(mut self, kid: impl Into<String>, hmac_key_base64url: impl Into<String>) -> Self {
+        self.eab = Some((kid.into(), hmac_key_base64url.into()));
+        self
     }
 
     /// Uses this renewal and retry policy.
@@ -137,26 +146,117 @@ impl AcmeConfig {
         self
     }
 
-    /// Defaults for one certificate covering `domains`.
-    pub fn new(domains: Vec<String>, cache_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            certs: vec![domains],
-            directory: Directory::Production,
-            contacts: Vec::new(),
-            cache_dir: cache_dir.into(),
-            challenge: ChallengeKind::TlsAlpn01,
-            extra_roots: Vec::new(),
-            eab: None,
-            policy: Policy::default(),
+    /// Orders at once even if an earlier run's orders were answered with errors and their
+    /// persisted backoff forbids ordering yet. For an operator who fixed the cause (a name
+    /// that did not resolve here, a firewall); set it for one start, never on every start:
+    /// the backoff is what keeps a restart loop from burning the CA's rate limits.
+    pub fn retry_now(mut self) -> Self {
+        self.retry_now = true;
+        self
+    }
+
+    /// Checks the whole configuration without contacting the CA or opening the cache
+    /// directory: the names (no wildcards, no name in two certificates), the policy, the
+    /// extra roots file and the EAB key.
+    pub fn check(&self) -> Result<(), StartError> {
+        self.resolve().map(|_| ())
+    }
+
+    pub(crate) fn resolve(&self) -> Result<Resolved, StartError> {
+        check_names(&self.certs, self.challenge).map_err(|problem| invalid("domains", problem))?;
+        self.policy
+            .validate()
+            .map_err(|e| invalid("policy", e.to_string()))?;
+        let mut extra_roots = Vec::new();
+        for path in &self.extra_roots_files {
+            extra_roots.extend(read_roots(path).map_err(|e| invalid("extra_roots_pem", e))?);
+        }
+        let eab = match &self.eab {
+            Some((kid, key)) => Some(ExternalAccount {
+                kid: kid.clone(),
+                hmac_key: decode_hmac_key(key).map_err(|e| invalid("eab", e))?,
+            }),
+            None => None,
+        };
+        Ok(Resolved { extra_roots, eab })
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> StartError {
+    StartError::Config {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Names that the challenges certloop can answer will never obtain, names a certificate lists
+/// twice or that are not DNS names, and names that two certificates share (their challenge
+/// answers and SNI would collide).
+fn check_names(certs: &[Vec<String>], challenge: ChallengeKind) -> Result<(), String> {
+    if certs.iter().any(Vec::is_empty) {
+        return Err("a certificate needs at least one name".into());
+    }
+    for name in certs.iter().flatten() {
+        if name.starts_with("*.") {
+            return Err(format!(
+                "{name:?}: a wildcard name can only be validated with DNS-01, and {} cannot \
+                 obtain it; list the names you serve instead",
+                challenge.name()
+            ));
         }
     }
+    for names in certs {
+        CertConfig::new(names.iter().cloned(), 0).map_err(|e| e.to_string())?;
+    }
+    for (i, names) in certs.iter().enumerate() {
+        for later in &certs[i + 1..] {
+            if let Some(shared) = names
+                .iter()
+                .find(|n| later.iter().any(|m| m.eq_ignore_ascii_case(n)))
+            {
+                return Err(format!(
+                    "{shared:?} is in two certificates ({} and {}); give each name to one \
+                     certificate",
+                    names.join(", "),
+                    later.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect();
+    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates in it", path.display()));
+    }
+    Ok(certs)
+}
+
+fn decode_hmac_key(key: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key.trim_end_matches('='))
+        // The decoder's error quotes a byte of the key: say where, not what.
+        .map_err(|_| "the HMAC key is not base64url (the key itself is not shown)".to_owned())
 }
 
 /// Why certificate management could not start.
 #[derive(Clone, Debug)]
 pub enum StartError {
-    /// The configuration is invalid.
-    Config(String),
+    /// The configuration is invalid: `field` is the [`AcmeConfig`] method whose input is wrong
+    /// (`domains` for [`AcmeConfig::new`] and [`AcmeConfig::certificate`]).
+    Config {
+        /// The method, e.g. `extra_roots_pem`.
+        field: &'static str,
+        /// What is wrong, naming the file where one was read.
+        problem: String,
+    },
     /// The cache directory is unusable.
     Store(StoreError),
     /// No valid certificate could be had (the failure table says: do not start).
@@ -167,20 +267,32 @@ pub enum StartError {
         directory: String,
         /// The core's account of what happened.
         reason: String,
+        /// Set when the CA answered earlier orders with errors and their backoff, persisted
+        /// in the cache directory, forbids ordering before this time.
+        /// [`AcmeConfig::retry_now`] orders at once once the cause is fixed.
+        blocked_until: Option<UnixTime>,
     },
+    /// The driver stopped before it reached a verdict (its runtime is shutting down).
+    Stopped,
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Config(e) => write!(f, "invalid ACME configuration: {e}"),
+            Self::Config { field, problem } => {
+                write!(f, "invalid ACME configuration: {field}: {problem}")
+            }
             Self::Store(e) => write!(f, "{e}"),
             Self::NoCertificate {
                 domains,
                 directory,
                 reason,
+                ..
             } => {
                 write!(f, "{} via {directory}: {reason}", domains.join(", "))
+            }
+            Self::Stopped => {
+                f.write_str("the certificate driver stopped before a certificate was served")
             }
         }
     }
@@ -191,6 +303,57 @@ impl std::error::Error for StartError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(config: &AcmeConfig) -> (&'static str, String) {
+        match config.check() {
+            Err(StartError::Config { field, problem }) => (field, problem),
+            other => panic!("accepted or not a configuration error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wildcards_and_names_shared_between_certificates_are_refused() {
+        let wildcard = AcmeConfig::new(["*.a.example"], "/tmp/c").challenge(ChallengeKind::Http01);
+        let (field, problem) = refused(&wildcard);
+        assert_eq!(field, "domains");
+        assert!(
+            problem.contains("DNS-01") && problem.contains("http-01"),
+            "{problem}"
+        );
+        let shared = AcmeConfig::new(["a.example", "b.example"], "/tmp/c")
+            .certificate(["c.example", "B.example"]);
+        let (_, problem) = refused(&shared);
+        assert!(
+            problem.contains("\"b.example\" is in two certificates"),
+            "{problem}"
+        );
+        let (_, problem) = refused(&AcmeConfig::new(Vec::<String>::new(), "/tmp/c"));
+        assert!(problem.contains("at least one name"), "{problem}");
+        let fine = AcmeConfig::new(["a.example"], "/tmp/c").certificate(["b.example"]);
+        assert!(fine.check().is_ok());
+    }
+
+    #[test]
+    fn files_and_keys_are_checked_with_the_method_and_path_named() {
+        let missing =
+            AcmeConfig::new(["a.example"], "/tmp/c").extra_roots_pem("/nonexistent/ca.pem");
+        let (field, problem) = refused(&missing);
+        assert_eq!(field, "extra_roots_pem");
+        assert!(problem.contains("/nonexistent/ca.pem"), "{problem}");
+        let eab = AcmeConfig::new(["a.example"], "/tmp/c").eab("kid-1", "not base64!");
+        let (field, problem) = refused(&eab);
+        assert_eq!(field, "eab");
+        assert!(
+            !problem.contains("not base64!"),
+            "the key is never printed: {problem}"
+        );
+        let policy = Policy {
+            startup_timeout: std::time::Duration::ZERO,
+            ..Policy::default()
+        };
+        let (field, _) = refused(&AcmeConfig::new(["a.example"], "/tmp/c").policy(policy));
+        assert_eq!(field, "policy");
+    }
 
     #[test]
     fn directory_selection() {

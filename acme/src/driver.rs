@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certloop_core::{
-    Action, CertConfig, CertFleet, CertId, Event, Level, Notice, RenewalInfo, Serving, UnixTime,
+    Action, CertConfig, CertFleet, CertId, Event, Level, Notice, RenewalInfo, RetryState, Serving,
+    UnixTime,
 };
 use instant_acme::CertificateIdentifier;
 
@@ -17,7 +18,7 @@ use crate::config::{AcmeConfig, StartError};
 use crate::handle::{AcmeHandle, CertStatus, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
-use crate::order::{AcmeContext, ChallengeKind};
+use crate::order::AcmeContext;
 use crate::runtime::{Runtime, timeout};
 use crate::store::DirStore;
 use crate::tls::{CertResolver, ChallengeOwner, certified_key_from_bundle};
@@ -86,36 +87,6 @@ impl Drop for OrderTaskLife {
     }
 }
 
-/// Names that the challenges certloop can answer will never obtain, and names that two
-/// certificates of one launch share (their challenge answers and SNI would collide).
-fn check_names(certs: &[Vec<String>], challenge: ChallengeKind) -> Result<(), String> {
-    for name in certs.iter().flatten() {
-        if name.starts_with("*.") {
-            return Err(format!(
-                "{name:?}: a wildcard name can only be validated with DNS-01, and {} cannot \
-                 obtain it; list the names you serve instead",
-                challenge.name()
-            ));
-        }
-    }
-    for (i, names) in certs.iter().enumerate() {
-        for later in &certs[i + 1..] {
-            if let Some(shared) = names
-                .iter()
-                .find(|n| later.iter().any(|m| m.eq_ignore_ascii_case(n)))
-            {
-                return Err(format!(
-                    "{shared:?} is in two certificates ({} and {}); give each name to one \
-                     certificate",
-                    names.join(", "),
-                    later.join(", ")
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 enum Wake {
     Event(CertId, Event),
     AriSupported(CertId),
@@ -136,13 +107,13 @@ pub async fn launch_with<R: Runtime>(
     config: AcmeConfig,
     seams: Seams,
 ) -> Result<AcmeHandle, StartError> {
-    if config.certs.is_empty() {
-        return Err(StartError::Config("no certificates configured".into()));
-    }
-    check_names(&config.certs, config.challenge).map_err(StartError::Config)?;
+    let resolved = config.resolve()?;
     let policy = Arc::new(config.policy.clone());
-    let mut fleet =
-        CertFleet::new(policy.clone()).map_err(|e| StartError::Config(e.to_string()))?;
+    let invalid_policy = |e: certloop_core::ConfigError| StartError::Config {
+        field: "policy",
+        problem: e.to_string(),
+    };
+    let mut fleet = CertFleet::new(policy.clone()).map_err(invalid_policy)?;
     let mut cert_configs = Vec::new();
     for domains in &config.certs {
         let seed = domains
@@ -151,14 +122,22 @@ pub async fn launch_with<R: Runtime>(
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-        let cert = CertConfig::new(domains.iter().cloned(), seed)
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let cert =
+            CertConfig::new(domains.iter().cloned(), seed).map_err(|e| StartError::Config {
+                field: "domains",
+                problem: e.to_string(),
+            })?;
         cert_configs.push(cert);
     }
     let transport = match seams.transport {
         Some(transport) => transport,
         None => Arc::new(
-            HttpsTransport::new(rt.clone(), &config.extra_roots).map_err(StartError::Config)?,
+            HttpsTransport::new(rt.clone(), &resolved.extra_roots).map_err(|problem| {
+                StartError::Config {
+                    field: "extra_roots_pem",
+                    problem,
+                }
+            })?,
         ),
     };
     let (dir, fs) = (config.cache_dir.clone(), seams.fs);
@@ -200,7 +179,7 @@ pub async fn launch_with<R: Runtime>(
         directory_url: directory_url.clone(),
         contacts: config.contacts.clone(),
         transport,
-        eab: config.eab.clone(),
+        eab: resolved.eab,
         store,
         resolver: shared.resolver.clone(),
         tokens: shared.tokens.clone(),
@@ -239,9 +218,24 @@ pub async fn launch_with<R: Runtime>(
         retry_writes: Vec::new(),
         observer: seams.observer,
         next_owner: 0,
+        retry_now: config.retry_now,
     };
     rt.spawn(Box::pin(driver.run(fleet, events_rx, stop_rx)));
     Ok(handle)
+}
+
+/// [`AcmeConfig::retry_now`]: the persisted failure streak is kept (it is still reported), but
+/// its wait no longer gates the first order.
+fn lift_backoff(retry: &mut Option<RetryState>) {
+    if let Some(state) = retry
+        && let Some(until) = state.next_attempt_at.take()
+    {
+        tracing::info!(
+            "ordering at once as asked (retry now): the backoff after {} failed order(s), \
+             until {until}, is lifted for this start",
+            state.failures
+        );
+    }
 }
 
 /// The longest the driver sleeps without reading the wall clock again. Runtime timers follow
@@ -270,6 +264,8 @@ struct Driver<R: Runtime> {
     observer: Option<Arc<dyn Observer>>,
     /// The next order task's [`ChallengeOwner`].
     next_owner: u64,
+    /// [`AcmeConfig::retry_now`]: persisted backoffs do not gate this start.
+    retry_now: bool,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -355,8 +351,12 @@ impl<R: Runtime> Driver<R> {
                 let work = self
                     .rt
                     .unblock(Box::new(move || store.load_cert(&domains, &url)));
+                let retry_now = self.retry_now;
                 self.reply(id, async move {
-                    let (cert, retry) = work.await;
+                    let (cert, mut retry) = work.await;
+                    if retry_now {
+                        lift_backoff(&mut retry);
+                    }
                     Event::CacheLoaded { cert, retry }
                 });
             }
@@ -490,6 +490,7 @@ impl<R: Runtime> Driver<R> {
                     domains,
                     directory: url,
                     reason: failure.to_string(),
+                    blocked_until: failure.blocked_until,
                 });
             }
             Action::ScheduleWake(_) => {}
@@ -613,37 +614,6 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards_and_names_shared_between_certificates_are_refused() {
-        let certs = |lists: &[&[&str]]| -> Vec<Vec<String>> {
-            lists
-                .iter()
-                .map(|l| l.iter().map(|n| (*n).to_owned()).collect())
-                .collect()
-        };
-        let wildcard = check_names(&certs(&[&["*.a.example"]]), ChallengeKind::Http01);
-        assert!(
-            wildcard.as_ref().unwrap_err().contains("DNS-01")
-                && wildcard.unwrap_err().contains("http-01")
-        );
-        let shared = check_names(
-            &certs(&[&["a.example", "b.example"], &["c.example", "B.example"]]),
-            ChallengeKind::TlsAlpn01,
-        );
-        assert!(
-            shared
-                .unwrap_err()
-                .contains("\"b.example\" is in two certificates")
-        );
-        assert!(
-            check_names(
-                &certs(&[&["a.example"], &["b.example"]]),
-                ChallengeKind::TlsAlpn01
-            )
-            .is_ok()
-        );
-    }
 
     #[test]
     fn the_driver_sleeps_in_slices_of_at_most_a_minute() {

@@ -8,7 +8,7 @@ use rustls::ServerConfig;
 
 use crate::http01::{read_request_head, write_response};
 use crate::tls::ACME_TLS_ALPN;
-use crate::{AcmeConfig, ChallengeKind, Directory, StartError};
+use crate::{AcmeConfig, ChallengeKind, Directory};
 
 /// `--domain NAME` (repeatable), `--directory URL|production|staging`, `--directory-ca PEM`,
 /// `--cache-dir DIR`, `--bind ADDR`, `--challenge tls-alpn-01|http-01`, `--http01-bind ADDR`.
@@ -68,10 +68,9 @@ impl ExampleArgs {
             .directory(directory.unwrap_or(Directory::Production))
             .challenge(challenge);
         if let Some(ca) = ca {
-            config = config
-                .extra_roots_pem(&ca)
-                .map_err(|e: StartError| e.to_string())?;
+            config = config.extra_roots_pem(ca);
         }
+        config.check().map_err(|e| e.to_string())?;
         Ok(Self {
             bind,
             http01_bind,

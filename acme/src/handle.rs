@@ -189,10 +189,6 @@ impl AcmeHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        outcome.unwrap_or_else(|| {
-            Err(StartError::Config(
-                "the certificate driver stopped unexpectedly".into(),
-            ))
-        })
+        outcome.unwrap_or(Err(StartError::Stopped))
     }
 }

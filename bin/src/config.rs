@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, Policy};
+use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, Policy, StartError};
 use hyper::Uri;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
@@ -76,6 +76,19 @@ pub(crate) struct Config {
     pub(crate) http: Option<HttpListener>,
     /// The TLS listeners.
     pub(crate) listeners: Vec<Listener>,
+}
+
+impl Config {
+    /// `--retry-now`: every ACME listener orders at once, whatever backoff an earlier run
+    /// persisted.
+    pub(crate) fn retry_now(mut self) -> Self {
+        for listener in &mut self.listeners {
+            if let TlsMode::Acme(acme) = &mut listener.tls {
+                **acme = acme.as_ref().clone().retry_now();
+            }
+        }
+        self
+    }
 }
 
 /// `[http]`: answers HTTP-01 and redirects everything else to HTTPS.
@@ -619,9 +632,22 @@ fn acme(
         config = config.contact(contact.clone());
     }
     if let Some(ca) = &l.acme_directory_ca {
-        config = config
-            .extra_roots_pem(&relative(src, ca.get_ref()))
-            .map_err(|e| src.error(Some(ca.span()), key("acme_directory_ca"), e.to_string()))?;
+        config = config.extra_roots_pem(relative(src, ca.get_ref()));
+    }
+    // The library's own check (it reads the CA file), reported at the key that set the input.
+    if let Err(StartError::Config { field, problem }) = config.check() {
+        let (span, name) = match field {
+            "extra_roots_pem" => (
+                l.acme_directory_ca.as_ref().map(|c| c.span()),
+                "acme_directory_ca",
+            ),
+            "policy" => (
+                l.acme_startup_timeout.as_ref().map(|t| t.span()),
+                "acme_startup_timeout",
+            ),
+            _ => (Some(domains.span()), "acme_domains"),
+        };
+        return Err(src.error(span, key(name), problem));
     }
     Ok(config)
 }
@@ -793,6 +819,14 @@ mod tests {
         assert!(
             other_mode.contains(":5: listeners[0].tls_cert: only for tls_mode = \"manual\""),
             "{other_mode}"
+        );
+        let no_ca_file = err(&format!(
+            "{ACME}acme_directory_ca = \"/nonexistent/ca.pem\"\n"
+        ));
+        assert!(
+            no_ca_file.contains(":7: listeners[0].acme_directory_ca")
+                && no_ca_file.contains("/nonexistent/ca.pem"),
+            "{no_ca_file}"
         );
         let http01 = err(&format!("{ACME}acme_challenge = \"http-01\"\n"));
         assert!(

@@ -2,12 +2,16 @@
 //! never lapse.
 //!
 //! ```text
-//! certloop --config PATH [--log-format text|json] [--log-level FILTER]
+//! certloop --config PATH [--log-format text|json] [--log-level FILTER] [--retry-now]
 //! certloop check --config PATH
 //! certloop --version
 //! ```
 //! Exit codes: 0 after a clean shutdown, 1 when it cannot start or keep running, 2 for a bad
 //! command line or configuration.
+//!
+//! `--retry-now` orders at once even where an earlier run's orders were answered by the CA with
+//! errors and their persisted backoff forbids ordering yet: for one start after fixing the
+//! cause, never in a service file (the backoff keeps a restart loop off the CA's rate limits).
 
 #![forbid(unsafe_code)]
 
@@ -41,15 +45,16 @@ struct Args {
     config: PathBuf,
     json_logs: bool,
     log_level: Option<String>,
+    retry_now: bool,
 }
 
-const USAGE: &str =
-    "usage: certloop [check] --config PATH [--log-format text|json] [--log-level FILTER]";
+const USAGE: &str = "usage: certloop [check] --config PATH [--log-format text|json] \
+                     [--log-level FILTER] [--retry-now]";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = std::env::args().skip(1).peekable();
     let check = args.next_if(|a| a == "check").is_some();
-    let (mut config, mut json_logs, mut log_level) = (None, false, None);
+    let (mut config, mut json_logs, mut log_level, mut retry_now) = (None, false, None, false);
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 }
             }
             "--log-level" => log_level = Some(value()?),
+            "--retry-now" => retry_now = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -75,6 +81,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         config,
         json_logs,
         log_level,
+        retry_now,
     }))
 }
 
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let config = match config::load(&args.config) {
+        Ok(config) if args.retry_now => config.retry_now(),
         Ok(config) => config,
         Err(e) => {
             eprintln!("certloop: invalid configuration: {e}");
@@ -175,6 +183,21 @@ impl Signals {
             _ = self.terminate.recv() => Received::Stop,
             _ = self.interrupt.recv() => Received::Stop,
         }
+    }
+}
+
+/// What an operator does about a start without a certificate.
+fn how_to_retry(error: &certloop_tokio::StartError) -> &'static str {
+    match error {
+        certloop_tokio::StartError::NoCertificate {
+            blocked_until: Some(_),
+            ..
+        } => {
+            "The CA answered those orders, so the wait is kept in the cache directory across \
+             restarts (a restart loop must not burn its rate limits). After fixing the cause, \
+             start once with --retry-now to order at once"
+        }
+        _ => "Fix the cause and restart",
     }
 }
 
@@ -260,9 +283,10 @@ async fn run(config: Config) -> Result<(), String> {
     let stopped_early = {
         let startup = async {
             for (name, handle) in &acme_handles {
-                handle.ready().await.map_err(|e| {
-                format!("listener {name}: {e}. Fix the cause and restart; the cached state keeps the CA's backoff")
-            })?;
+                handle
+                    .ready()
+                    .await
+                    .map_err(|e| format!("listener {name}: {e}. {}", how_to_retry(&e)))?;
             }
             Ok::<(), String>(())
         };

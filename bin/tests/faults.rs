@@ -654,3 +654,52 @@ fn a_finalize_whose_answer_is_lost_is_collected_without_finalizing_again() {
         "no second finalize: {requests:?}"
     );
 }
+
+#[test]
+fn a_start_refused_by_a_persisted_backoff_says_how_to_order_at_once() {
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    let domain = "backoff.certloop.test";
+    let config = config(&pebble, &proxy, "backoff", domain, "6s");
+    // The CA answers the order with an error: the backoff is persisted past the startup
+    // timeout, and the start fails.
+    proxy.set(Some(FaultPlan {
+        path: Path::NewOrder,
+        fault: status(500, None, Some("serverInternal")),
+        times: None,
+    }));
+    let mut first = Certloop::start(&config, &[], None);
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(30)),
+        1,
+        "{}",
+        first.log()
+    );
+    // The cause is fixed, but a plain restart is still refused, without asking the CA, and
+    // says until when, why, and what to do.
+    proxy.set(None);
+    let asked = proxy.requests().len();
+    let mut second = Certloop::start(&config, &[], None);
+    assert_eq!(second.wait_exit(Duration::from_secs(30)), 1);
+    let last = second.log().lines().last().unwrap_or_default().to_owned();
+    for wanted in ["not allowed before", "HTTP 500", "--retry-now"] {
+        assert!(last.contains(wanted), "{wanted:?} missing: {last}");
+    }
+    let orders_meanwhile = proxy.requests()[asked..]
+        .iter()
+        .filter(|r| path_of(r, Path::NewOrder))
+        .count();
+    assert_eq!(
+        orders_meanwhile, 0,
+        "the backoff must keep the CA out of it"
+    );
+    // --retry-now orders at once and serves.
+    let mut third = Certloop::start(&config, &["--retry-now"], None);
+    third.wait_ready();
+    assert!(
+        third.log().contains("ordering at once as asked"),
+        "{}",
+        third.log()
+    );
+    fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem()).expect("served");
+}

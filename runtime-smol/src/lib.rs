@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use certloop_smol::{AcmeConfig, Directory};
-//! let config = AcmeConfig::new(vec!["example.com".into()], "/var/lib/myapp/acme")
+//! let config = AcmeConfig::new(["example.com"], "/var/lib/myapp/acme")
 //!     .directory(Directory::Staging)
 //!     .contact("mailto:ops@example.com");
 //! let acme = certloop_smol::launch(config).await?; // bad config or cache dir: error here

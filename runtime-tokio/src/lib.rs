@@ -4,7 +4,7 @@
 //! # // tokio-rustls is a dev-dependency here.
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use certloop_tokio::{AcmeConfig, Directory};
-//! let config = AcmeConfig::new(vec!["example.com".into()], "/var/lib/myapp/acme")
+//! let config = AcmeConfig::new(["example.com"], "/var/lib/myapp/acme")
 //!     .directory(Directory::Staging)
 //!     .contact("mailto:ops@example.com");
 //! let acme = certloop_tokio::launch(config).await?; // bad config or cache dir: error here

@@ -29,11 +29,10 @@ pub trait Adapter {
 }
 
 fn config(pebble: &Pebble, names: &[&str], cache: &Path) -> AcmeConfig {
-    AcmeConfig::new(names.iter().map(|n| (*n).to_owned()).collect(), cache)
-        .directory(Directory::Url(pebble.directory_url.clone()))
+    AcmeConfig::new(names.iter().copied(), cache)
+        .directory_url(&pebble.directory_url)
         .contact("mailto:ops@example.com")
         .extra_roots_pem(&pebble.directory_ca)
-        .expect("Pebble's listener CA")
 }
 
 fn orders(pebble: &Pebble) -> usize {
@@ -304,7 +303,7 @@ pub fn directory_selection<A: Adapter>(a: &A) {
         (pebble.directory_url.as_str(), pebble.directory_url.clone()),
     ] {
         let cache = pebble.scratch(&format!("cache-{}", free_port()));
-        let config = AcmeConfig::new(vec!["dir.certloop.test".into()], &cache)
+        let config = AcmeConfig::new(["dir.certloop.test"], &cache)
             .directory(Directory::parse(given).expect("valid directory"));
         let handle = a.launch(config).expect("launch");
         assert_eq!(handle.directory_url(), url);
@@ -376,10 +375,8 @@ pub fn renews_before_expiry<A: Adapter>(a: &A) {
 pub fn sni_selects_among_certificates<A: Adapter>(a: &A) {
     let pebble = Pebble::start();
     let cache = pebble.scratch("cache");
-    let config = config(&pebble, &["one.certloop.test"], &cache).certificate(vec![
-        "two.certloop.test".into(),
-        "www.two.certloop.test".into(),
-    ]);
+    let config = config(&pebble, &["one.certloop.test"], &cache)
+        .certificate(["two.certloop.test", "www.two.certloop.test"]);
     let _handle = start_serving(a, &pebble, config).expect("start");
     let root = pebble.issuing_root_pem();
     let (one, _) = fetch_verified(pebble.tls_port, "one.certloop.test", &root).expect("one");
@@ -414,9 +411,7 @@ pub fn external_account_binding<A: Adapter>(a: &A) {
     );
     drop(handle);
     let with = pebble.scratch("with");
-    let config = config(&pebble, &["eab.certloop.test"], &with)
-        .eab(kid, key)
-        .expect("EAB key");
+    let config = config(&pebble, &["eab.certloop.test"], &with).eab(kid, key);
     let _handle =
         start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
 }
@@ -441,10 +436,9 @@ pub fn ari_window_triggers_a_renewal<A: Adapter>(a: &A) {
     let pebble = Pebble::start();
     let ari = crate::ari_directory::AriDirectory::start(&pebble);
     let cache = pebble.scratch("cache");
-    let config = AcmeConfig::new(vec!["ari.certloop.test".into()], &cache)
+    let config = AcmeConfig::new(["ari.certloop.test"], &cache)
         .directory(Directory::Url(ari.url.clone()))
-        .extra_roots_pem(&pebble.directory_ca)
-        .expect("Pebble's listener CA");
+        .extra_roots_pem(&pebble.directory_ca);
     let handle =
         start_serving(a, &pebble, config).unwrap_or_else(|e| panic!("{e}\n{}", pebble.log()));
     wait_for_event(a, &handle, Duration::from_secs(30), |e| {

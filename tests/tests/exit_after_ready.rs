@@ -7,7 +7,7 @@ use std::process::Command;
 
 use certloop_acme::example::{http1_only, serve_hello};
 use certloop_sim::pebble::Pebble;
-use certloop_tokio::{AcmeConfig, Directory};
+use certloop_tokio::AcmeConfig;
 
 const TEST: &str = "returning_from_main_after_ready_prints_nothing";
 
@@ -55,10 +55,9 @@ fn child_main(args: &str) {
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let config = AcmeConfig::new(vec!["exit.certloop.test".into()], cache)
-            .directory(Directory::Url(directory.to_owned()))
-            .extra_roots_pem(std::path::Path::new(directory_ca))
-            .expect("Pebble's listener CA");
+        let config = AcmeConfig::new(["exit.certloop.test"], cache)
+            .directory_url(directory)
+            .extra_roots_pem(directory_ca);
         let acme = certloop_tokio::launch(config).await.expect("launch");
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.parse().expect("port")))
             .await

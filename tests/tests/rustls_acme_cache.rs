@@ -21,7 +21,6 @@ fn certloop_and_rustls_acme_read_each_others_caches() {
             .directory(certloop_acme::Directory::Url(directory_url.clone()))
             .contact(contacts[0].clone())
             .extra_roots_pem(&directory_ca)
-            .expect("Pebble CA")
     };
     // certloop issues into its own cache.
     let ours = pebble.scratch("certloop-cache");

@@ -98,6 +98,10 @@ fn main() {
         .max(1);
     let _ = certloop.kill();
     let _ = certloop.wait();
+    // Pebble's scratch directory goes with it: keep the proxy's log for a look afterwards.
+    let kept = std::env::temp_dir().join("certloop-soak.log");
+    let _ = std::fs::copy(&log, &kept);
+    println!("the proxy's log: {}", kept.display());
     println!("requests: {ok} ok, {failed} failed {first_failures:?}");
     println!(
         "orders: {orders} for {renewals} renewals ({:.2} per renewal)",
