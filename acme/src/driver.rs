@@ -91,7 +91,10 @@ enum Wake {
     Event(CertId, Event),
     AriSupported(CertId),
     Timer,
+    /// [`AcmeHandle::stop`], or the runtime winding down: on purpose.
     Stop,
+    /// Every handle was dropped without `stop`: renewals end, which is likely a mistake.
+    HandlesDropped,
 }
 
 /// Validates the configuration, opens (and locks) the cache directory and starts the driver.
@@ -206,7 +209,7 @@ pub async fn launch_with<R: Runtime>(
 
     let handle = AcmeHandle {
         shared: shared.clone(),
-        _stop: Arc::new(stop_tx),
+        stop: Arc::new(stop_tx),
     };
     let driver = Driver {
         rt: rt.clone(),
@@ -292,8 +295,10 @@ impl<R: Runtime> Driver<R> {
                 futures_lite::future::or(
                     async { events.recv().await.unwrap_or(Wake::Stop) },
                     async {
-                        stop.recv().await.ok();
-                        Wake::Stop
+                        match stop.recv().await {
+                            Ok(()) => Wake::Stop,
+                            Err(_) => Wake::HandlesDropped,
+                        }
                     },
                 ),
                 async {
@@ -312,6 +317,17 @@ impl<R: Runtime> Driver<R> {
                 // The timer may fire early or late: the fleet compares the clock itself.
                 Wake::Timer => fleet.handle_timeout(self.rt.wall_clock()),
                 Wake::Stop => return self.finish_retry_writes().await,
+                Wake::HandlesDropped => {
+                    let names: Vec<String> =
+                        self.managed.iter().map(|m| m.domains.join(",")).collect();
+                    tracing::warn!(
+                        certificates = %names.join(" "),
+                        "every AcmeHandle was dropped: these certificates are no longer renewed \
+                         (keep a handle for as long as you serve, or call AcmeHandle::stop to \
+                         stop on purpose)"
+                    );
+                    return self.finish_retry_writes().await;
+                }
             }
         }
     }

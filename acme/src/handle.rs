@@ -104,14 +104,15 @@ impl Shared {
     }
 }
 
-/// A running certificate manager. Cloning is cheap; when every clone is dropped the driver
-/// stops, and with it renewals (served certificates stay in any `ServerConfig` already
-/// built): keep a handle for as long as you serve.
+/// A running certificate manager. Cloning is cheap. Keep one for as long as you serve: when
+/// every clone is dropped, the driver stops and with it renewals (served certificates stay in
+/// any `ServerConfig` already built), and it logs a warning saying so. To stop on purpose,
+/// call [`AcmeHandle::stop`].
 #[derive(Clone)]
 #[must_use = "dropping every AcmeHandle stops certificate renewal"]
 pub struct AcmeHandle {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) _stop: Arc<async_channel::Sender<()>>,
+    pub(crate) stop: Arc<async_channel::Sender<()>>,
 }
 
 impl fmt::Debug for AcmeHandle {
@@ -170,6 +171,13 @@ impl AcmeHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Stops certificate management on purpose (for example at shutdown): no more renewals,
+    /// and no warning about dropped handles. Served certificates stay in any `ServerConfig`
+    /// already built. Other clones of this handle stop too.
+    pub fn stop(self) {
+        let _ = self.stop.try_send(());
     }
 
     /// The directory URL in use.

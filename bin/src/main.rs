@@ -294,7 +294,10 @@ async fn run(config: Config) -> Result<(), String> {
         loop {
             tokio::select! {
                 started = &mut startup => {
-                    started?;
+                    if let Err(e) = started {
+                        acme_handles.iter().for_each(|(_, handle)| handle.clone().stop());
+                        return Err(e);
+                    }
                     tracing::info!("ready");
                     break false;
                 }
@@ -333,6 +336,8 @@ async fn run(config: Config) -> Result<(), String> {
             tracing::warn!("second stop signal; closing remaining connections now");
         }
     }
-    drop(acme_handles);
+    for (_, handle) in acme_handles {
+        handle.stop();
+    }
     Ok(())
 }

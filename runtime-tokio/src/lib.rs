@@ -16,6 +16,22 @@
 //!
 //! Everything but the runtime seam ([`TokioRuntime`]) lives in `certloop-acme`, shared with
 //! `certloop-smol`.
+//!
+//! Keep the handle for as long as you serve: dropping every clone stops renewals. The compiler
+//! says so (`AcmeHandle` is `#[must_use]`; denied here, so this does not compile), and the log
+//! warns when it happens; [`AcmeHandle::stop`] stops on purpose.
+//! ```compile_fail
+//! #![deny(unused_must_use)]
+//! async fn serve(config: certloop_tokio::AcmeConfig) {
+//!     certloop_tokio::launch(config).await.expect("launch"); // the handle is dropped here
+//! }
+//! ```
+//! ```
+//! #![deny(unused_must_use)]
+//! async fn serve(config: certloop_tokio::AcmeConfig) -> certloop_tokio::AcmeHandle {
+//!     certloop_tokio::launch(config).await.expect("launch") // kept by the caller
+//! }
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -120,6 +136,72 @@ mod tests {
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()));
         assert!(poll.is_pending(), "{poll:?}");
+    }
+
+    /// Every log line written while `body` runs on a current-thread runtime (where the
+    /// driver's tasks run on this thread, under the subscriber set here).
+    fn logs_of(body: impl Future<Output = ()>) -> String {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || LogSink(writer.clone()))
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(body);
+        let bytes = buffer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for LogSink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let mut buffer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            buffer.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Launches against a CA nobody answers (it keeps retrying), lets `end` end it, and
+    /// returns once the driver is gone (its cache directory lock is free again).
+    async fn launch_and_end(tag: &str, end: impl FnOnce(AcmeHandle)) {
+        let dir = std::env::temp_dir().join(format!("certloop-end-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config =
+            AcmeConfig::new(["end.example"], &dir).directory_url("https://127.0.0.1:1/dir");
+        end(launch(config).await.expect("launch"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while certloop_acme::store::DirStore::open(&dir).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the driver did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dropping_every_handle_warns_and_stopping_on_purpose_does_not() {
+        let dropped = logs_of(launch_and_end("dropped", drop));
+        assert!(
+            dropped.contains("WARN") && dropped.contains("every AcmeHandle was dropped"),
+            "{dropped}"
+        );
+        let stopped = logs_of(launch_and_end("stopped", AcmeHandle::stop));
+        assert!(
+            !stopped.contains("every AcmeHandle was dropped"),
+            "{stopped}"
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn wait_for_event<A: Adapter>(
 
 /// Drops a handle and waits until its driver released the cache directory's lock.
 fn stop(handle: AcmeHandle, cache: &Path) {
-    drop(handle);
+    handle.stop();
     wait_until(
         "the cache directory lock to be released",
         Duration::from_secs(10),
