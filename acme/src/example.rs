@@ -1,5 +1,5 @@
-//! What both runtimes' `https_server` examples share: their flags, and serving one HTTPS
-//! connection with a short text page over any futures-io stream.
+//! What both runtimes' examples share: their flags, and answering one request with a short
+//! text page over an established connection.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +7,6 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use crate::http01::{read_request_head, write_response};
-use crate::tls::ACME_TLS_ALPN;
 use crate::{AcmeConfig, ChallengeKind, Directory};
 
 /// `--domain NAME` (repeatable), `--directory URL|production|staging`, `--directory-ca PEM`,
@@ -79,9 +78,14 @@ impl ExampleArgs {
     }
 }
 
-/// Prints `https_server: MESSAGE` and exits with `code` (1: cannot run, 2: bad flags).
+/// The page the examples serve.
+pub const PAGE: &str = "hello from certloop\n";
+
+/// Prints `EXAMPLE: MESSAGE` and exits with `code` (1: cannot run, 2: bad flags).
 pub fn fail(code: i32, message: impl std::fmt::Display) -> ! {
-    eprintln!("https_server: {message}");
+    let program = std::env::args().next().unwrap_or_default();
+    let name = program.rsplit('/').next().unwrap_or("example");
+    eprintln!("{name}: {message}");
     std::process::exit(code)
 }
 
@@ -92,22 +96,12 @@ pub fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
-/// Serves one connection: TLS with `config`, then one request answered with `body`. A
-/// TLS-ALPN-01 validation handshake (ALPN `acme-tls/1`) is closed after the handshake, as
-/// RFC 8737 requires.
-pub async fn serve_hello<S>(stream: S, config: Arc<ServerConfig>, body: &str)
+/// Answers one request on an established connection (TLS done, e.g. from an
+/// `AcmeListener`) with `body` as a text page.
+pub async fn serve_hello<S>(mut tls: S, body: &str)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
-    let Ok(mut tls) = futures_rustls::TlsAcceptor::from(config)
-        .accept(stream)
-        .await
-    else {
-        return;
-    };
-    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
-        return;
-    }
     if read_request_head(&mut tls).await.is_some() {
         let _ = write_response(&mut tls, "200 OK", &[], body).await;
     }

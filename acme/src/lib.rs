@@ -8,6 +8,7 @@
 //! - [`cache_fs`]: the file operations the store is made of (the real disk, or a simulated one).
 //! - [`tls`]: the one crypto provider, shared server settings, the SNI and TLS-ALPN-01 resolver.
 //! - [`http01`]: HTTP-01 tokens and a minimal port-80 responder.
+//! - [`incoming`]: the TLS accept loop behind both runtimes' `AcmeListener`.
 //! - [`http_client`]: instant-acme's HTTP client over the seam, with timeouts and Retry-After.
 //! - [`order`]: the ACME step runner (account, order, challenges, polling, finalization).
 //! - [`config`]: what an embedder configures, and the errors of `launch`.
@@ -26,6 +27,7 @@ pub mod example;
 pub mod handle;
 pub mod http01;
 pub mod http_client;
+pub mod incoming;
 pub mod order;
 pub mod runtime;
 pub mod store;

@@ -19,6 +19,8 @@
 
 #![forbid(unsafe_code)]
 
+mod listener;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,7 @@ pub use certloop_acme::{
     AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError,
 };
 pub use certloop_core::{Policy, UnixTime};
+pub use listener::AcmeListener;
 
 /// The runtime seam on smol: async-net sockets, async-io timers, smol's global executor and
 /// the `blocking` pool.

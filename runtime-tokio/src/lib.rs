@@ -35,6 +35,8 @@
 
 #![forbid(unsafe_code)]
 
+mod listener;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,7 @@ pub use certloop_acme::{
     AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError,
 };
 pub use certloop_core::{Policy, UnixTime};
+pub use listener::AcmeListener;
 
 /// The runtime seam on tokio: tokio sockets, `tokio::time`, the blocking pool.
 #[derive(Clone, Debug)]

@@ -40,11 +40,14 @@ impl Adapter for Tokio {
         let config = http1_only(&handle.server_config());
         let listener = self
             .0
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .block_on(async {
+                let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                certloop_tokio::AcmeListener::with_config(tcp, config)
+            })
             .expect("bind TLS port");
         self.0.spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_hello(stream.compat(), config.clone(), PAGE));
+            while let Ok((tls, _)) = listener.accept().await {
+                tokio::spawn(serve_hello(tls.compat(), PAGE));
             }
         });
     }
@@ -78,11 +81,14 @@ impl Adapter for Smol {
 
     fn serve_tls(&self, port: u16, handle: &AcmeHandle) {
         let config = http1_only(&handle.server_config());
-        let listener = smol::block_on(async_net::TcpListener::bind(("127.0.0.1", port)))
-            .expect("bind TLS port");
+        let listener = smol::block_on(async {
+            let tcp = async_net::TcpListener::bind(("127.0.0.1", port)).await?;
+            certloop_smol::AcmeListener::with_config(tcp, config)
+        })
+        .expect("bind TLS port");
         smol::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                smol::spawn(serve_hello(stream, config.clone(), PAGE)).detach();
+            while let Ok((tls, _)) = listener.accept().await {
+                smol::spawn(serve_hello(tls, PAGE)).detach();
             }
         })
         .detach();

@@ -5,7 +5,6 @@
 
 use std::process::Command;
 
-use certloop_acme::example::{http1_only, serve_hello};
 use certloop_sim::pebble::Pebble;
 use certloop_tokio::AcmeConfig;
 
@@ -58,17 +57,12 @@ fn child_main(args: &str) {
         let config = AcmeConfig::new(["exit.certloop.test"], cache)
             .directory_url(directory)
             .extra_roots_pem(directory_ca);
-        let acme = certloop_tokio::launch(config).await.expect("launch");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.parse().expect("port")))
+        let port: u16 = port.parse().expect("port");
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
-        let tls = http1_only(&acme.server_config());
-        tokio::spawn(async move {
-            use tokio_util::compat::TokioAsyncReadCompatExt;
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_hello(stream.compat(), tls.clone(), "hello\n"));
-            }
-        });
+        let acme = certloop_tokio::launch(config).await.expect("launch");
+        let _listener = certloop_tokio::AcmeListener::from_tcp(tcp, &acme).expect("listener");
         acme.ready().await.expect("ready");
     });
     // Returning drops the runtime, as the end of `main` does.
