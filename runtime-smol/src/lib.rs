@@ -1,17 +1,24 @@
 //! `certloop-smol`: automatic ACME certificates for a smol server, with no tokio runtime.
 //!
+//! The smallest server: bind, launch, serve through an [`AcmeListener`], and start only once
+//! [`AcmeHandle::ready`] says a valid certificate is served.
 //! ```no_run
+//! use certloop_smol::{AcmeConfig, AcmeListener, Directory};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use certloop_smol::{AcmeConfig, Directory};
+//! let tcp = async_net::TcpListener::bind("0.0.0.0:443").await?; // before launch
 //! let config = AcmeConfig::new(["example.com"], "/var/lib/myapp/acme")
 //!     .directory(Directory::Staging)
 //!     .contact("mailto:ops@example.com");
-//! let acme = certloop_smol::launch(config).await?; // bad config or cache dir: error here
-//! // Serve TLS with acme.server_config() from now on: TLS-ALPN-01 validation connects to it.
-//! let tls = futures_rustls::TlsAcceptor::from(acme.server_config());
-//! acme.ready().await?; // no valid certificate per the failure table: do not start
-//! # let _ = tls; Ok(()) }
+//! let acme = certloop_smol::launch(config).await?; // bad configuration or cache: error here
+//! let listener = AcmeListener::from_tcp(tcp, &acme)?; // answers the CA's validation itself
+//! acme.ready().await?; // no valid certificate, per the failure table: do not start
+//! loop {
+//!     let (tls, _peer) = listener.accept().await?; // a futures_rustls TlsStream, handshake done
+//!     smol::spawn(async move { drop(tls) /* serve HTTP over `tls` */ }).detach();
+//! }
+//! # }
 //! ```
+//! Logs go through `tracing`: install a subscriber to see them.
 //!
 //! ACME runs on instant-acme with certloop's own HTTP client over async-net, polled with
 //! async-io timers: instant-acme's tokio-only `poll_*` helpers are never called. Everything but

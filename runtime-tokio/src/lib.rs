@@ -1,18 +1,25 @@
 //! `certloop-tokio`: automatic ACME certificates for a tokio server.
 //!
+//! The smallest server: bind, launch, serve through an [`AcmeListener`], and start only once
+//! [`AcmeHandle::ready`] says a valid certificate is served.
 //! ```no_run
-//! # // tokio-rustls is a dev-dependency here.
+//! use certloop_tokio::{AcmeConfig, AcmeListener, Directory};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use certloop_tokio::{AcmeConfig, Directory};
+//! let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?; // before launch
 //! let config = AcmeConfig::new(["example.com"], "/var/lib/myapp/acme")
 //!     .directory(Directory::Staging)
 //!     .contact("mailto:ops@example.com");
-//! let acme = certloop_tokio::launch(config).await?; // bad config or cache dir: error here
-//! // Serve TLS with acme.server_config() from now on: TLS-ALPN-01 validation connects to it.
-//! let tls = tokio_rustls::TlsAcceptor::from(acme.server_config());
-//! acme.ready().await?; // no valid certificate per the failure table: do not start
-//! # let _ = tls; Ok(()) }
+//! let acme = certloop_tokio::launch(config).await?; // bad configuration or cache: error here
+//! let listener = AcmeListener::from_tcp(tcp, &acme)?; // answers the CA's validation itself
+//! acme.ready().await?; // no valid certificate, per the failure table: do not start
+//! loop {
+//!     let (tls, _peer) = listener.accept().await?; // a tokio_rustls TlsStream, handshake done
+//!     tokio::spawn(async move { drop(tls) /* serve HTTP over `tls` */ });
+//! }
+//! # }
 //! ```
+//! With the `axum` feature, `axum::serve(listener, app)` is the whole loop. Logs go through
+//! `tracing`: install a subscriber (e.g. `tracing_subscriber::fmt().init()`) to see them.
 //!
 //! Everything but the runtime seam ([`TokioRuntime`]) lives in `certloop-acme`, shared with
 //! `certloop-smol`.
