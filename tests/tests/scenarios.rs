@@ -369,3 +369,34 @@ fn private_key_bytes_never_reach_debug_output() {
         "{rendered}"
     );
 }
+
+/// Sixty-second certificates renewed for three hours: the order budget's window shrinks to the
+/// certificate's lifetime, so no renewal waits for it and none lapses (with an hourly budget of
+/// 8, the ninth renewal would wait most of an hour).
+#[test]
+fn sixty_second_certificates_are_renewed_for_hours_without_lapsing() {
+    let lifetime = Duration::from_secs(60);
+    let mut s = Script::new(NAMES);
+    s.cache_missing();
+    let first = s.cert(s.now(), lifetime);
+    s.order_returns(first).store_finishes(Ok(()));
+    s.renewal_info(RenewalInfo::Unsupported);
+    for renewal in 1..=270 {
+        s.until_wake();
+        assert!(
+            s.lifecycle().order_in_flight().is_some(),
+            "renewal {renewal}: woke at {} without ordering",
+            s.now()
+        );
+        let cert = s.cert(s.now(), lifetime);
+        s.order_returns(cert).store_finishes(Ok(()));
+        assert!(s.lifecycle().serving().unwrap().not_after > s.now());
+    }
+    assert_eq!(count(&s, is_order), 271);
+    assert!(
+        !notices_at(&s, Level::Error)
+            .iter()
+            .any(|n| matches!(n, Notice::CertExpired { .. })),
+        "a certificate lapsed"
+    );
+}

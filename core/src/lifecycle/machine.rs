@@ -12,7 +12,7 @@ use crate::rng::SplitMix64;
 use crate::time::{Human, UnixTime, duration_millis};
 
 use super::ari::{AriAnswer, AriPoll};
-use super::order_budget::OrderBudget;
+use super::order_budget::{self, OrderBudget};
 use super::store_writeback::{StoreWriteBack, WriteEnded};
 
 /// Where the lifecycle is in its life.
@@ -234,7 +234,8 @@ impl Machine {
                 .or(self.serving.as_ref().map(|s| s.renew_at))?,
             Phase::LoadingCache { .. } | Phase::Failed => return None,
         };
-        Some(self.budget.earliest(wanted))
+        let lifetime = self.serving.as_ref().map(|s| s.cert.info.lifetime());
+        Some(self.budget.earliest(wanted, order_budget::window(lifetime)))
     }
 
     /// Fires every timer that is due at `now`.

@@ -61,7 +61,12 @@ fn main() {
         read_log().contains(" ready")
     });
     let root = pebble.issuing_root_pem();
-    let client = certloop_sim::client_config(&root, b"http/1.1").expect("client TLS");
+    // Every request is a full handshake that verifies the served certificate: a resumed
+    // session would skip that, and hide an expired certificate.
+    let mut client =
+        (*certloop_sim::client_config(&root, b"http/1.1").expect("client TLS")).clone();
+    client.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(client);
     let orders_at_start = pebble.log().matches("POST /order-plz").count();
     let (rss_start, fds_start) = (rss_kib(pid), open_files(pid));
     println!(
