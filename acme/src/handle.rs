@@ -75,6 +75,22 @@ pub enum LifecycleEvent {
     },
 }
 
+/// The events of one [`AcmeHandle::subscribe`], in order. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct LifecycleEvents(async_channel::Receiver<LifecycleEvent>);
+
+impl LifecycleEvents {
+    /// The next event; `None` once certificate management has stopped.
+    pub async fn next(&self) -> Option<LifecycleEvent> {
+        self.0.recv().await.ok()
+    }
+
+    /// The next event if one is waiting, without waiting.
+    pub fn try_next(&self) -> Option<LifecycleEvent> {
+        self.0.try_recv().ok()
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) resolver: Arc<CertResolver>,
     pub(crate) tokens: Arc<Http01Tokens>,
@@ -146,7 +162,7 @@ impl AcmeHandle {
     }
 
     /// Lifecycle events: the latest few that already happened, then every new one.
-    pub fn subscribe(&self) -> async_channel::Receiver<LifecycleEvent> {
+    pub fn subscribe(&self) -> LifecycleEvents {
         let (tx, rx) = async_channel::unbounded();
         let history = self
             .shared
@@ -161,7 +177,7 @@ impl AcmeHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(tx);
-        rx
+        LifecycleEvents(rx)
     }
 
     /// Each certificate's names and the validity of what is served.

@@ -35,6 +35,6 @@ pub mod tls;
 
 pub use config::{AcmeConfig, Directory, StartError};
 pub use driver::launch;
-pub use handle::{AcmeHandle, CertStatus, LifecycleEvent};
+pub use handle::{AcmeHandle, CertStatus, LifecycleEvent, LifecycleEvents};
 pub use order::{ChallengeKind, ExternalAccount};
 pub use runtime::Runtime;

@@ -37,7 +37,7 @@ use certloop_acme::runtime::{BoxFuture, Runtime};
 pub use certloop_acme::http01::Http01Tokens;
 pub use certloop_acme::tls::{CertResolver, server_config};
 pub use certloop_acme::{
-    AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError,
+    AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, LifecycleEvents, StartError,
 };
 pub use certloop_core::{Policy, UnixTime};
 pub use listener::AcmeListener;

@@ -66,7 +66,10 @@ fn wait_for_event<A: Adapter>(
             Instant::now() < deadline,
             "no matching lifecycle event within {within:?}: {seen:?}"
         );
-        seen.extend(a.block_on(crate::pebble::recv_within(&events, Duration::from_secs(1))));
+        seen.extend(
+            a.block_on(crate::pebble::within(Duration::from_secs(1), events.next()))
+                .flatten(),
+        );
     }
     seen
 }

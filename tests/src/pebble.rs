@@ -64,9 +64,12 @@ pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() ->
     }
 }
 
-/// The next message, or `None` after `within` (an async-io timer: works on any runtime).
-pub async fn recv_within<T>(rx: &async_channel::Receiver<T>, within: Duration) -> Option<T> {
-    futures_lite::future::or(async { rx.recv().await.ok() }, async {
+/// `future`'s output, or `None` after `within` (an async-io timer: works on any runtime).
+pub async fn within<T>(
+    within: Duration,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
         async_io::Timer::after(within).await;
         None
     })
