@@ -133,7 +133,7 @@ pub fn decode_cert_file(bytes: &[u8]) -> Result<CachedCertFile, CacheError> {
 }
 
 /// Validity and DNS names of a DER certificate.
-pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, CacheError> {
+pub(crate) fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, CacheError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| CacheError::BadCertificate(e.to_string()))?;
     let validity = cert.validity();

@@ -9,7 +9,7 @@ use rustls::ServerConfig;
 
 use crate::config::StartError;
 use crate::http01::Http01Tokens;
-use crate::tls::{CertResolver, server_config};
+use crate::tls::{CertResolver, TlsAlpn01, server_config};
 
 /// One managed certificate's names and the validity of what is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +148,10 @@ impl AcmeHandle {
 
     /// A ready `ServerConfig`: TLS 1.2/1.3, AEAD suites, ALPN `h2`, `http/1.1`, `acme-tls/1`.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        Arc::new(server_config(self.shared.resolver.clone(), true))
+        Arc::new(server_config(
+            self.shared.resolver.clone(),
+            TlsAlpn01::Answer,
+        ))
     }
 
     /// The pending HTTP-01 tokens (for a port-80 responder of your own).

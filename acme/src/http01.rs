@@ -16,7 +16,7 @@ use crate::runtime::{Runtime, timeout};
 use crate::tls::ChallengeOwner;
 
 /// The path prefix HTTP-01 validation requests use.
-pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+pub(crate) const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Pending HTTP-01 tokens and their key authorizations, each with the order that published it.
 #[derive(Debug, Default)]
@@ -147,7 +147,7 @@ pub async fn write_response<S: futures_lite::AsyncWrite + Unpin>(
 
 /// Serves one connection of the ready-made port-80 responder: pending tokens get their key
 /// authorization, everything else a 404.
-pub async fn serve_challenge_connection<S>(mut stream: S, tokens: &Http01Tokens)
+pub(crate) async fn serve_challenge_connection<S>(mut stream: S, tokens: &Http01Tokens)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
@@ -177,7 +177,7 @@ pub const RESPONDER_MAX_CONNECTIONS: usize = 1024;
 pub const RESPONDER_MAX_PER_CLIENT: usize = 16;
 
 /// The ready-made port-80 responder over any runtime: accepts with `accept` (backing off on
-/// errors, never giving up), serves each connection with [`serve_challenge_connection`]
+/// errors, never giving up), serves each connection with `serve_challenge_connection`
 /// under [`RESPONDER_DEADLINE`], and holds at most [`RESPONDER_MAX_CONNECTIONS`], of which at
 /// most [`RESPONDER_MAX_PER_CLIENT`] from one client. Runs forever.
 pub async fn serve_responder<R, F, Fut, S>(rt: R, mut accept: F, tokens: Arc<Http01Tokens>)

@@ -29,26 +29,26 @@ use certloop_core::UnixTime;
 use crate::runtime::{BoxFuture, Runtime, timeout};
 
 /// The longest one ACME HTTP request may take, connect to last header.
-pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one ACME request may take when the first certificate must arrive within
 /// `startup_timeout`: a third of it (at least a second, at most [`MAX_REQUEST_TIMEOUT`]), so
 /// that a stalled CA still leaves room for the fast startup retries.
-pub fn request_timeout(startup_timeout: Duration) -> Duration {
+pub(crate) fn request_timeout(startup_timeout: Duration) -> Duration {
     (startup_timeout / 3).clamp(Duration::from_secs(1), MAX_REQUEST_TIMEOUT)
 }
 
 /// The `Retry-After` of the latest successful response from each URL, for the step runner's
 /// polling. Each value belongs to the URL that carried it; taking it removes it.
 #[derive(Clone, Debug, Default)]
-pub struct RetryAfterSlot(Arc<Mutex<HashMap<String, Duration>>>);
+pub(crate) struct RetryAfterSlot(Arc<Mutex<HashMap<String, Duration>>>);
 
 /// Entries kept at most (URLs that are never polled again would otherwise pile up).
 const RETRY_AFTER_ENTRIES: usize = 64;
 
 impl RetryAfterSlot {
     /// Takes what the latest response from `url` asked for.
-    pub fn take(&self, url: &str) -> Option<Duration> {
+    pub(crate) fn take(&self, url: &str) -> Option<Duration> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(url)
     }
 
@@ -70,7 +70,7 @@ impl RetryAfterSlot {
 
 /// The CA answered a request with an error status.
 #[derive(Debug)]
-pub struct CaAnswered {
+pub(crate) struct CaAnswered {
     /// Method and URL.
     pub request: String,
     /// The HTTP status.
@@ -114,7 +114,7 @@ const SUCCESS_BODY_LIMIT: usize = 1024 * 1024;
 /// A response as soon as its head arrived; the checks read the body.
 pub type TransportResponse = http::Response<UnsyncBoxBody<Bytes, String>>;
 
-/// How a request reaches the CA. Always [`HttpsTransport`], except in the simulator, whose CA
+/// How a request reaches the CA. Always `HttpsTransport`, except in the simulator, whose CA
 /// lives in the same process.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `req` (an absolute `https` URL) and returns the response once its head arrived.
@@ -125,7 +125,7 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// The HTTP client instant-acme talks through.
-pub struct AcmeHttpClient<R: Runtime> {
+pub(crate) struct AcmeHttpClient<R: Runtime> {
     rt: R,
     transport: Arc<dyn Transport>,
     retry_after: RetryAfterSlot,
@@ -134,7 +134,7 @@ pub struct AcmeHttpClient<R: Runtime> {
 
 impl<R: Runtime> AcmeHttpClient<R> {
     /// A client sending through `transport`, giving up on a request after `request_timeout`.
-    pub fn new(
+    pub(crate) fn new(
         rt: R,
         transport: Arc<dyn Transport>,
         retry_after: RetryAfterSlot,
@@ -150,14 +150,14 @@ impl<R: Runtime> AcmeHttpClient<R> {
 }
 
 /// HTTPS to the CA over the runtime's TCP: one HTTP/1.1 connection per request.
-pub struct HttpsTransport<R: Runtime> {
+pub(crate) struct HttpsTransport<R: Runtime> {
     rt: R,
     tls: futures_rustls::TlsConnector,
 }
 
 impl<R: Runtime> HttpsTransport<R> {
     /// A transport trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA).
-    pub fn new(rt: R, extra_roots: &[CertificateDer<'static>]) -> Result<Self, String> {
+    pub(crate) fn new(rt: R, extra_roots: &[CertificateDer<'static>]) -> Result<Self, String> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };

@@ -1,40 +1,85 @@
 //! `certloop-acme`: everything both runtime adapters need, written once and generic over a
-//! four-operation [`runtime::Runtime`] seam (connect, sleep, spawn, unblock; plus the wall
-//! clock, the system's by default).
+//! four-operation runtime seam ([`adapter::Runtime`]: connect, sleep, spawn, unblock; plus
+//! the wall clock, the system's by default).
 //!
-//! - [`accept`]: accept loops that back off on errors instead of spinning.
-//! - [`cache`]: the rustls-acme compatible `DirCache` format as pure functions.
-//! - [`store`]: the cache directory on disk (atomic writes, 0600/0700, lock, set-aside).
-//! - [`cache_fs`]: the file operations the store is made of (the real disk, or a simulated one).
-//! - [`tls`]: the one crypto provider, shared server settings, the SNI and TLS-ALPN-01 resolver.
-//! - [`http01`]: HTTP-01 tokens and a minimal port-80 responder.
-//! - [`incoming`]: the TLS accept loop behind both runtimes' `AcmeListener`.
-//! - [`http_client`]: instant-acme's HTTP client over the seam, with timeouts and Retry-After.
-//! - [`order`]: the ACME step runner (account, order, challenges, polling, finalization).
-//! - [`config`]: what an embedder configures, and the errors of `launch`.
-//! - [`handle`]: the handle an embedder keeps.
-//! - [`driver`]: the loop that drives a `CertFleet` and carries out its actions.
-//! - [`example`]: flags and the page both runtimes' `https_server` examples use.
+//! Embedders use `certloop-tokio` or `certloop-smol`, which re-export what is at this crate's
+//! root: [`AcmeConfig`], [`AcmeHandle`] and the types around them. [`adapter`] holds the
+//! building blocks a runtime adapter (and certloop's proxy) is made of. Everything else is
+//! private; `testing` (hidden) opens what certloop's own simulator replaces, with no
+//! stability promise.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
-pub mod accept;
-pub mod cache;
-pub mod cache_fs;
-pub mod config;
-pub mod driver;
+mod accept;
+mod cache;
+mod cache_fs;
+mod config;
+mod driver;
+#[doc(hidden)]
 pub mod example;
-pub mod handle;
-pub mod http01;
-pub mod http_client;
-pub mod incoming;
-pub mod order;
-pub mod runtime;
-pub mod store;
-pub mod tls;
+mod handle;
+mod http01;
+mod http_client;
+mod incoming;
+mod order;
+mod runtime;
+mod store;
+mod tls;
 
-pub use config::{AcmeConfig, Directory, StartError};
-pub use driver::launch;
+pub use config::{
+    AcmeConfig, Directory, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
+};
 pub use handle::{AcmeHandle, CertStatus, LifecycleEvent, LifecycleEvents};
-pub use order::{ChallengeKind, ExternalAccount};
-pub use runtime::Runtime;
+pub use http01::{
+    Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
+};
+pub use incoming::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, READY_QUEUE};
+pub use order::ChallengeKind;
+pub use store::StoreError;
+pub use tls::{CertResolver, TlsAlpn01, server_config};
+
+/// What a runtime crate re-exports for embedders, listed once for both
+/// (`pub use certloop_acme::embedding::*`).
+#[doc(hidden)]
+pub mod embedding {
+    pub use crate::{
+        AcmeConfig, AcmeHandle, CertResolver, CertStatus, ChallengeKind, Directory,
+        HANDSHAKE_TIMEOUT, Http01Tokens, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
+        LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, READY_QUEUE, RESPONDER_DEADLINE,
+        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, StartError, StoreError, TlsAlpn01,
+        server_config,
+    };
+    pub use certloop_core::{Policy, Ratio, UnixTime};
+}
+
+/// The building blocks of a runtime adapter (`certloop-tokio` and `certloop-smol` are made of
+/// these) and of certloop's proxy: the runtime seam, the driver's entry point, the TLS accept
+/// loop, the HTTP-01 responder, accept backoff and per-client caps, and the crypto provider.
+pub mod adapter {
+    pub use crate::accept::{
+        AcceptBackoff, AcceptErrorStep, AtClientCap, ClientSlot, PerClientSlots,
+        accept_with_backoff, canonical_ip,
+    };
+    pub use crate::driver::launch;
+    pub use crate::http01::serve_responder;
+    pub use crate::incoming::{Handshake, Incoming, spawn_incoming};
+    pub use crate::runtime::{BoxFuture, Runtime, system_clock, timeout};
+    pub use crate::tls::{ACME_TLS_ALPN, certified_key, provider};
+}
+
+/// What certloop's own simulator and tests replace or inspect. Not part of the API: it may
+/// change in any release.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::cache::{
+        CacheError, CachedCertFile, account_file_name, cert_file_name, decode_cert_file,
+        decode_retry_state, encode_cert_file, encode_retry_state,
+    };
+    pub use crate::cache_fs::{CacheFs, DirState, LockError, LockGuard, StdFs};
+    pub use crate::driver::{Observer, Seams, launch_with};
+    pub use crate::http_client::{HyperIo, Transport, TransportResponse};
+    pub use crate::http01::{RequestHead, read_request_head, write_response};
+    pub use crate::store::DirStore;
+    pub use crate::tls::{ChallengeOwner, certified_key_from_bundle};
+}

@@ -41,7 +41,7 @@ impl ChallengeKind {
 
 /// External Account Binding credentials (RFC 8555 §7.3.4).
 #[derive(Clone)]
-pub struct ExternalAccount {
+pub(crate) struct ExternalAccount {
     /// Key identifier from the CA.
     pub kid: String,
     /// The HMAC key, decoded from the CA's base64url.
@@ -58,7 +58,7 @@ impl std::fmt::Debug for ExternalAccount {
 }
 
 /// Everything an order needs, shared by all orders of one driver.
-pub struct AcmeContext<R: Runtime> {
+pub(crate) struct AcmeContext<R: Runtime> {
     /// The runtime seam.
     pub rt: R,
     /// The directory URL.
@@ -97,7 +97,7 @@ impl<R: Runtime> AcmeContext<R> {
 
     /// The account for this cache directory: restored from certloop's credentials, adopted
     /// from a rustls-acme key file, or registered once and persisted.
-    pub async fn account(&self) -> Result<Account, OrderError> {
+    pub(crate) async fn account(&self) -> Result<Account, OrderError> {
         let mut slot = self.account.lock().await;
         if let Some(account) = slot.as_ref() {
             return Ok(account.clone());
@@ -178,7 +178,7 @@ impl<R: Runtime> AcmeContext<R> {
     }
 
     /// Classifies an instant-acme error for the core, with the CA's problem type and detail.
-    pub fn classify(&self, error: &instant_acme::Error) -> OrderError {
+    pub(crate) fn classify(&self, error: &instant_acme::Error) -> OrderError {
         match error {
             instant_acme::Error::Other(inner) => match inner.downcast_ref::<CaAnswered>() {
                 Some(answer) => classify_answer(answer),
@@ -203,7 +203,7 @@ impl<R: Runtime> AcmeContext<R> {
     /// Runs one order to a certificate for `domains`, publishing its challenge answers as
     /// `owner` (they are removed when the order ends, however it ends). `replacing` (sent as
     /// ARI `replaces`) must only be given when the directory supports ARI.
-    pub async fn order(
+    pub(crate) async fn order(
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
@@ -557,7 +557,7 @@ fn is_ca_answer(error: &instant_acme::Error) -> bool {
 /// problem document (a 502 or 504 without one comes from a gateway that could not reach the
 /// CA: unreachable). 429, and 503 with a Retry-After, ask to come back later: both are rate
 /// limits whose wait the core honours.
-pub fn classify_answer(answer: &CaAnswered) -> OrderError {
+pub(crate) fn classify_answer(answer: &CaAnswered) -> OrderError {
     let mut error = match &answer.problem {
         Some(problem) => classify_problem(problem, answer.retry_after),
         None => OrderError {
@@ -580,7 +580,7 @@ pub fn classify_answer(answer: &CaAnswered) -> OrderError {
 }
 
 /// Maps an ACME problem document to the core's failure classes.
-pub fn classify_problem(problem: &Problem, retry_after: Option<Duration>) -> OrderError {
+pub(crate) fn classify_problem(problem: &Problem, retry_after: Option<Duration>) -> OrderError {
     let kind_name = problem.r#type.as_deref().unwrap_or("about:blank");
     let short = kind_name
         .strip_prefix("urn:ietf:params:acme:error:")

@@ -38,9 +38,18 @@ pub fn provider() -> Arc<CryptoProvider> {
     })
 }
 
+/// Whether a server offers `acme-tls/1`, the ALPN protocol of TLS-ALPN-01 validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsAlpn01 {
+    /// Offered: the resolver answers validations (certloop's [`CertResolver`] does).
+    Answer,
+    /// Not offered: certificates that do not come from a TLS-ALPN-01 order.
+    Ignore,
+}
+
 /// Server settings used by every listener, manual or ACME: TLS 1.2 and 1.3 only, the suites of
-/// [`provider`], ALPN `h2` and `http/1.1`, plus `acme-tls/1` when `acme` is set.
-pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> ServerConfig {
+/// [`provider`], ALPN `h2` and `http/1.1`, plus `acme-tls/1` for [`TlsAlpn01::Answer`].
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, alpn01: TlsAlpn01) -> ServerConfig {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the provider supports TLS 1.2 and 1.3")
@@ -52,7 +61,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, acme: bool) -> Serve
     if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
         config.ticketer = ticketer;
     }
-    if acme {
+    if alpn01 == TlsAlpn01::Answer {
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
     config
@@ -91,7 +100,10 @@ pub fn certified_key(
 
 /// A self-signed TLS-ALPN-01 certificate for `domain` carrying the SHA-256 digest of the key
 /// authorization in the critical acmeIdentifier extension (RFC 8737).
-pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+pub(crate) fn alpn_challenge_cert(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<CertifiedKey>, String> {
     let key =
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
     let mut params =

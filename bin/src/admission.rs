@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use certloop_acme::accept::{ClientSlot, PerClientSlots};
+use certloop_acme::adapter::{ClientSlot, PerClientSlots};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The caps of one listener.

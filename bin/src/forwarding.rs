@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use certloop_acme::accept::canonical_ip;
+use certloop_acme::adapter::canonical_ip;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -241,7 +241,8 @@ async fn run(config: Config) -> Result<(), String> {
                 let resolver = ManualResolver::new(&name, cert, key, loaded);
                 tokio::spawn(resolver.clone().watch_files());
                 manual_resolvers.push(resolver.clone());
-                Arc::new(certloop_tokio::server_config(resolver, false))
+                let alpn01 = certloop_tokio::TlsAlpn01::Ignore;
+                Arc::new(certloop_tokio::server_config(resolver, alpn01))
             }
             TlsMode::Acme(acme) => {
                 let handle = certloop_tokio::launch(*acme).await.map_err(|e| {

@@ -38,7 +38,7 @@ pub(crate) fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<Certifie
     }
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| key_err(format!("no usable private key ({e})")))?;
-    let certified = certloop_acme::tls::certified_key(chain, private_key).map_err(key_err)?;
+    let certified = certloop_acme::adapter::certified_key(chain, private_key).map_err(key_err)?;
     certified.keys_match().map_err(|e| {
         key_err(format!(
             "does not match the certificate in {} ({e})",

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admitted;
 use crate::forwarding::{IpRange, set_forwarding_headers};
 use crate::tunnel;
-use certloop_acme::accept::canonical_ip;
+use certloop_acme::adapter::canonical_ip;
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
 pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use certloop_acme::accept::{AcceptBackoff, accept_with_backoff};
+use certloop_acme::adapter::{AcceptBackoff, accept_with_backoff};
 use certloop_tokio::{Http01Tokens, TokioRuntime};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -110,7 +110,7 @@ pub(crate) async fn serve_tls(
                 }
             };
             let protocol = match tls.get_ref().1.alpn_protocol() {
-                Some(certloop_acme::tls::ACME_TLS_ALPN) => return, // the handshake was the answer
+                Some(certloop_acme::adapter::ACME_TLS_ALPN) => return, // the handshake was the answer
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };

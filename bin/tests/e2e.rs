@@ -457,7 +457,7 @@ fn a_cached_key_that_does_not_match_is_replaced_or_refused() {
     first.signal("TERM");
     assert_eq!(first.wait_exit(Duration::from_secs(35)), 0);
     let cache_dir = pebble.scratch("state").join("mismatch");
-    let cached = cache_dir.join(certloop_acme::cache::cert_file_name(
+    let cached = cache_dir.join(certloop_acme::testing::cert_file_name(
         &[name.to_owned()],
         &pebble.directory_url,
     ));

@@ -25,6 +25,7 @@
 //! the runtime seam ([`SmolRuntime`]) lives in `certloop-acme`, shared with `certloop-tokio`.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod listener;
 
@@ -32,14 +33,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_acme::runtime::{BoxFuture, Runtime};
+use certloop_acme::adapter::{BoxFuture, Runtime};
 
-pub use certloop_acme::http01::Http01Tokens;
-pub use certloop_acme::tls::{CertResolver, server_config};
-pub use certloop_acme::{
-    AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, LifecycleEvents, StartError,
-};
-pub use certloop_core::{Policy, UnixTime};
+pub use certloop_acme::embedding::*;
+
 pub use listener::AcmeListener;
 
 /// The runtime seam on smol: async-net sockets, async-io timers, smol's global executor and
@@ -76,15 +73,15 @@ impl Runtime for SmolRuntime {
 /// Starts certificate management on smol and returns at once; serve TLS with
 /// [`AcmeHandle::server_config`], then await [`AcmeHandle::ready`].
 pub async fn launch(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
-    certloop_acme::launch(SmolRuntime, config).await
+    certloop_acme::adapter::launch(SmolRuntime, config).await
 }
 
 /// The ready-made port-80 responder: answers HTTP-01 validation for pending tokens and 404s
 /// everything else. Runs forever: accept errors (such as running out of file descriptors) are
 /// retried with a backoff, each connection gets
-/// [`RESPONDER_DEADLINE`](certloop_acme::http01::RESPONDER_DEADLINE), and at most
-/// [`RESPONDER_MAX_CONNECTIONS`](certloop_acme::http01::RESPONDER_MAX_CONNECTIONS) are served
-/// at once ([`RESPONDER_MAX_PER_CLIENT`](certloop_acme::http01::RESPONDER_MAX_PER_CLIENT) from
+/// [`RESPONDER_DEADLINE`], and at most
+/// [`RESPONDER_MAX_CONNECTIONS`] are served
+/// at once ([`RESPONDER_MAX_PER_CLIENT`] from
 /// one client).
 pub async fn serve_http01(listener: async_net::TcpListener, tokens: Arc<Http01Tokens>) {
     let accept = || async {
@@ -93,5 +90,5 @@ pub async fn serve_http01(listener: async_net::TcpListener, tokens: Arc<Http01To
             .await
             .map(|(stream, peer)| (stream, peer.ip()))
     };
-    certloop_acme::http01::serve_responder(SmolRuntime, accept, tokens).await;
+    certloop_acme::adapter::serve_responder(SmolRuntime, accept, tokens).await;
 }

@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_net::{AsyncToSocketAddrs, TcpListener, TcpStream};
-use certloop_acme::incoming::{Handshake, Incoming, spawn_incoming};
-use certloop_acme::tls::ACME_TLS_ALPN;
+use certloop_acme::adapter::{ACME_TLS_ALPN, Handshake, Incoming, spawn_incoming};
 use futures_lite::AsyncWriteExt;
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
@@ -19,8 +18,8 @@ use crate::{AcmeHandle, SmolRuntime};
 /// handshake is done, while validation handshakes (ALPN `acme-tls/1`) are answered inside and
 /// never reach the application. It accepts from the moment it is made, so awaiting
 /// [`AcmeHandle::ready`] before the first `accept` is fine. Each handshake runs in its own task
-/// within [`HANDSHAKE_TIMEOUT`](certloop_acme::incoming::HANDSHAKE_TIMEOUT), at most
-/// [`MAX_HANDSHAKES`](certloop_acme::incoming::MAX_HANDSHAKES) at once, so a slow client holds
+/// within [`HANDSHAKE_TIMEOUT`](crate::HANDSHAKE_TIMEOUT), at most
+/// [`MAX_HANDSHAKES`](crate::MAX_HANDSHAKES) at once, so a slow client holds
 /// up no one else. Dropping it closes the socket.
 pub struct AcmeListener {
     incoming: Incoming<TlsStream<TcpStream>>,

@@ -41,6 +41,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod listener;
 
@@ -48,15 +49,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_acme::runtime::{BoxFuture, Runtime};
+use certloop_acme::adapter::{BoxFuture, Runtime};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-pub use certloop_acme::http01::Http01Tokens;
-pub use certloop_acme::tls::{CertResolver, server_config};
-pub use certloop_acme::{
-    AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, LifecycleEvents, StartError,
-};
-pub use certloop_core::{Policy, UnixTime};
+pub use certloop_acme::embedding::*;
+
 pub use listener::AcmeListener;
 
 /// The runtime seam on tokio: tokio sockets, `tokio::time`, the blocking pool.
@@ -110,15 +107,15 @@ impl Runtime for TokioRuntime {
 /// Starts certificate management on the current tokio runtime and returns at once; serve TLS
 /// with [`AcmeHandle::server_config`], then await [`AcmeHandle::ready`].
 pub async fn launch(config: AcmeConfig) -> Result<AcmeHandle, StartError> {
-    certloop_acme::launch(TokioRuntime::current(), config).await
+    certloop_acme::adapter::launch(TokioRuntime::current(), config).await
 }
 
 /// The ready-made port-80 responder: answers HTTP-01 validation for pending tokens and 404s
 /// everything else. Runs forever: accept errors (such as running out of file descriptors) are
 /// retried with a backoff, each connection gets
-/// [`RESPONDER_DEADLINE`](certloop_acme::http01::RESPONDER_DEADLINE), and at most
-/// [`RESPONDER_MAX_CONNECTIONS`](certloop_acme::http01::RESPONDER_MAX_CONNECTIONS) are served
-/// at once ([`RESPONDER_MAX_PER_CLIENT`](certloop_acme::http01::RESPONDER_MAX_PER_CLIENT) from
+/// [`RESPONDER_DEADLINE`], and at most
+/// [`RESPONDER_MAX_CONNECTIONS`] are served
+/// at once ([`RESPONDER_MAX_PER_CLIENT`] from
 /// one client).
 pub async fn serve_http01(listener: tokio::net::TcpListener, tokens: Arc<Http01Tokens>) {
     let accept = || async {
@@ -127,7 +124,7 @@ pub async fn serve_http01(listener: tokio::net::TcpListener, tokens: Arc<Http01T
             .await
             .map(|(stream, peer)| (stream.compat(), peer.ip()))
     };
-    certloop_acme::http01::serve_responder(TokioRuntime::current(), accept, tokens).await;
+    certloop_acme::adapter::serve_responder(TokioRuntime::current(), accept, tokens).await;
 }
 
 #[cfg(test)]
@@ -190,7 +187,7 @@ mod tests {
             AcmeConfig::new(["end.example"], &dir).directory_url("https://127.0.0.1:1/dir");
         end(launch(config).await.expect("launch"));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while certloop_acme::store::DirStore::open(&dir).is_err() {
+        while certloop_acme::testing::DirStore::open(&dir).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the driver did not end"

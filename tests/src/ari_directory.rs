@@ -64,7 +64,7 @@ impl AriDirectory {
                         let seen = seen.clone();
                         async move { Ok::<_, std::convert::Infallible>(answer(&req, &directory, &seen)) }
                     });
-                    let io = certloop_acme::http_client::HyperIo(tls);
+                    let io = certloop_acme::testing::HyperIo(tls);
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, service)
                         .await;
@@ -98,7 +98,7 @@ fn answer(
     let first =
         seen.iter().collect::<BTreeSet<_>>().len() <= 1 && seen.first().is_none_or(|f| f == id);
     seen.push(id.to_owned());
-    let now = certloop_acme::runtime::system_clock();
+    let now = certloop_acme::adapter::system_clock();
     let (start, end) = if first {
         // Opens in two seconds: the renewed certificate must expire later than the first one,
         // and Pebble's validity has one-second resolution.

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use certloop_acme::store::DirStore;
+use certloop_acme::testing::DirStore;
 use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError};
 use certloop_core::{Policy, Ratio};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -262,7 +262,7 @@ pub fn corrupt_cache_is_set_aside_and_reordered<A: Adapter>(a: &A) {
     let cache = pebble.scratch("cache");
     let names = vec!["corrupt.certloop.test".to_owned()];
     std::fs::create_dir_all(&cache).expect("cache dir");
-    let path = cache.join(certloop_acme::cache::cert_file_name(
+    let path = cache.join(certloop_acme::testing::cert_file_name(
         &names,
         &pebble.directory_url,
     ));
@@ -276,7 +276,7 @@ pub fn corrupt_cache_is_set_aside_and_reordered<A: Adapter>(a: &A) {
     wait_until(
         "the new certificate to be stored",
         Duration::from_secs(10),
-        || std::fs::read(&path).is_ok_and(|b| certloop_acme::cache::decode_cert_file(&b).is_ok()),
+        || std::fs::read(&path).is_ok_and(|b| certloop_acme::testing::decode_cert_file(&b).is_ok()),
     );
     let aside: Vec<String> = std::fs::read_dir(&cache)
         .expect("cache dir")
@@ -297,12 +297,9 @@ pub fn directory_selection<A: Adapter>(a: &A) {
     for (given, url) in [
         (
             "production",
-            certloop_acme::config::LETS_ENCRYPT_PRODUCTION.to_owned(),
+            certloop_acme::LETS_ENCRYPT_PRODUCTION.to_owned(),
         ),
-        (
-            "staging",
-            certloop_acme::config::LETS_ENCRYPT_STAGING.to_owned(),
-        ),
+        ("staging", certloop_acme::LETS_ENCRYPT_STAGING.to_owned()),
         (pebble.directory_url.as_str(), pebble.directory_url.clone()),
     ] {
         let cache = pebble.scratch(&format!("cache-{}", free_port()));
@@ -331,7 +328,7 @@ pub fn adopts_rustls_acme_cache<A: Adapter>(a: &A) {
         })
         .expect("certificate file");
     let decoded =
-        certloop_acme::cache::decode_cert_file(&std::fs::read(issued_file.path()).expect("read"))
+        certloop_acme::testing::decode_cert_file(&std::fs::read(issued_file.path()).expect("read"))
             .expect("decode");
     let fixture = crate::rustls_acme_fixture::cert_file(&decoded);
     let adopted = pebble.scratch("adopted");

@@ -108,11 +108,12 @@ impl FaultProxy {
         for cert in CertificateDer::pem_file_iter(&pebble.directory_ca).expect("CA") {
             roots.add(cert.expect("CA")).expect("CA");
         }
-        let client = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client =
+            rustls::ClientConfig::builder_with_provider(certloop_acme::adapter::provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let upstream_port: u16 = pebble
             .directory_url
             .trim_start_matches("https://127.0.0.1:")
@@ -194,7 +195,7 @@ impl Context {
             let context = context.clone();
             async move { context.handle(req).await }
         });
-        let io = certloop_acme::http_client::HyperIo(tls);
+        let io = certloop_acme::testing::HyperIo(tls);
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, service)
             .await;
@@ -280,7 +281,7 @@ impl Context {
             .await
             .map_err(|e| e.to_string())?;
         let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(certloop_acme::http_client::HyperIo(tls))
+            hyper::client::conn::http1::handshake(certloop_acme::testing::HyperIo(tls))
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(connection);

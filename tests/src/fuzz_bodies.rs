@@ -302,16 +302,16 @@ impl Checker {
 /// Decodes arbitrary bytes as a cached certificate file and as a retry-state sidecar. Must
 /// never panic; a decoded certificate must have a leaf.
 pub fn cache_decode(data: &[u8]) {
-    if let Ok(file) = certloop_acme::cache::decode_cert_file(data) {
+    if let Ok(file) = certloop_acme::testing::decode_cert_file(data) {
         assert!(!file.chain.is_empty());
         assert!(!format!("{file:?}").contains("PRIVATE"));
     }
     if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(state) = certloop_acme::cache::decode_retry_state(text)
+        && let Ok(state) = certloop_acme::testing::decode_retry_state(text)
     {
-        let again = certloop_acme::cache::encode_retry_state(&state);
+        let again = certloop_acme::testing::encode_retry_state(&state);
         let reparsed =
-            certloop_acme::cache::decode_retry_state(&again).expect("re-encoded state parses");
+            certloop_acme::testing::decode_retry_state(&again).expect("re-encoded state parses");
         assert_eq!(reparsed.failures, state.failures);
         assert_eq!(reparsed.next_attempt_at, state.next_attempt_at);
     }

@@ -58,11 +58,12 @@ pub fn client_config(
             .add(cert.map_err(|e: rustls::pki_types::pem::Error| e.to_string())?)
             .map_err(|e| e.to_string())?;
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(certloop_acme::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(certloop_acme::adapter::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(std::sync::Arc::new(config))
 }

@@ -65,10 +65,7 @@ pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() ->
 }
 
 /// `future`'s output, or `None` after `within` (an async-io timer: works on any runtime).
-pub async fn within<T>(
-    within: Duration,
-    future: impl Future<Output = T>,
-) -> Option<T> {
+pub async fn within<T>(within: Duration, future: impl Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(future.await) }, async {
         async_io::Timer::after(within).await;
         None
@@ -218,7 +215,7 @@ impl Pebble {
                 .expect("listener cert");
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.scratch("listener.key"))
             .expect("listener key");
-        rustls::ServerConfig::builder_with_provider(certloop_acme::tls::provider())
+        rustls::ServerConfig::builder_with_provider(certloop_acme::adapter::provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_no_client_auth()

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use certloop_acme::cache::CachedCertFile;
+use certloop_acme::testing::CachedCertFile;
 use rustls::pki_types::PrivateKeyDer;
 use sha2::{Digest, Sha256};
 

@@ -41,7 +41,7 @@ fn cache_decode_corpus() {
         .iter()
         .find(|(p, _)| p.ends_with("valid_key_and_chain"))
         .expect("fixture");
-    let file = certloop_acme::cache::decode_cert_file(valid).expect("fixture decodes");
+    let file = certloop_acme::testing::decode_cert_file(valid).expect("fixture decodes");
     assert_eq!(file.chain.len(), 2);
     assert_eq!(&*file.info.names, ["a.example", "b.example"]);
     assert_eq!(

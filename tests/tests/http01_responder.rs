@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use certloop_acme::http01::{Http01Tokens, RESPONDER_DEADLINE, serve_responder};
+use certloop_acme::adapter::serve_responder;
+use certloop_acme::{Http01Tokens, RESPONDER_DEADLINE};
 use certloop_sim::pebble::wait_until;
 
 /// A GET for `token`'s challenge path; the whole response.

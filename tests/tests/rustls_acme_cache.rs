@@ -27,7 +27,7 @@ fn certloop_and_rustls_acme_read_each_others_caches() {
     let handle = tokio.launch(config(&ours)).expect("launch");
     tokio.serve_tls(pebble.tls_port, &handle);
     tokio.block_on(handle.ready()).expect("issued");
-    let cert_path = ours.join(certloop_acme::cache::cert_file_name(
+    let cert_path = ours.join(certloop_acme::testing::cert_file_name(
         &domains,
         &pebble.directory_url,
     ));
@@ -38,7 +38,7 @@ fn certloop_and_rustls_acme_read_each_others_caches() {
     );
     drop(handle);
     let our_cert = std::fs::read(&cert_path).expect("certloop's certificate file");
-    let account_name = certloop_acme::cache::account_file_name(&contacts, &pebble.directory_url);
+    let account_name = certloop_acme::testing::account_file_name(&contacts, &pebble.directory_url);
     let our_account = std::fs::read(ours.join(account_name)).expect("certloop's account file");
 
     // rustls-acme reads what certloop wrote.
@@ -82,6 +82,6 @@ fn certloop_and_rustls_acme_read_each_others_caches() {
         .block_on(handle.ready())
         .expect("adopted without contacting the CA");
     let (leaf, _) = fetch_verified(port, &domains[0], &root).expect("served");
-    let decoded = certloop_acme::cache::decode_cert_file(&our_cert).expect("decode");
+    let decoded = certloop_acme::testing::decode_cert_file(&our_cert).expect("decode");
     assert_eq!(leaf, decoded.chain[0]);
 }

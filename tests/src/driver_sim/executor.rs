@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use certloop_acme::runtime::{BoxFuture, Runtime};
+use certloop_acme::adapter::{BoxFuture, Runtime};
 use certloop_core::{SplitMix64, UnixTime};
 
 /// The virtual clock and the task queue, shared by every clone of the runtime.

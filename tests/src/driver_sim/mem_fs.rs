@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use certloop_acme::cache_fs::{CacheFs, DirState, LockError, LockGuard};
+use certloop_acme::testing::{CacheFs, DirState, LockError, LockGuard};
 use certloop_core::SplitMix64;
 
 /// Fault rates, in parts per thousand of operations.

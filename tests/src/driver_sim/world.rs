@@ -7,10 +7,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certloop_acme::cache::{cert_file_name, decode_cert_file};
-use certloop_acme::driver::{Observer, Seams, launch_with};
-use certloop_acme::runtime::Runtime;
-use certloop_acme::tls::{ChallengeOwner, certified_key_from_bundle};
+use certloop_acme::adapter::Runtime;
+use certloop_acme::testing::{ChallengeOwner, certified_key_from_bundle};
+use certloop_acme::testing::{Observer, Seams, launch_with};
+use certloop_acme::testing::{cert_file_name, decode_cert_file};
 use certloop_acme::{AcmeConfig, AcmeHandle, Directory};
 use certloop_core::{Action, Policy, SplitMix64, UnixTime};
 
