@@ -11,9 +11,9 @@ mod common;
 
 use common::{Certloop, curl, faketime_wrapper, manual_pair, open_tunnel, stdout, upstream};
 
-use certloop_sim::conformance::fetch_verified;
-use certloop_sim::pebble::{Pebble, free_port, wait_until};
-use certloop_sim::upstream::REQUESTS_STARTED;
+use certloop_tests::conformance::fetch_verified;
+use certloop_tests::pebble::{Pebble, free_port, wait_until};
+use certloop_tests::upstream::REQUESTS_STARTED;
 
 fn write_config(pebble: &Pebble, name: &str, body: &str) -> PathBuf {
     let path = pebble.scratch(&format!("{name}.toml"));

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use certloop_sim::pebble::{free_port, wait_until};
-use certloop_sim::upstream::REQUESTS_STARTED;
+use certloop_tests::pebble::{free_port, wait_until};
+use certloop_tests::upstream::REQUESTS_STARTED;
 use common::{
     Certloop, Scratch, curl, manual_pair, open_tunnel, peer_closed, stdout, tls_connect, upstream,
 };

@@ -1,5 +1,5 @@
 //! The real binary against a CA that misbehaves: a fault-injecting proxy in front of Pebble
-//! (`certloop_sim::fault_proxy`). For each fault, the failure table's row that applies: a first
+//! (`certloop_tests::fault_proxy`). For each fault, the failure table's row that applies: a first
 //! start fails with a message that says what the CA did, without hammering it; a start with a
 //! cached certificate serves it and warns (or renews, through a CA that is only slow); transient
 //! faults do not stop a first start; kills, a full or read-only disk, clock jumps and SIGSTOP
@@ -10,9 +10,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use certloop_sim::conformance::fetch_verified;
-use certloop_sim::fault_proxy::{Fault, FaultPlan, FaultProxy, Path};
-use certloop_sim::pebble::Pebble;
+use certloop_tests::conformance::fetch_verified;
+use certloop_tests::fault_proxy::{Fault, FaultPlan, FaultProxy, Path};
+use certloop_tests::pebble::Pebble;
 use common::{Certloop, faketime_wrapper, upstream};
 
 /// A configuration for one ACME listener through `proxy`. `startup` is `acme_startup_timeout`:
@@ -256,7 +256,7 @@ fn with_a_cached_certificate_a_failing_ca_is_a_warning_and_a_slow_one_renews() {
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let mut second = Certloop::start(&config, &[], Some(&wrapper));
         second.wait_ready();
-        certloop_sim::pebble::wait_until(
+        certloop_tests::pebble::wait_until(
             &format!("{tag}: {expected:?} in the log"),
             Duration::from_secs(120),
             || second.log().contains(expected) && (!warns || second.log().contains("WARN")),
@@ -274,7 +274,7 @@ fn with_a_cached_certificate_a_failing_ca_is_a_warning_and_a_slow_one_renews() {
 #[test]
 fn kill_9_at_random_moments_never_leaves_anything_corrupt_served_or_behind() {
     // 30-second certificates: renewals happen during the run as well as first issuance.
-    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+    let pebble = Pebble::start_with(&certloop_tests::pebble::PebbleOptions {
         validity_secs: Some(30),
         ..Default::default()
     });
@@ -418,7 +418,7 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_at_renewal_keeps_the_renewed_certificate_served_and_warns() {
-    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+    let pebble = Pebble::start_with(&certloop_tests::pebble::PebbleOptions {
         validity_secs: Some(20),
         ..Default::default()
     });
@@ -432,7 +432,7 @@ fn a_full_disk_at_renewal_keeps_the_renewed_certificate_served_and_warns() {
         .expect("first certificate");
     let _filler = disk.fill();
     // The 20-second certificate is renewed after about 13 s; storing it fails.
-    certloop_sim::pebble::wait_until("the cache write to fail", Duration::from_secs(40), || {
+    certloop_tests::pebble::wait_until("the cache write to fail", Duration::from_secs(40), || {
         certloop.log().contains("could not write certificate cache")
     });
     let log = certloop.log();
@@ -457,7 +457,7 @@ fn a_full_disk_at_renewal_keeps_the_renewed_certificate_served_and_warns() {
 
 #[test]
 fn a_process_stopped_past_its_renewal_time_renews_soon_after_it_continues() {
-    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+    let pebble = Pebble::start_with(&certloop_tests::pebble::PebbleOptions {
         validity_secs: Some(20),
         ..Default::default()
     });
@@ -478,7 +478,7 @@ fn a_process_stopped_past_its_renewal_time_renews_soon_after_it_continues() {
     std::thread::sleep(Duration::from_secs(15));
     certloop.signal("CONT");
     let continued = Instant::now();
-    certloop_sim::pebble::wait_until(
+    certloop_tests::pebble::wait_until(
         "a renewed certificate after SIGCONT",
         Duration::from_secs(60),
         || fetch_verified(pebble.tls_port, domain, &root).is_ok_and(|(served, _)| served != first),
@@ -553,7 +553,7 @@ fn the_wall_clock_jumping_forward_and_back_at_runtime() {
     // never sleeps more than a minute without reading the clock, notices.
     std::fs::write(&offset, "+4y\n").expect("offset file");
     let jumped = Instant::now();
-    certloop_sim::pebble::wait_until(
+    certloop_tests::pebble::wait_until(
         "a renewal after the clock jumped forward",
         Duration::from_secs(90),
         || fetch_verified(pebble.tls_port, domain, &root).is_ok_and(|(c, _)| c != first),
@@ -572,7 +572,7 @@ fn the_wall_clock_jumping_forward_and_back_at_runtime() {
 
 #[test]
 fn a_cache_directory_that_turns_read_only_keeps_the_renewed_certificate_served() {
-    let pebble = Pebble::start_with(&certloop_sim::pebble::PebbleOptions {
+    let pebble = Pebble::start_with(&certloop_tests::pebble::PebbleOptions {
         validity_secs: Some(20),
         ..Default::default()
     });
@@ -585,7 +585,7 @@ fn a_cache_directory_that_turns_read_only_keeps_the_renewed_certificate_served()
     let root = pebble.issuing_root_pem();
     let (first, _) = fetch_verified(pebble.tls_port, domain, &root).expect("first certificate");
     disk.remount_read_only();
-    certloop_sim::pebble::wait_until("the cache write to fail", Duration::from_secs(40), || {
+    certloop_tests::pebble::wait_until("the cache write to fail", Duration::from_secs(40), || {
         certloop.log().contains("could not write certificate cache")
     });
     assert!(

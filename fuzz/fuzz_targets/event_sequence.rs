@@ -2,4 +2,4 @@
 //! the simulator's safety invariants checked after every step.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| certloop_sim::fuzz_bodies::event_sequence(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| certloop_tests::fuzz_bodies::event_sequence(data));

@@ -9,6 +9,8 @@ use certloop_core::{
     FailureKind, OrderError, OrderId, Policy, RenewalInfo, RequestId, RetryState, UnixTime,
 };
 
+use crate::invariants::LifecycleInvariants;
+
 const START: u64 = 1_800_000_000_000;
 const NAMES: [&str; 2] = ["a.example", "b.example"];
 
@@ -21,7 +23,7 @@ pub fn event_sequence(data: &[u8]) {
     let policy = Arc::new(Policy::default());
     let mut lc = CertLifecycle::new(policy.clone(), &config, UnixTime::from_millis(START))
         .expect("valid policy");
-    let mut checker = Checker::new(policy);
+    let mut checker = Checker::new(&policy);
     let mut now = START;
     checker.drain(&mut lc, UnixTime::from_millis(now));
     for op in data.chunks_exact(4) {
@@ -168,14 +170,12 @@ fn renewal_info(a: u8, b: u8, now: UnixTime) -> RenewalInfo {
     }
 }
 
-/// The simulator's safety invariants for a single lifecycle fed arbitrary events.
+/// The simulator's safety invariants ([`LifecycleInvariants`]) for a single lifecycle fed
+/// arbitrary events, plus the wake-time contract of `poll_timeout`.
 struct Checker {
-    policy: Arc<Policy>,
+    invariants: LifecycleInvariants,
     clock: UnixTime,
-    installed: Option<CertInfo>,
-    ready: bool,
     failed: bool,
-    outstanding: Option<(OrderId, UnixTime)>,
     last_order: Option<OrderId>,
     last_store: Option<RequestId>,
     last_ari: Option<RequestId>,
@@ -183,14 +183,12 @@ struct Checker {
 }
 
 impl Checker {
-    fn new(policy: Arc<Policy>) -> Self {
+    fn new(policy: &Policy) -> Self {
+        let names: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
         Self {
-            policy,
+            invariants: LifecycleInvariants::new(&names, policy.order_timeout),
             clock: UnixTime::from_millis(START),
-            installed: None,
-            ready: false,
             failed: false,
-            outstanding: None,
             last_order: None,
             last_store: None,
             last_ari: None,
@@ -219,68 +217,25 @@ impl Checker {
     }
 
     fn note_event(&mut self, event: &Event) {
-        if let Event::OrderSucceeded { order, .. } | Event::OrderFailed { order, .. } = event
-            && self.outstanding.is_some_and(|(o, _)| o == *order)
-        {
-            self.outstanding = None;
+        if let Event::OrderSucceeded { order, .. } | Event::OrderFailed { order, .. } = event {
+            self.invariants.answered(*order);
         }
     }
 
     fn drain(&mut self, lc: &mut CertLifecycle, now: UnixTime) {
-        // A clock set back moves the core's order timeout back by as much; mirror it.
-        if let Some((_, started)) = &mut self.outstanding {
-            *started = started.saturating_sub(self.clock.saturating_since(now));
-        }
+        self.invariants.clock_moved(self.clock, now);
         self.clock = now;
         while let Some(action) = lc.poll_action() {
-            let wake_cleared = action == Action::ScheduleWake(None);
-            assert!(
-                !self.failed || wake_cleared,
-                "action after FailStartup: {action:?}"
-            );
+            if let Err(broken) = self.invariants.check(self.clock, &action) {
+                panic!("{broken}");
+            }
             match action {
-                Action::StartOrder { order, .. } => {
-                    if let Some((previous, started)) = self.outstanding {
-                        let timed_out =
-                            self.clock >= started.saturating_add(self.policy.order_timeout);
-                        assert!(timed_out, "{order:?} started while {previous:?} in flight");
-                    }
-                    self.outstanding = Some((order, self.clock));
-                    self.last_order = Some(order);
-                }
-                Action::InstallCert(c) => {
-                    let i = &c.info;
-                    assert!(
-                        i.is_valid_at(self.clock),
-                        "installed a certificate invalid now"
-                    );
-                    assert!(
-                        NAMES.iter().all(|n| i.names.iter().any(|m| m == n)),
-                        "wrong names"
-                    );
-                    if let Some(old) = &self.installed {
-                        assert!(
-                            i.not_after > old.not_after,
-                            "installed a shorter-lived certificate"
-                        );
-                    }
-                    self.installed = Some(c.info);
-                }
-                Action::Ready { .. } => {
-                    assert!(
-                        !self.ready && self.installed.is_some(),
-                        "Ready twice or without a certificate"
-                    );
-                    self.ready = true;
-                }
-                Action::FailStartup(_) => {
-                    assert!(self.installed.is_none(), "FailStartup after an install");
-                    self.failed = true;
-                }
+                Action::StartOrder { order, .. } => self.last_order = Some(order),
+                Action::FailStartup(_) => self.failed = true,
                 Action::StoreCert { request, .. } => self.last_store = Some(request),
                 Action::FetchRenewalInfo { request, .. } => self.last_ari = Some(request),
                 Action::ScheduleWake(at) => self.next_wake = at,
-                Action::LoadCache { .. } | Action::PersistRetryState(_) | Action::Log(_) => {}
+                _ => {}
             }
         }
         assert_eq!(

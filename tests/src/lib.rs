@@ -1,5 +1,11 @@
-//! Test support for certloop: the deterministic lifecycle simulator, scripted scenario traces,
-//! and the bodies of the fuzz targets (so ordinary tests run them over the checked-in corpus).
+//! certloop's test kit, by part:
+//! - simulators: [`sim`] (the core's fleet over simulated years) and [`driver_sim`] (the real
+//!   driver, store and resolver over a simulated runtime, disk and CA), with [`invariants`]
+//!   shared with the fuzz bodies ([`fuzz_bodies`], run by ordinary tests over the checked-in
+//!   corpus) and scripted traces ([`script`]);
+//! - the Pebble harness: [`pebble`] (Pebble and its challenge DNS), [`fault_proxy`],
+//!   [`ari_directory`], [`upstream`] and [`rustls_acme_fixture`];
+//! - the conformance suite ([`conformance`]) and the two runtimes behind it ([`adapters`]).
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +15,7 @@ pub mod conformance;
 pub mod driver_sim;
 pub mod fault_proxy;
 pub mod fuzz_bodies;
+pub mod invariants;
 pub mod pebble;
 pub mod rustls_acme_fixture;
 pub mod script;

@@ -20,6 +20,8 @@ use certloop_core::{
     StartupFailure, UnixTime,
 };
 
+use crate::invariants::{LifecycleInvariants, installable};
+
 const SECOND: u64 = 1000;
 const MINUTE: u64 = 60 * SECOND;
 const HOUR: u64 = 60 * MINUTE;
@@ -317,9 +319,7 @@ struct Track {
     clock: UnixTime,
     cache_valid_at_load: Option<bool>,
     cache_expired_at_load: Option<UnixTime>,
-    installed: Option<CertInfo>,
-    ready: bool,
-    outstanding: Option<(OrderId, UnixTime)>,
+    invariants: LifecycleInvariants,
     cancelled: Vec<OrderId>,
     failed_orders: u32,
     gated: bool,
@@ -327,16 +327,20 @@ struct Track {
 }
 
 impl Track {
-    fn reset_instance(&mut self, id: CertId, now: UnixTime, true_now: u64) {
+    fn reset_instance(
+        &mut self,
+        id: CertId,
+        now: UnixTime,
+        true_now: u64,
+        order_timeout: Duration,
+    ) {
         self.id = Some(id);
         self.started_true = true_now;
         self.clock_jumped = false;
         self.clock = now;
         self.cache_valid_at_load = None;
         self.cache_expired_at_load = None;
-        self.installed = None;
-        self.ready = false;
-        self.outstanding = None;
+        self.invariants = LifecycleInvariants::new(self.config.domains(), order_timeout);
         self.cancelled.clear();
         self.failed_orders = 0;
         self.gated = false;
@@ -390,7 +394,6 @@ impl Sim {
                 let lifetime = spec.lifetime.as_millis() as u64;
                 let stored = initial_cache(spec, lifetime, i);
                 Track {
-                    config,
                     lifetime,
                     id: None,
                     stored,
@@ -401,13 +404,12 @@ impl Sim {
                     clock: UnixTime::from_millis(START),
                     cache_valid_at_load: None,
                     cache_expired_at_load: None,
-                    installed: None,
-                    ready: false,
-                    outstanding: None,
+                    invariants: LifecycleInvariants::new(config.domains(), policy.order_timeout),
                     cancelled: Vec::new(),
                     failed_orders: 0,
                     gated: false,
                     retry_due_by: None,
+                    config,
                 }
             })
             .collect();
@@ -564,7 +566,8 @@ impl Sim {
             SimEvent::Restart(cert) => {
                 self.log(format_args!("cert{cert} starts"));
                 let id = self.fleet.insert(observed, &self.tracks[cert].config);
-                self.tracks[cert].reset_instance(id, observed, self.now);
+                let order_timeout = self.policy.order_timeout;
+                self.tracks[cert].reset_instance(id, observed, self.now, order_timeout);
                 self.advance_clock(cert, observed);
             }
             SimEvent::Heal => {
@@ -591,7 +594,7 @@ impl Sim {
         let mut must_install = None;
         match &event {
             Event::CacheLoaded { cert: cached, .. } => {
-                let valid = matches!(cached, CachedCert::Found(c) if installable(&c.info, track.clock, &track.config, None));
+                let valid = matches!(cached, CachedCert::Found(c) if installable(&c.info, track.clock, track.config.domains(), None));
                 track.cache_valid_at_load = Some(valid);
                 track.cache_expired_at_load = match cached {
                     CachedCert::Found(c) if c.info.not_after <= track.clock => {
@@ -605,20 +608,16 @@ impl Sim {
             {
                 return Ok(());
             }
+            // An answer to the order in flight that could be installed must be installed.
             Event::OrderSucceeded {
                 order,
                 cert: issued,
-            } if track.outstanding.is_some_and(|o| o.0 == *order) => {
-                track.outstanding = None;
-                let current = track.installed.as_ref().map(|i| i.not_after);
-                if installable(&issued.info, track.clock, &track.config, current) {
-                    must_install = Some(issued.info.not_after);
-                }
-            }
-            Event::OrderFailed { order, .. }
-                if track.outstanding.is_some_and(|o| o.0 == *order) =>
+            } if track.invariants.answered(*order)
+                && track.invariants.could_install(&issued.info, track.clock) =>
             {
-                track.outstanding = None;
+                must_install = Some(issued.info.not_after);
+            }
+            Event::OrderFailed { order, .. } if track.invariants.answered(*order) => {
                 track.failed_orders += 1;
             }
             _ => {}
@@ -633,7 +632,10 @@ impl Sim {
         }
         if let Some(not_after) = must_install {
             self.drain()?;
-            let installed = self.tracks[cert].installed.as_ref().map(|i| i.not_after);
+            let installed = self.tracks[cert]
+                .invariants
+                .installed()
+                .map(|i| i.not_after);
             if installed != Some(not_after) {
                 return Err(format!(
                     "cert{cert}: an installable certificate was not installed"
@@ -646,10 +648,7 @@ impl Sim {
     /// Mirrors the machine's clock: the last time it was handed.
     fn advance_clock(&mut self, cert: usize, now: UnixTime) {
         let track = &mut self.tracks[cert];
-        // A clock set back moves the core's order timeout back by as much; mirror it.
-        if let Some((_, started)) = &mut track.outstanding {
-            *started = started.saturating_sub(track.clock.saturating_since(now));
-        }
+        track.invariants.clock_moved(track.clock, now);
         track.clock = now;
     }
 
@@ -669,6 +668,11 @@ impl Sim {
 
     fn act(&mut self, cert: usize, id: CertId, action: Action) -> Result<(), String> {
         let observed = self.observed();
+        let track = &mut self.tracks[cert];
+        let superseded = (track.invariants.check(track.clock, &action))
+            .map_err(|e| format!("cert{cert}: {e}"))?;
+        // The adapter cancels an order past its timeout, so its answer never arrives.
+        track.cancelled.extend(superseded);
         match action {
             Action::LoadCache { .. } => {
                 let track = &mut self.tracks[cert];
@@ -692,47 +696,14 @@ impl Sim {
             }
             Action::StartOrder { order, domains, .. } => {
                 self.report.orders += 1;
-                let track = &mut self.tracks[cert];
-                if let Some((previous, started)) = track.outstanding {
-                    // Only an order past its timeout may be superseded; the adapter then
-                    // cancels it, so its answer never arrives.
-                    if track.clock < started.saturating_add(self.policy.order_timeout) {
-                        return Err(format!(
-                            "cert{cert}: order {order:?} started while {previous:?} in flight"
-                        ));
-                    }
-                    track.cancelled.push(previous);
-                }
-                track.outstanding = Some((order, track.clock));
-                track.retry_due_by = None;
+                self.tracks[cert].retry_due_by = None;
                 self.order(cert, id, order, &domains)?;
             }
-            Action::InstallCert(new) => {
+            Action::InstallCert(_) => {
                 self.report.installs += 1;
-                let track = &mut self.tracks[cert];
-                let current = track.installed.as_ref().map(|i| i.not_after);
-                if !installable(&new.info, track.clock, &track.config, current) {
-                    return Err(format!(
-                        "cert{cert}: installed an unusable certificate {:?} at {} (serving until {current:?})",
-                        new.info, track.clock
-                    ));
-                }
-                track.installed = Some(new.info);
-                track.retry_due_by = None;
+                self.tracks[cert].retry_due_by = None;
             }
-            Action::Ready { .. } => {
-                let track = &mut self.tracks[cert];
-                let valid = track
-                    .installed
-                    .as_ref()
-                    .is_some_and(|i| i.is_valid_at(track.clock));
-                if !valid || track.ready {
-                    return Err(format!(
-                        "cert{cert}: Ready without a valid certificate, or twice"
-                    ));
-                }
-                track.ready = true;
-            }
+            Action::Ready { .. } => {}
             Action::StoreCert { request, cert: c } => {
                 let fail = !self.healed && self.rng.chance(self.cfg.rates.store_fail, 100);
                 let result = if fail {
@@ -869,7 +840,7 @@ impl Sim {
         if self.cfg.rates.ari == 0 {
             return RenewalInfo::Unsupported;
         }
-        let Some(info) = &self.tracks[cert].installed else {
+        let Some(info) = self.tracks[cert].invariants.installed() else {
             return RenewalInfo::Failed { retry_after: None };
         };
         if !self.healed && self.rng.chance(self.cfg.rates.ari_urgent, 100) {
@@ -923,7 +894,7 @@ impl Sim {
             Notice::RetryStateRestored { .. } => track.gated = true,
             Notice::OrderFailed { retry_at, .. } => {
                 self.report.order_failures += 1;
-                if track.installed.is_some() {
+                if track.invariants.installed().is_some() {
                     let bound = self
                         .policy
                         .retry_after_max
@@ -945,11 +916,6 @@ impl Sim {
     fn failed_startup(&mut self, cert: usize, failure: &StartupFailure) -> Result<(), String> {
         self.report.failed_startups += 1;
         let track = &mut self.tracks[cert];
-        if track.installed.is_some() || track.ready {
-            return Err(format!(
-                "cert{cert}: FailStartup after a certificate was installed"
-            ));
-        }
         if track.cache_valid_at_load == Some(true) {
             return Err(format!(
                 "cert{cert}: FailStartup although the cache held a valid certificate"
@@ -965,7 +931,7 @@ impl Sim {
         let explained = track.failed_orders > 0
             || track.gated
             || failure.blocked_until.is_some()
-            || track.outstanding.is_some();
+            || track.invariants.outstanding().is_some();
         if !explained {
             return Err(format!(
                 "cert{cert}: FailStartup without a failed, gated or hung order: {failure}"
@@ -1003,12 +969,12 @@ impl Sim {
                 None => return Err(format!("cert{cert}: a running lifecycle has no wake time")),
                 Some(_) => {}
             }
-            if self.fleet.is_ready(id) != track.ready {
+            if self.fleet.is_ready(id) != track.invariants.ready() {
                 return Err(format!(
                     "cert{cert}: readiness disagrees with the actions seen"
                 ));
             }
-            if track.ready && self.fleet.serving(id) != track.installed.as_ref() {
+            if track.invariants.ready() && self.fleet.serving(id) != track.invariants.installed() {
                 return Err(format!(
                     "cert{cert}: the served certificate is not the last one installed"
                 ));
@@ -1036,7 +1002,7 @@ impl Sim {
             "after healing"
         };
         for (cert, track) in self.tracks.iter().enumerate() {
-            let Some(info) = track.installed.as_ref().filter(|_| track.id.is_some()) else {
+            let Some(info) = track.invariants.installed().filter(|_| track.id.is_some()) else {
                 return Err(format!("cert{cert}: no certificate served {when}"));
             };
             // Healed: the wall clock is true time again.
@@ -1091,20 +1057,6 @@ impl Sim {
 }
 
 /// What the simulator, independently of the core, considers installable.
-fn installable(
-    info: &CertInfo,
-    now: UnixTime,
-    config: &CertConfig,
-    current: Option<UnixTime>,
-) -> bool {
-    info.is_valid_at(now)
-        && config
-            .domains()
-            .iter()
-            .all(|d| info.names.iter().any(|n| n == d))
-        && current.is_none_or(|c| info.not_after > c)
-}
-
 fn initial_cache(spec: &CertSpec, lifetime: u64, index: usize) -> Option<Certificate> {
     let not_after = match spec.initial {
         InitialCache::Missing | InitialCache::Corrupt => return None,

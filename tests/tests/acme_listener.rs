@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use certloop_sim::conformance::fetch_verified;
-use certloop_sim::pebble::Pebble;
+use certloop_tests::conformance::fetch_verified;
+use certloop_tests::pebble::Pebble;
 use certloop_tokio::{AcmeConfig, AcmeListener};
 
 #[test]

@@ -1,7 +1,7 @@
 //! The conformance suite against a real Pebble, once per runtime adapter.
 
-use certloop_sim::adapters::{Smol, Tokio};
-use certloop_sim::conformance as suite;
+use certloop_tests::adapters::{Smol, Tokio};
+use certloop_tests::conformance as suite;
 
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {

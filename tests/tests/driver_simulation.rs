@@ -4,8 +4,8 @@
 //! `SIM_SEED=n` runs one seed verbosely; `SIM_FIRST`/`SIM_COUNT` choose the range (default:
 //! seeds 0..2000). A failure prints the command that reproduces it.
 
-use certloop_sim::driver_sim::{DriverReport, DriverSim, DriverSimConfig};
-use certloop_sim::{default_threads, env_u64, over_seeds};
+use certloop_tests::driver_sim::{DriverReport, DriverSim, DriverSimConfig};
+use certloop_tests::{default_threads, env_u64, over_seeds};
 
 #[test]
 fn two_thousand_seeds_of_the_driver_hold_every_invariant() {

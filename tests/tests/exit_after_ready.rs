@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use certloop_sim::pebble::Pebble;
+use certloop_tests::pebble::Pebble;
 use certloop_tokio::AcmeConfig;
 
 const TEST: &str = "returning_from_main_after_ready_prints_nothing";

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use certloop_core::SplitMix64;
-use certloop_sim::fuzz_bodies::{cache_decode, event_sequence};
+use certloop_tests::fuzz_bodies::{cache_decode, event_sequence};
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

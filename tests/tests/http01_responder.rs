@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use certloop_acme::adapter::serve_responder;
 use certloop_acme::{Http01Tokens, RESPONDER_DEADLINE};
-use certloop_sim::pebble::wait_until;
+use certloop_tests::pebble::wait_until;
 
 /// A GET for `token`'s challenge path; the whole response.
 fn get_challenge(port: u16, token: &str) -> String {

@@ -2,9 +2,9 @@
 //! certificate file certloop wrote, and certloop adopts a cache rustls-acme wrote (certificate
 //! and account) without a new order, with the CA down.
 
-use certloop_sim::adapters::Tokio;
-use certloop_sim::conformance::{Adapter, fetch_verified};
-use certloop_sim::pebble::{Pebble, free_port, wait_until};
+use certloop_tests::adapters::Tokio;
+use certloop_tests::conformance::{Adapter, fetch_verified};
+use certloop_tests::pebble::{Pebble, free_port, wait_until};
 use rustls_acme::caches::DirCache;
 use rustls_acme::{AccountCache, CertCache};
 use std::time::Duration;

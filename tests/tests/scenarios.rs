@@ -6,7 +6,7 @@ use std::time::Duration;
 use certloop_core::{
     Action, FailureKind, Level, Notice, Policy, RenewalInfo, RetryState, UnixTime,
 };
-use certloop_sim::script::{SCRIPT_START, Script};
+use certloop_tests::script::{SCRIPT_START, Script};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const HOUR: Duration = Duration::from_secs(3600);

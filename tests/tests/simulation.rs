@@ -3,7 +3,7 @@
 //! `SIM_SEED=n` runs one seed (printing its configuration); `SIM_FIRST`/`SIM_COUNT` choose the
 //! range (default: seeds 0..10000). A failure prints the command that reproduces it.
 
-use certloop_sim::{Sim, SimConfig, YEAR_DAYS, default_threads, env_u64, run_seeds};
+use certloop_tests::{Sim, SimConfig, YEAR_DAYS, default_threads, env_u64, run_seeds};
 
 #[test]
 fn ten_thousand_simulated_years_hold_every_invariant() {

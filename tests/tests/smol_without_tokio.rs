@@ -2,8 +2,8 @@
 //! still depends on the tokio crate, but no tokio reactor, timer or worker thread may run.
 //! (Its own test binary, so the tokio conformance tests do not share the process.)
 
-use certloop_sim::adapters::Smol;
-use certloop_sim::conformance;
+use certloop_tests::adapters::Smol;
+use certloop_tests::conformance;
 
 fn thread_names() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")

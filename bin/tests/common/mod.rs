@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use certloop_sim::pebble::wait_until;
+use certloop_tests::pebble::wait_until;
 
 /// An upstream on a free port, served by a background tokio runtime for the whole test binary.
 pub fn upstream() -> u16 {
     static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| certloop_sim::serve_in_background(certloop_sim::upstream::serve))
+    *PORT.get_or_init(|| certloop_tests::serve_in_background(certloop_tests::upstream::serve))
 }
 
 /// A running `certloop`, killed when dropped.
@@ -136,7 +136,7 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!(
             "certloop-{tag}-{}-{}",
             std::process::id(),
-            certloop_sim::pebble::free_port()
+            certloop_tests::pebble::free_port()
         ));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Self(dir)
@@ -161,7 +161,7 @@ pub fn tls_connect(
     root_pem: &str,
     alpn: &[u8],
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let config = certloop_sim::client_config(root_pem, alpn).expect("client TLS");
+    let config = certloop_tests::client_config(root_pem, alpn).expect("client TLS");
     let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
     let mut conn = rustls::ClientConnection::new(config, server).expect("client");
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

@@ -18,5 +18,5 @@ async fn main() {
             std::process::exit(1)
         });
     eprintln!("demo-upstream: listening on {bind}");
-    certloop_sim::upstream::serve(listener).await;
+    certloop_tests::upstream::serve(listener).await;
 }

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use certloop_sim::{Sim, SimConfig, YEAR_DAYS, default_threads, run_seeds};
+use certloop_tests::{Sim, SimConfig, YEAR_DAYS, default_threads, run_seeds};
 
 fn main() -> ExitCode {
     let mut seed = None;

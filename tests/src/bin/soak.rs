@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certloop_sim::pebble::{Pebble, PebbleOptions, wait_until};
+use certloop_tests::pebble::{Pebble, PebbleOptions, wait_until};
 
 const NAME: &str = "soak.certloop.test";
 
@@ -31,7 +31,7 @@ fn main() {
         validity_secs: Some(60),
         ..Default::default()
     });
-    let upstream = certloop_sim::serve_in_background(certloop_sim::upstream::serve);
+    let upstream = certloop_tests::serve_in_background(certloop_tests::upstream::serve);
     let config = pebble.scratch("soak.toml");
     std::fs::write(
         &config,
@@ -64,7 +64,7 @@ fn main() {
     // Every request is a full handshake that verifies the served certificate: a resumed
     // session would skip that, and hide an expired certificate.
     let mut client =
-        (*certloop_sim::client_config(&root, b"http/1.1").expect("client TLS")).clone();
+        (*certloop_tests::client_config(&root, b"http/1.1").expect("client TLS")).clone();
     client.resumption = rustls::client::Resumption::disabled();
     let client = Arc::new(client);
     let orders_at_start = pebble.log().matches("POST /order-plz").count();
