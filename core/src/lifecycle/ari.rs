@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::timer::Timer;
 use crate::config::Policy;
 use crate::event::{RenewalInfo, RequestId};
 use crate::time::UnixTime;
@@ -11,7 +12,7 @@ use crate::time::UnixTime;
 /// The state of ARI polling for the served certificate.
 #[derive(Clone, Debug, Default)]
 pub(super) struct AriPoll {
-    next_check: Option<UnixTime>,
+    next_check: Timer,
     in_flight: Option<RequestId>,
     unsupported: bool,
     /// The last window applied; the same window is not re-drawn (that would drift to its start).
@@ -34,7 +35,10 @@ impl AriPoll {
     pub(super) fn restart(&mut self, now: UnixTime) {
         self.in_flight = None;
         self.window = None;
-        self.next_check = (!self.unsupported).then_some(now);
+        self.next_check.clear();
+        if !self.unsupported {
+            self.next_check.set(now);
+        }
     }
 
     /// `true` when no request is in flight and the CA may offer ARI.
@@ -69,7 +73,7 @@ impl AriPoll {
                 end,
                 retry_after,
             } if start <= end => {
-                self.next_check = Some(ask_again(retry_after));
+                self.next_check.set(ask_again(retry_after));
                 if self.window == Some((start, end)) {
                     return AriAnswer::Nothing;
                 }
@@ -81,7 +85,7 @@ impl AriPoll {
                 AriAnswer::Nothing
             }
             RenewalInfo::Window { retry_after, .. } | RenewalInfo::Failed { retry_after } => {
-                self.next_check = Some(ask_again(retry_after));
+                self.next_check.set(ask_again(retry_after));
                 AriAnswer::Nothing
             }
         }
@@ -89,23 +93,17 @@ impl AriPoll {
 
     /// When the next check is due, if one is scheduled.
     pub(super) fn wake(&self) -> Option<UnixTime> {
-        self.next_check
+        self.next_check.at()
     }
 
     /// `true` once, when the scheduled check is due at `now`.
     pub(super) fn take_due(&mut self, now: UnixTime) -> bool {
-        let due = self.next_check.is_some_and(|at| at <= now);
-        if due {
-            self.next_check = None;
-        }
-        due
+        self.next_check.take_due(now)
     }
 
     /// The wall clock was set back by `by`: the next check keeps its remaining wait.
     pub(super) fn shift_back(&mut self, by: Duration) {
-        if let Some(at) = &mut self.next_check {
-            *at = at.saturating_sub(by);
-        }
+        self.next_check.shift_back(by);
     }
 }
 

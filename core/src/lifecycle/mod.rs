@@ -6,6 +6,7 @@ mod ari;
 mod machine;
 mod order_budget;
 mod store_writeback;
+mod timer;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::timer::Timer;
 use crate::event::RequestId;
 use crate::time::UnixTime;
 
@@ -12,7 +13,7 @@ pub(super) struct StoreWriteBack {
     in_flight: Option<RequestId>,
     /// A newer certificate was installed while a write was in flight.
     dirty: bool,
-    retry_at: Option<UnixTime>,
+    retry: Timer,
     failures: u32,
 }
 
@@ -38,7 +39,7 @@ impl StoreWriteBack {
     pub(super) fn begin(&mut self, request: RequestId) {
         self.in_flight = Some(request);
         self.dirty = false;
-        self.retry_at = None;
+        self.retry.clear();
     }
 
     /// The adapter reported on `request`.
@@ -62,28 +63,22 @@ impl StoreWriteBack {
 
     /// Writes again at `at`.
     pub(super) fn schedule_retry(&mut self, at: UnixTime) {
-        self.retry_at = Some(at);
+        self.retry.set(at);
     }
 
     /// When the next retry is due, if one is scheduled.
     pub(super) fn wake(&self) -> Option<UnixTime> {
-        self.retry_at
+        self.retry.at()
     }
 
     /// `true` once, when the scheduled retry is due at `now`.
     pub(super) fn take_due(&mut self, now: UnixTime) -> bool {
-        let due = self.retry_at.is_some_and(|at| at <= now);
-        if due {
-            self.retry_at = None;
-        }
-        due
+        self.retry.take_due(now)
     }
 
     /// The wall clock was set back by `by`: a retry keeps its remaining wait.
     pub(super) fn shift_back(&mut self, by: Duration) {
-        if let Some(at) = &mut self.retry_at {
-            *at = at.saturating_sub(by);
-        }
+        self.retry.shift_back(by);
     }
 }
 
