@@ -17,6 +17,7 @@ pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt
 
 /// Which ACME directory to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Directory {
     /// Let's Encrypt production.
     Production,
@@ -149,21 +150,30 @@ impl AcmeConfig {
     /// Orders at once even if an earlier run's orders were answered with errors and their
     /// persisted backoff forbids ordering yet. For an operator who fixed the cause (a name
     /// that did not resolve here, a firewall); set it for one start, never on every start:
-    /// the backoff is what keeps a restart loop from burning the CA's rate limits.
+    /// the backoff is what keeps a restart loop from burning the CA's rate limits. A wait the
+    /// CA imposed itself (a rate limit with Retry-After) is kept.
     pub fn retry_now(mut self) -> Self {
         self.retry_now = true;
         self
     }
 
     /// Checks the whole configuration without contacting the CA or opening the cache
-    /// directory: the names (no wildcards, no name in two certificates), the policy, the
-    /// extra roots file and the EAB key.
+    /// directory: the names (no wildcards, no name in two certificates), the directory URL
+    /// (`https://`), the contacts (`mailto:`), the policy, the extra roots file and the EAB
+    /// key.
     pub fn check(&self) -> Result<(), StartError> {
         self.resolve().map(|_| ())
     }
 
     pub(crate) fn resolve(&self) -> Result<Resolved, StartError> {
         check_names(&self.certs, self.challenge).map_err(|problem| invalid("domains", problem))?;
+        if let Directory::Url(url) = &self.directory {
+            Directory::parse(url).map_err(|problem| invalid("directory", problem))?;
+        }
+        if let Some(bad) = self.contacts.iter().find(|c| !c.starts_with("mailto:")) {
+            let problem = format!("{bad:?} is not a mailto: URI (e.g. mailto:ops@example.com)");
+            return Err(invalid("contact", problem));
+        }
         self.policy
             .validate()
             .map_err(|e| invalid("policy", e.to_string()))?;
@@ -248,6 +258,7 @@ fn decode_hmac_key(key: &str) -> Result<Vec<u8>, String> {
 
 /// Why certificate management could not start.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum StartError {
     /// The configuration is invalid: `field` is the [`AcmeConfig`] method whose input is wrong
     /// (`domains` for [`AcmeConfig::new`] and [`AcmeConfig::certificate`]).
@@ -330,6 +341,22 @@ mod tests {
         let (_, problem) = refused(&AcmeConfig::new(Vec::<String>::new(), "/tmp/c"));
         assert!(problem.contains("at least one name"), "{problem}");
         let fine = AcmeConfig::new(["a.example"], "/tmp/c").certificate(["b.example"]);
+        assert!(fine.check().is_ok());
+    }
+
+    #[test]
+    fn directory_urls_and_contacts_are_checked() {
+        let http = AcmeConfig::new(["a.example"], "/tmp/c").directory_url("http://ca.test/dir");
+        assert_eq!(refused(&http).0, "directory");
+        let contact = AcmeConfig::new(["a.example"], "/tmp/c").contact("ops@example.com");
+        let (field, problem) = refused(&contact);
+        assert!(
+            field == "contact" && problem.contains("mailto:"),
+            "{problem}"
+        );
+        let fine = AcmeConfig::new(["a.example"], "/tmp/c")
+            .directory_url("https://ca.test/dir")
+            .contact("mailto:ops@example.com");
         assert!(fine.check().is_ok());
     }
 

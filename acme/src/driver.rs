@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certloop_core::{
-    Action, CertConfig, CertFleet, CertId, Event, Level, Notice, RenewalInfo, RetryState, Serving,
-    UnixTime,
+    Action, CertConfig, CertFleet, CertId, Event, FailureKind, Level, Notice, RenewalInfo,
+    RetryState, Serving, UnixTime,
 };
 use instant_acme::CertificateIdentifier;
 
@@ -176,6 +176,7 @@ pub async fn launch_with<R: Runtime>(
         directory_url: directory_url.clone(),
         outcome: Mutex::new(None),
         outcome_set,
+        ended: std::sync::atomic::AtomicBool::new(false),
     });
     let context = Arc::new(AcmeContext {
         rt: rt.clone(),
@@ -223,16 +224,30 @@ pub async fn launch_with<R: Runtime>(
         next_owner: 0,
         retry_now: config.retry_now,
     };
-    rt.spawn(Box::pin(driver.run(fleet, events_rx, stop_rx)));
+    let ending = driver.shared.clone();
+    rt.spawn(Box::pin(async move {
+        driver.run(fleet, events_rx, stop_rx).await;
+        ending.end_subscriptions();
+    }));
     Ok(handle)
 }
 
 /// [`AcmeConfig::retry_now`]: the persisted failure streak is kept (it is still reported), but
-/// its wait no longer gates the first order.
+/// its wait no longer gates the first order, unless the CA imposed it (a rate limit): ordering
+/// before then would only be refused again and lengthen the streak.
 fn lift_backoff(retry: &mut Option<RetryState>) {
-    if let Some(state) = retry
-        && let Some(until) = state.next_attempt_at.take()
-    {
+    let Some(state) = retry else { return };
+    let rate_limited = (state.last_error.as_ref())
+        .is_some_and(|e| matches!(e.kind, FailureKind::RateLimited { .. }));
+    if rate_limited {
+        if let Some(until) = state.next_attempt_at {
+            tracing::warn!(
+                "retry now: the CA rate-limited the last order; its wait, until {until}, is kept"
+            );
+        }
+        return;
+    }
+    if let Some(until) = state.next_attempt_at.take() {
         tracing::info!(
             "ordering at once as asked (retry now): the backoff after {} failed order(s), \
              until {until}, is lifted for this start",

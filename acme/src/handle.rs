@@ -25,6 +25,7 @@ const HISTORY: usize = 32;
 
 /// What happened to a managed certificate, for embedders.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LifecycleEvent {
     /// A cached certificate is served.
     Loaded {
@@ -80,7 +81,8 @@ pub enum LifecycleEvent {
 pub struct LifecycleEvents(async_channel::Receiver<LifecycleEvent>);
 
 impl LifecycleEvents {
-    /// The next event; `None` once certificate management has stopped.
+    /// The next event; `None` once certificate management has ended (stopped, failed to start,
+    /// or every handle dropped) and the events before that were read.
     pub async fn next(&self) -> Option<LifecycleEvent> {
         self.0.recv().await.ok()
     }
@@ -104,9 +106,21 @@ pub(crate) struct Shared {
     /// closes right after, waking every waiter.
     pub(crate) outcome: Mutex<Option<Result<(), StartError>>>,
     pub(crate) outcome_set: async_channel::Receiver<()>,
+    /// Set when the driver has ended: no event follows, and subscriptions end.
+    pub(crate) ended: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// The driver has ended: every subscription ends after the events it already has.
+    pub(crate) fn end_subscriptions(&self) {
+        let _history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Records `event` and sends it to every subscriber. The history lock is held throughout
     /// (and taken first by `subscribe` too), so a subscriber gets each event exactly once.
     pub(crate) fn publish(&self, event: LifecycleEvent) {
@@ -175,6 +189,9 @@ impl AcmeHandle {
         for event in history.iter() {
             let _ = tx.try_send(event.clone());
         }
+        if self.shared.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return LifecycleEvents(rx); // the sender drops here: the history, then the end
+        }
         self.shared
             .subscribers
             .lock()
@@ -194,7 +211,9 @@ impl AcmeHandle {
 
     /// Stops certificate management on purpose (for example at shutdown): no more renewals,
     /// and no warning about dropped handles. Served certificates stay in any `ServerConfig`
-    /// already built. Other clones of this handle stop too.
+    /// already built. Other clones of this handle stop too. It returns at once; the driver
+    /// then finishes its pending retry-state writes (5 s at most) and releases the cache
+    /// directory's lock.
     pub fn stop(self) {
         let _ = self.stop.try_send(());
     }

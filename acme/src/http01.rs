@@ -26,13 +26,14 @@ pub struct Http01Tokens {
 
 impl Http01Tokens {
     /// Answers `token` with `key_authorization` until removed.
+    #[doc(hidden)]
     pub fn insert(&self, token: &str, key_authorization: &str) {
         self.insert_for(None, token, key_authorization);
     }
 
     /// Answers `token` on behalf of `owner` until [`Self::remove_owned_by`] (a later owner of
     /// the same token, when the CA reuses an authorization, takes it over).
-    pub fn insert_owned(&self, owner: ChallengeOwner, token: &str, key_authorization: &str) {
+    pub(crate) fn insert_owned(&self, owner: ChallengeOwner, token: &str, key_authorization: &str) {
         self.insert_for(Some(owner), token, key_authorization);
     }
 
@@ -41,16 +42,8 @@ impl Http01Tokens {
         tokens.insert(token.to_owned(), (owner, key_authorization.to_owned()));
     }
 
-    /// Stops answering `token`.
-    pub fn remove(&self, token: &str) {
-        self.tokens
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(token);
-    }
-
     /// Stops answering the tokens `owner` published (and still owns).
-    pub fn remove_owned_by(&self, owner: ChallengeOwner) {
+    pub(crate) fn remove_owned_by(&self, owner: ChallengeOwner) {
         self.tokens
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,6 +52,7 @@ impl Http01Tokens {
 
     /// The order tasks whose tokens are published (tokens inserted without an owner are not
     /// listed).
+    #[doc(hidden)]
     pub fn owners(&self) -> Vec<ChallengeOwner> {
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens.values().filter_map(|(owner, _)| *owner).collect()
@@ -233,8 +227,6 @@ mod tests {
         ] {
             assert_eq!(tokens.answer_path(path), None, "{path}");
         }
-        tokens.remove("abc");
-        assert_eq!(tokens.answer_path("/.well-known/acme-challenge/abc"), None);
     }
 
     #[test]

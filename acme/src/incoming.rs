@@ -9,15 +9,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::accept::{AcceptBackoff, accept_with_backoff};
+use crate::accept::{AcceptBackoff, PerClientSlots, accept_with_backoff};
 use crate::runtime::{Runtime, timeout};
 
 /// How long a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once, at most; further connections wait in the kernel's backlog.
 pub const MAX_HANDSHAKES: usize = 1024;
-/// Established connections waiting for the application's `accept`, at most; handshakes that
-/// complete beyond that wait (within their slot) until the application catches up.
+/// Handshakes in progress from one client (an IPv4 address or an IPv6 /64), at most; further
+/// connections from it are closed at once, so no client can take every slot.
+pub const MAX_HANDSHAKES_PER_CLIENT: usize = 64;
+/// Established connections waiting for the application's `accept`, at most. A connection that
+/// finds the queue full waits up to [`HANDSHAKE_TIMEOUT`] for room, outside the handshake slots
+/// (so an application that does not accept yet never stops validations), and is closed then.
 pub const READY_QUEUE: usize = 128;
 
 /// How a handshake ended, when it did not fail.
@@ -93,21 +97,34 @@ async fn run<R, Tcp, S, A, AF, H, HF>(
 {
     // A slot is taken by sending into this channel and given back by receiving from it.
     let (take_slot, slots) = async_channel::bounded::<()>(MAX_HANDSHAKES);
+    let per_client = PerClientSlots::new(MAX_HANDSHAKES_PER_CLIENT);
     let mut backoff = AcceptBackoff::default();
     loop {
         if take_slot.send(()).await.is_err() {
             return;
         }
+        let slot = Slot(slots.clone());
         let (tcp, peer) = accept_with_backoff(&rt, &name, &mut backoff, &mut accept).await;
-        let (handshake, ready, slots, task_rt) =
-            (handshake.clone(), ready.clone(), slots.clone(), rt.clone());
+        let Ok(client_slot) = per_client.take(peer.ip()) else {
+            continue; // this client is at its cap: the connection closes as it drops
+        };
+        let (handshake, ready, task_rt) = (handshake.clone(), ready.clone(), rt.clone());
         rt.spawn(Box::pin(async move {
             let outcome = timeout(&task_rt, HANDSHAKE_TIMEOUT, handshake(tcp)).await;
+            drop((slot, client_slot));
             if let Some(Ok(Handshake::Serve(stream))) = outcome {
-                // Fails only when the listener is gone; the connection is dropped then.
-                let _ = ready.send((stream, peer)).await;
+                // Dropped when the listener is gone or the application does not catch up.
+                let _ = timeout(&task_rt, HANDSHAKE_TIMEOUT, ready.send((stream, peer))).await;
             }
-            let _ = slots.try_recv();
         }));
+    }
+}
+
+/// A handshake slot, given back when dropped (also when a handshake panics).
+struct Slot(async_channel::Receiver<()>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.0.try_recv();
     }
 }

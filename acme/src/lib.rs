@@ -34,7 +34,7 @@ pub use handle::{AcmeHandle, CertStatus, LifecycleEvent, LifecycleEvents};
 pub use http01::{
     Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
 };
-pub use incoming::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, READY_QUEUE};
+pub use incoming::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, READY_QUEUE};
 pub use order::ChallengeKind;
 pub use store::StoreError;
 pub use tls::{CertResolver, TlsAlpn01, server_config};
@@ -46,9 +46,9 @@ pub mod embedding {
     pub use crate::{
         AcmeConfig, AcmeHandle, CertResolver, CertStatus, ChallengeKind, Directory,
         HANDSHAKE_TIMEOUT, Http01Tokens, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
-        LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, READY_QUEUE, RESPONDER_DEADLINE,
-        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, StartError, StoreError, TlsAlpn01,
-        server_config,
+        LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, READY_QUEUE,
+        RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, StartError,
+        StoreError, TlsAlpn01, server_config,
     };
     pub use certloop_core::{Policy, Ratio, UnixTime};
 }

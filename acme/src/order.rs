@@ -21,6 +21,7 @@ use crate::tls::{CertResolver, ChallengeOwner, alpn_challenge_cert, certified_ke
 
 /// Which challenge proves control of the names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChallengeKind {
     /// TLS-ALPN-01 on the TLS port (RFC 8737).
     #[default]

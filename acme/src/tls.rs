@@ -152,7 +152,7 @@ impl fmt::Debug for CertResolver {
 impl CertResolver {
     /// A resolver for these certificates (each a list of names), in configuration order:
     /// that order decides which one a client without SNI gets.
-    pub fn for_certificates(certificates: &[Vec<String>]) -> Self {
+    pub(crate) fn for_certificates(certificates: &[Vec<String>]) -> Self {
         Self {
             certs: RwLock::new(certificates.iter().map(|n| (n.clone(), None)).collect()),
             challenges: RwLock::default(),
@@ -160,7 +160,7 @@ impl CertResolver {
     }
 
     /// Serves `key` for `names` from now on (replacing the certificate for the same names).
-    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+    pub(crate) fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
         let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
         match certs.iter_mut().find(|(n, _)| n.as_slice() == names) {
             Some(slot) => slot.1 = Some(key),
@@ -170,13 +170,13 @@ impl CertResolver {
 
     /// Answers TLS-ALPN-01 validation for `domain` with `key`, on behalf of `owner`, until
     /// `owner`'s answers are removed or another owner's replaces it.
-    pub fn add_challenge(&self, owner: ChallengeOwner, domain: &str, key: Arc<CertifiedKey>) {
+    pub(crate) fn add_challenge(&self, owner: ChallengeOwner, domain: &str, key: Arc<CertifiedKey>) {
         let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
         challenges.insert(domain.to_ascii_lowercase(), (owner, key));
     }
 
     /// Stops answering the TLS-ALPN-01 validations `owner` published.
-    pub fn remove_challenges(&self, owner: ChallengeOwner) {
+    pub(crate) fn remove_challenges(&self, owner: ChallengeOwner) {
         let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
         challenges.retain(|_, (published_by, _)| *published_by != owner);
     }
@@ -190,6 +190,7 @@ impl CertResolver {
     }
 
     /// The order tasks whose TLS-ALPN-01 answers are published.
+    #[doc(hidden)]
     pub fn challenge_owners(&self) -> Vec<ChallengeOwner> {
         let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
         challenges.values().map(|(owner, _)| *owner).collect()

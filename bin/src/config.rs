@@ -645,7 +645,13 @@ fn acme(
                 l.acme_startup_timeout.as_ref().map(|t| t.span()),
                 "acme_startup_timeout",
             ),
-            _ => (Some(domains.span()), "acme_domains"),
+            "contact" => (l.acme_contact.as_ref().map(|c| c.span()), "acme_contact"),
+            "directory" => (
+                l.acme_directory.as_ref().map(|d| d.span()),
+                "acme_directory",
+            ),
+            "domains" => (Some(domains.span()), "acme_domains"),
+            other => (None, other),
         };
         return Err(src.error(span, key(name), problem));
     }

@@ -186,6 +186,18 @@ impl Signals {
     }
 }
 
+/// The ACME listeners' handles, stopped on purpose however `run` ends (a failed start, a bind
+/// error on a later listener, or shutdown), so no "every handle dropped" warning is logged.
+struct AcmeHandles(Vec<(String, certloop_tokio::AcmeHandle)>);
+
+impl Drop for AcmeHandles {
+    fn drop(&mut self) {
+        for (_, handle) in self.0.drain(..) {
+            handle.stop();
+        }
+    }
+}
+
 /// What an operator does about a start without a certificate.
 fn how_to_retry(error: &certloop_tokio::StartError) -> &'static str {
     match error {
@@ -195,7 +207,8 @@ fn how_to_retry(error: &certloop_tokio::StartError) -> &'static str {
         } => {
             "The CA answered those orders, so the wait is kept in the cache directory across \
              restarts (a restart loop must not burn its rate limits). After fixing the cause, \
-             start once with --retry-now to order at once"
+             start once with --retry-now to order at once (a wait the CA set with a rate \
+             limit is kept)"
         }
         _ => "Fix the cause and restart",
     }
@@ -208,7 +221,7 @@ async fn run(config: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut accept_loops = Vec::new();
     let mut manual_resolvers = Vec::new();
-    let mut acme_handles = Vec::new();
+    let mut acme_handles = AcmeHandles(Vec::new());
     let mut tokens = Vec::new();
     // Bound before any ACME order starts, so HTTP-01 validation finds it (connections wait in
     // the backlog until the accept loop below runs).
@@ -250,7 +263,7 @@ async fn run(config: Config) -> Result<(), String> {
                 })?;
                 tokens.push(handle.http01_tokens());
                 let server_config = handle.server_config();
-                acme_handles.push((name.clone(), handle));
+                acme_handles.0.push((name.clone(), handle));
                 server_config
             }
         };
@@ -283,7 +296,7 @@ async fn run(config: Config) -> Result<(), String> {
     // ready. Signals are answered meanwhile: SIGTERM stops cleanly, SIGHUP reloads.
     let stopped_early = {
         let startup = async {
-            for (name, handle) in &acme_handles {
+            for (name, handle) in &acme_handles.0 {
                 handle
                     .ready()
                     .await
@@ -295,10 +308,7 @@ async fn run(config: Config) -> Result<(), String> {
         loop {
             tokio::select! {
                 started = &mut startup => {
-                    if let Err(e) = started {
-                        acme_handles.iter().for_each(|(_, handle)| handle.clone().stop());
-                        return Err(e);
-                    }
+                    started?;
                     tracing::info!("ready");
                     break false;
                 }
@@ -337,8 +347,6 @@ async fn run(config: Config) -> Result<(), String> {
             tracing::warn!("second stop signal; closing remaining connections now");
         }
     }
-    for (_, handle) in acme_handles {
-        handle.stop();
-    }
+    drop(acme_handles); // stops certificate management
     Ok(())
 }

@@ -28,7 +28,7 @@ async fn main() {
             .unwrap_or_else(|e| fail(1, format!("cannot bind {bind}: {e}")));
         tokio::spawn(certloop_tokio::serve_http01(port80, acme.http01_tokens()));
     }
-    let listener = AcmeListener::with_config(tcp, http1_only(&acme.server_config()))
+    let listener = AcmeListener::with_config(tcp, &acme, http1_only(&acme.server_config()))
         .unwrap_or_else(|e| fail(1, e));
     acme.ready().await.unwrap_or_else(|e| fail(1, e));
     eprintln!("https_server: ready, serving https://{}", args.bind);

@@ -212,6 +212,34 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_end_when_the_driver_ends() {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        runtime.block_on(async {
+            let dir = std::env::temp_dir().join(format!("certloop-subs-{}", std::process::id()));
+            let config =
+                AcmeConfig::new(["subs.example"], &dir).directory_url("https://127.0.0.1:1/dir");
+            let acme = launch(config).await.expect("launch");
+            let (before, kept) = (acme.subscribe(), acme.clone());
+            acme.stop();
+            let ends = |events: LifecycleEvents| async move {
+                let drained = async { while events.next().await.is_some() {} };
+                tokio::time::timeout(Duration::from_secs(10), drained)
+                    .await
+                    .is_ok()
+            };
+            assert!(
+                ends(before).await,
+                "a subscription made before the stop did not end"
+            );
+            assert!(
+                ends(kept.subscribe()).await,
+                "one made after the end did not end"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
+
+    #[test]
     fn a_panic_in_blocking_work_reaches_the_caller() {
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
         let caught = runtime.block_on(async {

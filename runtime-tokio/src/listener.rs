@@ -19,13 +19,16 @@ use crate::{AcmeHandle, TokioRuntime};
 /// never reach the application. It accepts from the moment it is made, so awaiting
 /// [`AcmeHandle::ready`] before the first `accept` is fine. Each handshake runs in its own task
 /// within [`HANDSHAKE_TIMEOUT`](crate::HANDSHAKE_TIMEOUT), at most
-/// [`MAX_HANDSHAKES`](crate::MAX_HANDSHAKES) at once, so a slow client holds
-/// up no one else. Dropping it closes the socket.
+/// [`MAX_HANDSHAKES`](crate::MAX_HANDSHAKES) at once and
+/// [`MAX_HANDSHAKES_PER_CLIENT`](crate::MAX_HANDSHAKES_PER_CLIENT) from one client, so a slow
+/// client costs only its own slots. The listener keeps `acme` alive (renewals go on while it
+/// serves); dropping it closes the socket.
 ///
 /// With the `axum` feature, it is an `axum::serve::Listener`: `axum::serve(listener, app)`.
 pub struct AcmeListener {
     incoming: Incoming<TlsStream<TcpStream>>,
     local_addr: SocketAddr,
+    _acme: AcmeHandle,
 }
 
 impl AcmeListener {
@@ -37,12 +40,17 @@ impl AcmeListener {
 
     /// Serves `acme`'s certificates on a listener bound already.
     pub fn from_tcp(listener: TcpListener, acme: &AcmeHandle) -> io::Result<Self> {
-        Self::with_config(listener, acme.server_config())
+        Self::with_config(listener, acme, acme.server_config())
     }
 
-    /// Serves with a `ServerConfig` of your own, built around [`AcmeHandle::resolver`]; its
-    /// ALPN list must include `acme-tls/1` for TLS-ALPN-01 validation to succeed.
-    pub fn with_config(listener: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
+    /// Serves with a `ServerConfig` of your own, built around `acme`'s
+    /// [`AcmeHandle::resolver`]; its ALPN list must include `acme-tls/1` for TLS-ALPN-01
+    /// validation to succeed.
+    pub fn with_config(
+        listener: TcpListener,
+        acme: &AcmeHandle,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let listener = Arc::new(listener);
         let accept = move || {
@@ -67,6 +75,7 @@ impl AcmeListener {
         Ok(Self {
             incoming,
             local_addr,
+            _acme: acme.clone(),
         })
     }
 

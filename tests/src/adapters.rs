@@ -42,7 +42,7 @@ impl Adapter for Tokio {
             .0
             .block_on(async {
                 let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-                certloop_tokio::AcmeListener::with_config(tcp, config)
+                certloop_tokio::AcmeListener::with_config(tcp, handle, config)
             })
             .expect("bind TLS port");
         self.0.spawn(async move {
@@ -83,7 +83,7 @@ impl Adapter for Smol {
         let config = http1_only(&handle.server_config());
         let listener = smol::block_on(async {
             let tcp = async_net::TcpListener::bind(("127.0.0.1", port)).await?;
-            certloop_smol::AcmeListener::with_config(tcp, config)
+            certloop_smol::AcmeListener::with_config(tcp, handle, config)
         })
         .expect("bind TLS port");
         smol::spawn(async move {
