@@ -170,7 +170,12 @@ impl CertResolver {
 
     /// Answers TLS-ALPN-01 validation for `domain` with `key`, on behalf of `owner`, until
     /// `owner`'s answers are removed or another owner's replaces it.
-    pub(crate) fn add_challenge(&self, owner: ChallengeOwner, domain: &str, key: Arc<CertifiedKey>) {
+    pub(crate) fn add_challenge(
+        &self,
+        owner: ChallengeOwner,
+        domain: &str,
+        key: Arc<CertifiedKey>,
+    ) {
         let mut challenges = self.challenges.write().unwrap_or_else(|e| e.into_inner());
         challenges.insert(domain.to_ascii_lowercase(), (owner, key));
     }
