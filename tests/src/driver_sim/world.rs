@@ -1,6 +1,7 @@
 //! One seed's world: processes launched, crashed and restarted over one simulated disk and
 //! one CA, with the invariants checked after every task step.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -12,12 +13,13 @@ use certloop_acme::testing::{ChallengeOwner, certified_key_from_bundle};
 use certloop_acme::testing::{Observer, Seams, launch_with};
 use certloop_acme::testing::{cert_file_name, decode_cert_file};
 use certloop_acme::{AcmeConfig, AcmeHandle, Directory};
-use certloop_core::{Action, Policy, SplitMix64, UnixTime};
+use certloop_core::{Action, OrderId, Policy, SplitMix64, UnixTime};
 
 use super::DriverSimConfig;
 use super::executor::{SimExecutor, SimRuntime};
 use super::fake_ca::{CaFaults, CaStats, DIRECTORY_URL, FakeCa};
 use super::mem_fs::{DiskFaults, MemFs};
+use crate::invariants::LifecycleInvariants;
 
 /// 2026-01-01T00:00:00Z: where every simulated wall clock starts.
 const START: u64 = 1_767_225_600_000;
@@ -80,6 +82,13 @@ struct Seen {
     violations: Vec<String>,
     installs: u64,
     trace: DefaultHasher,
+    /// The core's safety invariants, per certificate, over the actions the driver carries out.
+    invariants: Vec<LifecycleInvariants>,
+    /// Each certificate's orders whose task has not ended yet, oldest first (tasks run one at
+    /// a time, in the order their `StartOrder`s came).
+    orders: Vec<VecDeque<OrderId>>,
+    /// The wall clock at the last action.
+    clock: UnixTime,
 }
 
 struct SimObserver {
@@ -98,6 +107,17 @@ impl Observer for SimObserver {
     fn action(&self, cert: usize, action: &Action) {
         let now = self.exec.wall_clock();
         let mut seen = self.seen();
+        let before = std::mem::replace(&mut seen.clock, now);
+        for invariants in &mut seen.invariants {
+            invariants.clock_moved(before, now);
+        }
+        if let Err(broken) = seen.invariants[cert].check(now, action) {
+            seen.violations
+                .push(format!("certificate {cert}: {broken}"));
+        }
+        if let Action::StartOrder { order, .. } = action {
+            seen.orders[cert].push_back(*order);
+        }
         let kind = match action {
             Action::LoadCache { .. } => "load",
             Action::StartOrder { .. } => "order",
@@ -139,6 +159,9 @@ impl Observer for SimObserver {
         let mut seen = self.seen();
         if seen.running.len() <= cert {
             seen.running.resize(cert + 1, None);
+        }
+        if !running && let Some(order) = seen.orders[cert].pop_front() {
+            seen.invariants[cert].answered(order);
         }
         match (running, seen.running[cert]) {
             (true, Some(other)) => seen.violations.push(format!(
@@ -254,6 +277,11 @@ impl DriverSim {
             seen: Mutex::new(Seen {
                 installed: vec![None; self.cfg.certs.len()],
                 running: vec![None; self.cfg.certs.len()],
+                invariants: (self.cfg.certs.iter())
+                    .map(|names| LifecycleInvariants::new(names, Policy::default().order_timeout))
+                    .collect(),
+                orders: vec![VecDeque::new(); self.cfg.certs.len()],
+                clock: now,
                 ..Seen::default()
             }),
             exec: self.exec.clone(),
