@@ -543,10 +543,11 @@ impl Drop for ChallengeGuard<'_> {
     }
 }
 
-/// How long to wait before polling when the CA's answer asked for `asked`: at least 100 ms, at
-/// most 10 s (an order is expected to move within seconds).
+/// How long to wait before polling when the CA's answer asked for `asked`: never sooner than it
+/// asked (at least 100 ms). A long wait is bounded by the order timeout, after which the core
+/// starts a new order and this one is cancelled.
 fn polling_pause(asked: Duration) -> Duration {
-    asked.clamp(Duration::from_millis(100), Duration::from_secs(10))
+    asked.max(Duration::from_millis(100))
 }
 
 /// Whether `error` is an error status the CA answered with (not instant-acme's own check).
@@ -608,6 +609,17 @@ pub(crate) fn classify_problem(problem: &Problem, retry_after: Option<Duration>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polling_never_comes_sooner_than_the_ca_asked() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(polling_pause(minute), minute);
+        assert_eq!(
+            polling_pause(Duration::from_secs(3600)),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(polling_pause(Duration::ZERO), Duration::from_millis(100));
+    }
 
     fn answer(status: u16, problem: Option<(&str, &str)>, retry_after: Option<u64>) -> CaAnswered {
         CaAnswered {
