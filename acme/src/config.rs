@@ -69,8 +69,10 @@ pub struct AcmeConfig {
     pub(crate) retry_now: bool,
 }
 
-/// What checking a configuration reads from outside it.
+/// What checking a configuration builds and reads from outside it.
 pub(crate) struct Resolved {
+    /// The core's configuration of each certificate, in configuration order.
+    pub(crate) certs: Vec<CertConfig>,
     pub(crate) extra_roots: Vec<CertificateDer<'static>>,
     pub(crate) eab: Option<ExternalAccount>,
 }
@@ -166,7 +168,7 @@ impl AcmeConfig {
     }
 
     pub(crate) fn resolve(&self) -> Result<Resolved, StartError> {
-        check_names(&self.certs, self.challenge).map_err(|problem| invalid("domains", problem))?;
+        let certs = cert_configs(&self.certs, self.challenge).map_err(|p| invalid("domains", p))?;
         if let Directory::Url(url) = &self.directory {
             Directory::parse(url).map_err(|problem| invalid("directory", problem))?;
         }
@@ -188,7 +190,11 @@ impl AcmeConfig {
             }),
             None => None,
         };
-        Ok(Resolved { extra_roots, eab })
+        Ok(Resolved {
+            certs,
+            extra_roots,
+            eab,
+        })
     }
 }
 
@@ -199,10 +205,14 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> StartError {
     }
 }
 
-/// Names that the challenges certloop can answer will never obtain, names a certificate lists
-/// twice or that are not DNS names, and names that two certificates share (their challenge
-/// answers and SNI would collide).
-fn check_names(certs: &[Vec<String>], challenge: ChallengeKind) -> Result<(), String> {
+/// The core's configuration of each certificate, each with a jitter seed derived from its
+/// names (stable across restarts). Refused: names that the challenges certloop can answer will
+/// never obtain, names a certificate lists twice or that are not DNS names, and names that two
+/// certificates share (their challenge answers and SNI would collide).
+fn cert_configs(
+    certs: &[Vec<String>],
+    challenge: ChallengeKind,
+) -> Result<Vec<CertConfig>, String> {
     if certs.iter().any(Vec::is_empty) {
         return Err("a certificate needs at least one name".into());
     }
@@ -215,9 +225,10 @@ fn check_names(certs: &[Vec<String>], challenge: ChallengeKind) -> Result<(), St
             ));
         }
     }
-    for names in certs {
-        CertConfig::new(names.iter().cloned(), 0).map_err(|e| e.to_string())?;
-    }
+    let configs = (certs.iter())
+        .map(|names| CertConfig::new(names.iter().cloned(), seed_of(names)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     for (i, names) in certs.iter().enumerate() {
         for later in &certs[i + 1..] {
             if let Some(shared) = names
@@ -233,7 +244,14 @@ fn check_names(certs: &[Vec<String>], challenge: ChallengeKind) -> Result<(), St
             }
         }
     }
-    Ok(())
+    Ok(configs)
+}
+
+/// FNV-1a over the names: the same certificate gets the same renewal jitter on every start.
+fn seed_of(names: &[String]) -> u64 {
+    (names.iter().flat_map(|n| n.bytes())).fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certloop_core::{
-    Action, CertConfig, CertFleet, CertId, Event, FailureKind, Level, Notice, RenewalInfo,
-    RetryState, Serving, UnixTime,
+    Action, CertFleet, CertId, Event, FailureKind, Level, Notice, RenewalInfo, RetryState, Serving,
+    UnixTime,
 };
 use instant_acme::CertificateIdentifier;
 
@@ -117,21 +117,7 @@ pub async fn launch_with<R: Runtime>(
         problem: e.to_string(),
     };
     let mut fleet = CertFleet::new(policy.clone()).map_err(invalid_policy)?;
-    let mut cert_configs = Vec::new();
-    for domains in &config.certs {
-        let seed = domains
-            .iter()
-            .flat_map(|d| d.bytes())
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        let cert =
-            CertConfig::new(domains.iter().cloned(), seed).map_err(|e| StartError::Config {
-                field: "domains",
-                problem: e.to_string(),
-            })?;
-        cert_configs.push(cert);
-    }
+    let cert_configs = resolved.certs;
     let transport = match seams.transport {
         Some(transport) => transport,
         None => Arc::new(
