@@ -569,22 +569,9 @@ fn acme(
                 format!("{:?}: {problem}", d.get_ref()),
             ));
         }
-        if d.get_ref().starts_with("*.") {
-            return Err(src.error(
-                Some(d.span()),
-                key("acme_domains"),
-                format!(
-                    "{:?}: a wildcard name can only be validated with DNS-01, which certloop \
-                     does not offer yet; list the names you serve",
-                    d.get_ref()
-                ),
-            ));
-        }
         names.push(d.get_ref().clone());
     }
-    if let Err(e) = certloop_core::CertConfig::new(names.clone(), 0) {
-        return Err(src.error(Some(domains.span()), key("acme_domains"), e.to_string()));
-    }
+    // Wildcards, a name listed twice: `AcmeConfig::check` below, reported at acme_domains.
     let directory = match &l.acme_directory {
         Some(d) => Directory::parse(d.get_ref())
             .map_err(|m| src.error(Some(d.span()), key("acme_directory"), m))?,
