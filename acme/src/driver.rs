@@ -15,11 +15,12 @@ use instant_acme::CertificateIdentifier;
 use crate::cache::decode_cert_file;
 use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
-use crate::handle::{AcmeHandle, CertStatus, LifecycleEvent, Shared};
+use crate::handle::{AcmeHandle, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
 use crate::order::AcmeContext;
 use crate::runtime::{Runtime, timeout};
+use crate::status::{AcmeOperation, CertStatus, RequestDurations, ServedCert};
 use crate::store::DirStore;
 use crate::tls::{CertResolver, ChallengeOwner, certified_key_from_bundle};
 
@@ -151,14 +152,12 @@ pub async fn launch_with<R: Runtime>(
         tokens: Arc::new(Http01Tokens::default()),
         subscribers: Mutex::new(Vec::new()),
         history: Mutex::new(std::collections::VecDeque::new()),
-        validity: Mutex::new(
+        status: Mutex::new(
             (config.certs.iter())
-                .map(|d| CertStatus {
-                    domains: d.clone(),
-                    validity: None,
-                })
+                .map(|d| CertStatus::new(d.clone()))
                 .collect(),
         ),
+        durations: Arc::new(RequestDurations::default()),
         directory_url: directory_url.clone(),
         outcome: Mutex::new(None),
         outcome_set,
@@ -177,6 +176,7 @@ pub async fn launch_with<R: Runtime>(
         retry_after: RetryAfterSlot::default(),
         request_timeout: request_timeout(policy.startup_timeout),
         account: async_lock::Mutex::new(None),
+        durations: shared.durations.clone(),
     });
     let now = rt.wall_clock();
     let managed: Vec<Managed> = cert_configs
@@ -279,13 +279,18 @@ impl<R: Runtime> Driver<R> {
         events: async_channel::Receiver<Wake>,
         stop: async_channel::Receiver<()>,
     ) {
+        // The certificates whose status may have changed since it was last published.
+        let mut touched: Vec<CertId> = self.managed.iter().map(|m| m.id).collect();
         loop {
             while let Some((id, action)) = fleet.poll_action() {
+                touched.push(id);
                 if let Err(failure) = self.execute(id, action) {
+                    self.publish_status(&fleet, &mut touched);
                     self.finish_retry_writes().await;
                     return self.record_outcome(Err(failure));
                 }
             }
+            self.publish_status(&fleet, &mut touched);
             if self.started.is_some() && self.managed.iter().all(|m| m.ready) {
                 self.record_outcome(Ok(()));
             }
@@ -309,7 +314,10 @@ impl<R: Runtime> Driver<R> {
             )
             .await;
             match wake {
-                Wake::Event(id, event) => fleet.handle(self.rt.wall_clock(), id, event),
+                Wake::Event(id, event) => {
+                    touched.push(id);
+                    fleet.handle(self.rt.wall_clock(), id, event);
+                }
                 Wake::AriSupported(id) => {
                     if let Some(m) = self.managed.iter_mut().find(|m| m.id == id) {
                         m.ari_supported = true;
@@ -329,6 +337,22 @@ impl<R: Runtime> Driver<R> {
                     );
                     return self.finish_retry_writes().await;
                 }
+            }
+        }
+    }
+
+    /// Copies the lifecycle's view of each touched certificate into the handle's status.
+    fn publish_status(&self, fleet: &CertFleet, touched: &mut Vec<CertId>) {
+        if touched.is_empty() {
+            return;
+        }
+        let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        for id in touched.drain(..) {
+            let index = self.managed.iter().position(|m| m.id == id);
+            if let (Some(slot), Some(lifecycle)) =
+                (index.and_then(|i| status.get_mut(i)), fleet.status(id))
+            {
+                slot.update(&lifecycle);
             }
         }
     }
@@ -432,14 +456,17 @@ impl<R: Runtime> Driver<R> {
             }
             Action::InstallCert(cert) => match certified_key_from_bundle(cert.bundle.bytes()) {
                 Ok(key) => {
+                    let served = (key.cert.first())
+                        .map(ServedCert::parse)
+                        .unwrap_or_else(|| Err("no certificate".into()));
                     self.shared.resolver.install(&domains, key);
-                    let mut validity = self
-                        .shared
-                        .validity
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    if let Some(slot) = validity.get_mut(index) {
-                        slot.validity = Some((cert.info.not_before, cert.info.not_after));
+                    let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+                    match (status.get_mut(index), served) {
+                        (Some(slot), Ok(served)) => slot.served = Some(served),
+                        (_, Err(e)) => {
+                            tracing::warn!(domains = %domains.join(","), "served, but its details cannot be read for the status: {e}")
+                        }
+                        (None, _) => {}
                     }
                 }
                 Err(e) => {
@@ -491,13 +518,16 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Action::Log(notice) => {
-                let served_until = self
-                    .shared
-                    .validity
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())[index]
-                    .validity
-                    .map(|(_, not_after)| not_after);
+                let served_until = {
+                    let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+                    let slot = &mut status[index];
+                    match &notice {
+                        Notice::CertIssued { .. } => slot.orders.issued += 1,
+                        Notice::OrderFailed { error, .. } => slot.orders.count_failure(error.kind),
+                        _ => {}
+                    }
+                    slot.served.as_ref().map(|s| s.not_after)
+                };
                 self.log(&domains, &notice, served_until);
             }
             Action::Ready { .. } => self.managed[index].ready = true,
@@ -593,13 +623,15 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
     let Ok(account) = context.account().await else {
         return failed;
     };
-    match timeout(
+    let asked = std::time::Instant::now();
+    let answer = timeout(
         &context.rt,
         Duration::from_secs(60),
         account.renewal_info(&cert_id),
     )
-    .await
-    {
+    .await;
+    (context.durations).observe(AcmeOperation::RenewalInfo, asked.elapsed());
+    match answer {
         Some(Ok((info, retry_after))) => {
             let to_unix = |t: time::OffsetDateTime| {
                 UnixTime::from_millis(

@@ -1,5 +1,5 @@
 //! The handle an embedder keeps: the TLS settings and resolver to serve with, HTTP-01 answers,
-//! lifecycle events, validity, and the startup verdict.
+//! lifecycle events, each certificate's status, and the startup verdict.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -9,16 +9,8 @@ use rustls::ServerConfig;
 
 use crate::config::StartError;
 use crate::http01::Http01Tokens;
+use crate::status::{AcmeOperation, CertStatus, DurationHistogram, RequestDurations};
 use crate::tls::{CertResolver, TlsAlpn01, server_config};
-
-/// One managed certificate's names and the validity of what is served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertStatus {
-    /// The names.
-    pub domains: Vec<String>,
-    /// `(not_before, not_after)` of the served certificate, once one is served.
-    pub validity: Option<(UnixTime, UnixTime)>,
-}
 
 /// How many past lifecycle events a new subscriber receives.
 const HISTORY: usize = 32;
@@ -100,7 +92,8 @@ pub(crate) struct Shared {
     /// The latest events, replayed to new subscribers (so none is missed between `launch`
     /// and `subscribe`).
     pub(crate) history: Mutex<std::collections::VecDeque<LifecycleEvent>>,
-    pub(crate) validity: Mutex<Vec<CertStatus>>,
+    pub(crate) status: Mutex<Vec<CertStatus>>,
+    pub(crate) durations: Arc<RequestDurations>,
     pub(crate) directory_url: String,
     /// Set by the driver once every certificate is served or one cannot be had; the channel
     /// closes right after, waking every waiter.
@@ -200,13 +193,20 @@ impl AcmeHandle {
         LifecycleEvents(rx)
     }
 
-    /// Each certificate's names and the validity of what is served.
-    pub fn validity(&self) -> Vec<CertStatus> {
+    /// Each certificate, in configuration order: what is served (validity, issuer, serial, key
+    /// type), when it renews, the CA's window, the failure streak, the next order and the
+    /// orders so far. Cheap: a copy of what the driver keeps up to date as it goes.
+    pub fn status(&self) -> Vec<CertStatus> {
         self.shared
-            .validity
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How long this directory's requests to the CA took since launch, by operation.
+    pub fn acme_request_durations(&self) -> Vec<(AcmeOperation, DurationHistogram)> {
+        self.shared.durations.snapshot()
     }
 
     /// Stops certificate management on purpose (for example at shutdown): no more renewals,

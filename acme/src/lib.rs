@@ -24,18 +24,22 @@ mod http_client;
 mod incoming;
 mod order;
 mod runtime;
+mod status;
 mod store;
 mod tls;
 
 pub use config::{
     AcmeConfig, Directory, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
 };
-pub use handle::{AcmeHandle, CertStatus, LifecycleEvent, LifecycleEvents};
+pub use handle::{AcmeHandle, LifecycleEvent, LifecycleEvents};
 pub use http01::{
     Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
 };
 pub use incoming::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, READY_QUEUE};
 pub use order::ChallengeKind;
+pub use status::{
+    AcmeOperation, CertStatus, DURATION_BUCKETS, DurationHistogram, OrderTally, ServedCert,
+};
 pub use store::StoreError;
 pub use tls::{CertResolver, TlsAlpn01, server_config};
 
@@ -44,11 +48,12 @@ pub use tls::{CertResolver, TlsAlpn01, server_config};
 #[doc(hidden)]
 pub mod embedding {
     pub use crate::{
-        AcmeConfig, AcmeHandle, CertResolver, CertStatus, ChallengeKind, Directory,
-        HANDSHAKE_TIMEOUT, Http01Tokens, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
-        LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, READY_QUEUE,
-        RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, StartError,
-        StoreError, TlsAlpn01, server_config,
+        AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus, ChallengeKind,
+        DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens,
+        LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
+        MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
+        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, ServedCert, StartError, StoreError,
+        TlsAlpn01, server_config,
     };
     pub use certloop_core::{Policy, Ratio, UnixTime};
 }

@@ -2,6 +2,7 @@
 //! runtime seam; polls with `refresh()`/`certificate()` and the runtime's own timer (never
 //! instant-acme's tokio-only `poll_*`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::cache::{decode_cert_file, encode_cert_file};
 use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
 use crate::runtime::Runtime;
+use crate::status::{AcmeOperation, RequestDurations};
 use crate::store::DirStore;
 use crate::tls::{CertResolver, ChallengeOwner, alpn_challenge_cert, certified_key_from_bundle};
 
@@ -84,9 +86,19 @@ pub(crate) struct AcmeContext<R: Runtime> {
     pub request_timeout: Duration,
     /// The account, once loaded or created.
     pub account: async_lock::Mutex<Option<Account>>,
+    /// How long each request took, by operation.
+    pub durations: Arc<RequestDurations>,
 }
 
 impl<R: Runtime> AcmeContext<R> {
+    /// Runs one request to the CA, recording how long it took as `operation`.
+    async fn timed<T>(&self, operation: AcmeOperation, request: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let answer = request.await;
+        self.durations.observe(operation, started.elapsed());
+        answer
+    }
+
     fn builder(&self) -> instant_acme::AccountBuilder {
         Account::builder_with_http(Box::new(AcmeHttpClient::new(
             self.rt.clone(),
@@ -117,10 +129,12 @@ impl<R: Runtime> AcmeContext<R> {
             .and_then(|j| serde_json::from_slice::<AccountCredentials>(&j).ok())
         {
             Some(credentials) => Some(
-                self.builder()
-                    .from_credentials(credentials)
-                    .await
-                    .map_err(|e| self.classify(&e))?,
+                self.timed(
+                    AcmeOperation::Account,
+                    self.builder().from_credentials(credentials),
+                )
+                .await
+                .map_err(|e| self.classify(&e))?,
             ),
             None => None,
         };
@@ -131,8 +145,11 @@ impl<R: Runtime> AcmeContext<R> {
                     .map_err(|e| self.classify(&e))?;
                 let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.clone()));
                 let (account, credentials) = self
-                    .builder()
-                    .create_from_key((key, key_der), self.directory_url.clone())
+                    .timed(
+                        AcmeOperation::Account,
+                        self.builder()
+                            .create_from_key((key, key_der), self.directory_url.clone()),
+                    )
                     .await
                     .map_err(|e| self.classify(&e))?;
                 self.persist_account(&credentials).await;
@@ -150,8 +167,11 @@ impl<R: Runtime> AcmeContext<R> {
                     only_return_existing: false,
                 };
                 let (account, credentials) = self
-                    .builder()
-                    .create(&new, self.directory_url.clone(), eab.as_ref())
+                    .timed(
+                        AcmeOperation::Account,
+                        self.builder()
+                            .create(&new, self.directory_url.clone(), eab.as_ref()),
+                    )
                     .await
                     .map_err(|e| self.classify(&e))?;
                 tracing::info!(directory = %self.directory_url, account = account.id(), "registered ACME account");
@@ -224,8 +244,11 @@ impl<R: Runtime> AcmeContext<R> {
             .as_ref()
             .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok());
         let result = match replaces {
-            Some(id) => match account
-                .new_order(&NewOrder::new(&identifiers).replaces(id))
+            Some(id) => match self
+                .timed(
+                    AcmeOperation::NewOrder,
+                    account.new_order(&NewOrder::new(&identifiers).replaces(id)),
+                )
                 .await
             {
                 // A directory that offers ARI but does not echo `replaces` (instant-acme then
@@ -236,11 +259,11 @@ impl<R: Runtime> AcmeContext<R> {
                         && e.to_string().contains("replaces") =>
                 {
                     tracing::warn!("the CA ignored ARI `replaces`; ordering without it ({e})");
-                    account.new_order(&plain_order).await
+                    (self.timed(AcmeOperation::NewOrder, account.new_order(&plain_order))).await
                 }
                 other => other,
             },
-            None => account.new_order(&plain_order).await,
+            None => (self.timed(AcmeOperation::NewOrder, account.new_order(&plain_order))).await,
         };
         let mut order = result.map_err(|e| self.classify(&e))?;
         let guard = ChallengeGuard {
@@ -249,7 +272,9 @@ impl<R: Runtime> AcmeContext<R> {
             owner,
         };
         let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
+        while let Some(authz) =
+            (self.timed(AcmeOperation::Authorization, authorizations.next())).await
+        {
             let mut authz = authz.map_err(|e| self.classify(&e))?;
             if authz.status != AuthorizationStatus::Pending {
                 continue;
@@ -289,11 +314,15 @@ impl<R: Runtime> AcmeContext<R> {
             }
             // Each name is set ready as soon as its answer is in place: the CA validates them
             // concurrently.
-            challenge.set_ready().await.map_err(|e| self.classify(&e))?;
+            (self.timed(AcmeOperation::Challenge, challenge.set_ready()))
+                .await
+                .map_err(|e| self.classify(&e))?;
         }
         let mut delay = FIRST_POLL;
         loop {
-            let state = order.refresh().await.map_err(|e| self.classify(&e))?;
+            let state = (self.timed(AcmeOperation::PollOrder, order.refresh()))
+                .await
+                .map_err(|e| self.classify(&e))?;
             match state.status {
                 OrderStatus::Ready => break,
                 OrderStatus::Invalid => return Err(self.invalid_order(&mut order).await),
@@ -335,8 +364,7 @@ impl<R: Runtime> AcmeContext<R> {
         let key_pem = key.serialize_pem();
         self.remember_pending(domains, order.url(), &key_pem).await;
         let finalize_url = order.state().finalize.clone();
-        order
-            .finalize_csr(csr.der())
+        (self.timed(AcmeOperation::Finalize, order.finalize_csr(csr.der())))
             .await
             .map_err(|e| self.classify(&e))?;
         // The CA may ask, in the finalize answer, how long to wait before polling.
@@ -356,7 +384,8 @@ impl<R: Runtime> AcmeContext<R> {
     ) -> Result<Certificate, OrderError> {
         let mut delay = FIRST_POLL;
         let chain_pem = loop {
-            match order.certificate().await.map_err(|e| self.classify(&e))? {
+            let answer = self.timed(AcmeOperation::Certificate, order.certificate());
+            match answer.await.map_err(|e| self.classify(&e))? {
                 Some(chain) => break chain,
                 None => {
                     let url = order.url().to_owned();
@@ -397,7 +426,8 @@ impl<R: Runtime> AcmeContext<R> {
         let Some((order_url, key_pem)) = pending else {
             return Ok(None);
         };
-        let mut order = match account.order(order_url.clone()).await {
+        let resumed = self.timed(AcmeOperation::ResumeOrder, account.order(order_url.clone()));
+        let mut order = match resumed.await {
             Ok(order) => order,
             Err(e) => {
                 let error = self.classify(&e);
@@ -424,8 +454,7 @@ impl<R: Runtime> AcmeContext<R> {
                     kind: FailureKind::Rejected,
                     detail: format!("CSR: {e}"),
                 })?;
-            order
-                .finalize_csr(csr.der())
+            (self.timed(AcmeOperation::Finalize, order.finalize_csr(csr.der())))
                 .await
                 .map_err(|e| self.classify(&e))?;
         }

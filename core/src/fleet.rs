@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::{CertConfig, ConfigError, Policy};
 use crate::event::{Action, CertInfo, Event, OrderId};
 use crate::lifecycle::Machine;
+use crate::status::LifecycleStatus;
 use crate::time::UnixTime;
 
 /// Names one certificate in a [`CertFleet`]. Ids of removed certificates are never reused, so
@@ -157,6 +158,11 @@ impl CertFleet {
     /// When `id`'s served certificate will be renewed (absent failures).
     pub fn renew_at(&self, id: CertId) -> Option<UnixTime> {
         self.machine(id).and_then(Machine::renew_at)
+    }
+
+    /// What `id` serves, when it renews and how its last orders went.
+    pub fn status(&self, id: CertId) -> Option<LifecycleStatus> {
+        self.machine(id).map(Machine::status)
     }
 
     /// `true` once `id` has a certificate installed.

@@ -48,6 +48,7 @@ mod event;
 mod fleet;
 mod lifecycle;
 mod rng;
+mod status;
 mod time;
 
 pub use config::{CertConfig, ConfigError, Policy, Ratio, name_covers, validate_dns_name};
@@ -58,4 +59,5 @@ pub use event::{
 pub use fleet::{CertFleet, CertId};
 pub use lifecycle::{CertLifecycle, ORDER_BUDGET};
 pub use rng::SplitMix64;
+pub use status::LifecycleStatus;
 pub use time::{Human, UnixTime};

@@ -119,16 +119,44 @@ pub fn issues_with_tls_alpn_01_for_several_names<A: Adapter>(a: &A) {
     let handle = start_serving(a, &pebble, config(&pebble, &names, &cache))
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
     let root = pebble.issuing_root_pem();
+    let mut leaf = None;
     for name in names {
-        let (_, response) =
+        let (served, response) =
             fetch_verified(pebble.tls_port, name, &root).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        leaf = Some(served);
     }
     assert_eq!(orders(&pebble), 1);
-    let validity = handle.validity();
-    assert!(
-        validity[0].validity.is_some(),
-        "validity reported: {validity:?}"
+    // The status describes the certificate clients are served.
+    let leaf = leaf.expect("fetched");
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("leaf");
+    let status = handle.status();
+    let served = status[0].served.as_ref().expect("served in the status");
+    let serial: String = parsed
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(served.serial, serial, "{status:?}");
+    let not_after = u64::try_from(parsed.validity().not_after.timestamp()).expect("after 1970");
+    assert_eq!(served.not_after.as_millis(), not_after * 1000);
+    assert_eq!(served.key_type, "ecdsa-p256");
+    assert!(served.issuer.contains("Pebble"), "{}", served.issuer);
+    assert_eq!(status[0].orders.issued, 1);
+    assert_eq!((status[0].failures, status[0].ordering), (0, false));
+    assert!(status[0].renew_at.is_some_and(|at| at < served.not_after));
+    let durations = handle.acme_request_durations();
+    let timed = |op: certloop_acme::AcmeOperation| {
+        durations
+            .iter()
+            .find(|(o, _)| *o == op)
+            .map_or(0, |(_, h)| h.count)
+    };
+    assert_eq!(timed(certloop_acme::AcmeOperation::NewOrder), 1);
+    assert_eq!(timed(certloop_acme::AcmeOperation::Finalize), 1);
+    assert_eq!(
+        timed(certloop_acme::AcmeOperation::Challenge),
+        names.len() as u64
     );
 }
 

@@ -400,3 +400,60 @@ fn sixty_second_certificates_are_renewed_for_hours_without_lapsing() {
         "a certificate lapsed"
     );
 }
+
+/// The status snapshot follows the lifecycle: what is served, the renewal point, the CA's
+/// window, the failure streak and the next order.
+#[test]
+fn the_status_snapshot_tells_what_is_served_and_what_comes_next() {
+    let mut s = Script::new(NAMES);
+    let status = s.lifecycle().status();
+    assert!(!status.ready && status.serving.is_none() && status.next_order_at.is_none());
+    s.cache_missing();
+    assert!(s.lifecycle().status().ordering);
+    s.order_succeeds(90 * DAY).store_finishes(Ok(()));
+    let status = s.lifecycle().status();
+    assert!(status.ready && !status.ordering && !status.failed);
+    assert_eq!(status.serving.as_ref(), s.lifecycle().serving());
+    assert_eq!(status.renew_at, s.lifecycle().renew_at());
+    assert_eq!(status.next_order_at, status.renew_at);
+    let not_after = status.serving.unwrap().not_after;
+    let (start, end) = (
+        not_after.saturating_sub(40 * DAY),
+        not_after.saturating_sub(39 * DAY),
+    );
+    s.renewal_info(RenewalInfo::Window {
+        start,
+        end,
+        retry_after: None,
+    });
+    let status = s.lifecycle().status();
+    assert_eq!(status.ari_window, Some((start, end)));
+    let renew_at = status.renew_at.unwrap();
+    assert!(
+        start <= renew_at && renew_at <= end,
+        "moved into the window"
+    );
+    s.set_now(renew_at);
+    s.event(certloop_core::Event::Tick);
+    assert!(s.lifecycle().status().ordering);
+    s.order_fails(
+        FailureKind::ServerError,
+        "urn:ietf:params:acme:error:serverInternal: boom",
+    );
+    let status = s.lifecycle().status();
+    assert_eq!(status.failures, 1);
+    let error = status.last_error.expect("the failure is kept");
+    assert!(error.detail.contains("serverInternal"), "{error}");
+    let retry_at = status.next_order_at.expect("a retry is scheduled");
+    assert!(
+        retry_at > s.now(),
+        "the backoff waits: {retry_at} after {}",
+        s.now()
+    );
+    s.set_now(retry_at);
+    s.event(certloop_core::Event::Tick);
+    s.order_succeeds(90 * DAY).store_finishes(Ok(()));
+    let status = s.lifecycle().status();
+    assert_eq!((status.failures, status.last_error), (0, None));
+    assert!(status.serving.unwrap().not_after > not_after);
+}

@@ -91,6 +91,11 @@ impl AriPoll {
         }
     }
 
+    /// The CA's window for the served certificate, once it gave one.
+    pub(super) fn window(&self) -> Option<(UnixTime, UnixTime)> {
+        self.window
+    }
+
     /// When the next check is due, if one is scheduled.
     pub(super) fn wake(&self) -> Option<UnixTime> {
         self.next_check.at()

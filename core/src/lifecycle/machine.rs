@@ -9,6 +9,7 @@ use crate::event::{
     OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,
 };
 use crate::rng::SplitMix64;
+use crate::status::LifecycleStatus;
 use crate::time::{Human, UnixTime, duration_millis};
 
 use super::ari::{AriAnswer, AriPoll};
@@ -170,6 +171,20 @@ impl Machine {
 
     pub(crate) fn has_failed(&self) -> bool {
         self.phase == Phase::Failed
+    }
+
+    pub(crate) fn status(&self) -> LifecycleStatus {
+        LifecycleStatus {
+            serving: self.serving().cloned(),
+            renew_at: self.renew_at(),
+            ari_window: self.ari.window(),
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            next_order_at: self.next_order_time(),
+            ordering: self.order_in_flight.is_some(),
+            ready: self.is_ready(),
+            failed: self.has_failed(),
+        }
     }
 
     pub(crate) fn order_in_flight(&self) -> Option<OrderId> {

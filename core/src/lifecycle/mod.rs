@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::config::{CertConfig, ConfigError, Policy};
 use crate::event::{Action, CertInfo, Event, OrderId};
+use crate::status::LifecycleStatus;
 use crate::time::UnixTime;
 
 pub(crate) use machine::Machine;
@@ -70,6 +71,11 @@ impl CertLifecycle {
     /// When the served certificate will be renewed (absent failures).
     pub fn renew_at(&self) -> Option<UnixTime> {
         self.machine.renew_at()
+    }
+
+    /// What is served, when it renews and how the last orders went.
+    pub fn status(&self) -> LifecycleStatus {
+        self.machine.status()
     }
 
     /// `true` once a certificate is installed (after [`Action::Ready`]).
