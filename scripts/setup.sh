@@ -3,7 +3,7 @@
 set -euo pipefail
 need=()
 for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime cc:gcc \
-    prlimit:util-linux mount:mount getconf:libc-bin; do
+    prlimit:util-linux mount:mount getconf:libc-bin chromium:chromium; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 # The tests signal the proxy with the kill program (not the shell builtin).

@@ -144,6 +144,15 @@ pub(crate) fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, CacheError
     };
     let not_before = to_unix(validity.not_before.timestamp(), "notBefore")?;
     let not_after = to_unix(validity.not_after.timestamp(), "notAfter")?;
+    Ok(CertInfo {
+        not_before,
+        not_after,
+        names: dns_names(&cert).into(),
+    })
+}
+
+/// The DNS names of a certificate's subjectAltName extension.
+pub(crate) fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -152,11 +161,7 @@ pub(crate) fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, CacheError
             }
         }
     }
-    Ok(CertInfo {
-        not_before,
-        not_after,
-        names: names.into(),
-    })
+    names
 }
 
 /// Serialises the core's retry state as `key=value` lines.

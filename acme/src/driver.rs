@@ -457,7 +457,7 @@ impl<R: Runtime> Driver<R> {
             Action::InstallCert(cert) => match certified_key_from_bundle(cert.bundle.bytes()) {
                 Ok(key) => {
                     let served = (key.cert.first())
-                        .map(ServedCert::parse)
+                        .map(ServedCert::from_leaf)
                         .unwrap_or_else(|| Err("no certificate".into()));
                     self.shared.resolver.install(&domains, key);
                     let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());

@@ -14,6 +14,7 @@
 mod accept;
 mod cache;
 mod cache_fs;
+mod cached_status;
 mod config;
 mod driver;
 #[doc(hidden)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 use certloop_core::{FailureKind, LifecycleStatus, UnixTime};
 use rustls_pki_types::CertificateDer;
 
+use crate::cache::dns_names;
+
 /// One managed certificate: what is served, when it renews, and how its orders went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -50,7 +52,7 @@ impl CertStatus {
     }
 
     /// Takes the lifecycle's view (timings, failures); the served certificate's details come
-    /// from [`ServedCert::parse`] when it is installed.
+    /// from [`ServedCert::from_leaf`] when it is installed.
     pub(crate) fn update(&mut self, lifecycle: &LifecycleStatus) {
         self.renew_at = lifecycle.renew_at;
         self.ari_window = lifecycle.ari_window;
@@ -82,11 +84,13 @@ pub struct ServedCert {
     pub serial: String,
     /// The key type: `ecdsa-p256`, `ecdsa-p384`, `rsa-2048`, `ed25519`, ...
     pub key_type: String,
+    /// The DNS names it covers (subjectAltName).
+    pub names: Vec<String>,
 }
 
 impl ServedCert {
-    /// Reads the facts from a leaf certificate.
-    pub(crate) fn parse(leaf: &CertificateDer<'_>) -> Result<Self, String> {
+    /// Reads the facts from a leaf certificate (DER), for example one served from files.
+    pub fn from_leaf(leaf: &CertificateDer<'_>) -> Result<Self, String> {
         use x509_parser::public_key::PublicKey;
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
             .map_err(|e| format!("unparsable certificate: {e}"))?;
@@ -121,6 +125,7 @@ impl ServedCert {
             issuer,
             serial,
             key_type,
+            names: dns_names(&cert),
         })
     }
 }
@@ -300,11 +305,12 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0A, 0xBC]));
         let cert = params.self_signed(&key).unwrap();
-        let served = ServedCert::parse(cert.der()).unwrap();
+        let served = ServedCert::from_leaf(cert.der()).unwrap();
         assert_eq!(served.key_type, "ecdsa-p384");
         assert_eq!(served.serial, "0ABC");
         assert_eq!(served.issuer, "rcgen self signed cert");
+        assert_eq!(served.names, ["a.test"]);
         assert!(served.not_before < served.not_after);
-        assert!(ServedCert::parse(&CertificateDer::from(vec![1, 2, 3])).is_err());
+        assert!(ServedCert::from_leaf(&CertificateDer::from(vec![1, 2, 3])).is_err());
     }
 }

@@ -25,6 +25,7 @@ struct RawConfig {
     shutdown_grace: Option<Spanned<String>>,
     limits: Option<Spanned<RawLimits>>,
     http: Option<Spanned<RawHttp>>,
+    admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     listeners: Vec<Spanned<RawListener>>,
 }
@@ -45,6 +46,13 @@ struct RawLimits {
 struct RawHttp {
     bind: Spanned<String>,
     https_port: Option<Spanned<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Spanned<String>,
+    allow_remote: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     /// The plain-HTTP listener, if any.
     pub(crate) http: Option<HttpListener>,
+    /// The admin listener (metrics, health, status), if any.
+    pub(crate) admin: Option<AdminListener>,
     /// The TLS listeners.
     pub(crate) listeners: Vec<Listener>,
 }
@@ -97,6 +107,14 @@ pub(crate) struct HttpListener {
     pub(crate) bind: SocketAddr,
     /// The port written into redirects.
     pub(crate) https_port: u16,
+    /// The `[limits]` table.
+    pub(crate) limits: Limits,
+}
+
+/// `[admin]`: metrics, health checks and the status page.
+pub(crate) struct AdminListener {
+    /// Where it listens (loopback unless `allow_remote`).
+    pub(crate) bind: SocketAddr,
     /// The `[limits]` table.
     pub(crate) limits: Limits,
 }
@@ -226,8 +244,19 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if raw.listeners.is_empty() {
         return Err(src.error(None, "listeners", "no [[listeners]] configured"));
     }
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => Some(AdminListener {
+            bind: admin(&src, a.get_ref(), http.as_ref().map(|h| h.bind))?,
+            limits: global_limits.clone(),
+        }),
+    };
     let mut listeners: Vec<Listener> = Vec::new();
-    let mut seen_binds: Vec<SocketAddr> = http.iter().map(|h| h.bind).collect();
+    let mut seen_binds: Vec<SocketAddr> = (http.iter().map(|h| h.bind))
+        .chain(admin.iter().map(|a| a.bind))
+        .collect();
+    // Each ACME listener's cache directory and name: one directory serves one listener.
+    let mut cache_dirs: Vec<(PathBuf, String)> = Vec::new();
     for (i, spanned) in raw.listeners.iter().enumerate() {
         let l = spanned.get_ref();
         let key = |k: &str| format!("listeners[{i}].{k}");
@@ -277,14 +306,26 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         };
         let tls = match l.tls_mode.get_ref().as_str() {
             "manual" => manual(&src, l, &key)?,
-            "acme" => TlsMode::Acme(Box::new(acme(
-                &src,
-                l,
-                &key,
-                &state_dir,
-                &name,
-                http.is_some(),
-            )?)),
+            "acme" => {
+                let (config, cache_dir) = acme(&src, l, &key, &state_dir, &name, http.is_some())?;
+                if let Some((_, other)) = cache_dirs.iter().find(|(dir, _)| *dir == cache_dir) {
+                    let span = l
+                        .acme_cache_dir
+                        .as_ref()
+                        .map_or(l.name.span(), |d| d.span());
+                    return Err(src.error(
+                        Some(span),
+                        key("acme_cache_dir"),
+                        format!(
+                            "{} is also the cache directory of listener {other:?}; each ACME \
+                             listener needs its own (its lock admits one user)",
+                            cache_dir.display()
+                        ),
+                    ));
+                }
+                cache_dirs.push((cache_dir, name.clone()));
+                TlsMode::Acme(Box::new(config))
+            }
             other => {
                 return Err(src.error(
                     Some(l.tls_mode.span()),
@@ -310,8 +351,36 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(Config {
         shutdown_grace,
         http,
+        admin,
         listeners,
     })
+}
+
+/// `[admin]`: a loopback address unless `allow_remote` says otherwise.
+fn admin(
+    src: &Source<'_>,
+    raw: &RawAdmin,
+    http: Option<SocketAddr>,
+) -> Result<SocketAddr, ConfigError> {
+    let bind = socket_addr(src, &raw.bind, "admin.bind")?;
+    if !bind.ip().is_loopback() && raw.allow_remote != Some(true) {
+        return Err(src.error(
+            Some(raw.bind.span()),
+            "admin.bind",
+            format!(
+                "{bind} is not a loopback address; the admin endpoints show every certificate's \
+                 state to whoever reaches them: bind 127.0.0.1, or set allow_remote = true"
+            ),
+        ));
+    }
+    if http == Some(bind) {
+        return Err(src.error(
+            Some(raw.bind.span()),
+            "admin.bind",
+            format!("{bind} is used twice"),
+        ));
+    }
+    Ok(bind)
 }
 
 fn socket_addr(
@@ -535,7 +604,7 @@ fn acme(
     state_dir: &Path,
     name: &str,
     has_http: bool,
-) -> Result<AcmeConfig, ConfigError> {
+) -> Result<(AcmeConfig, PathBuf), ConfigError> {
     only_for_mode(
         src,
         l,
@@ -606,7 +675,7 @@ fn acme(
     if let Some(t) = &l.acme_startup_timeout {
         policy.startup_timeout = duration(src, t, &key("acme_startup_timeout"))?;
     }
-    let mut config = AcmeConfig::new(names, cache_dir)
+    let mut config = AcmeConfig::new(names, &cache_dir)
         .directory(directory)
         .challenge(challenge)
         .policy(policy);
@@ -642,7 +711,7 @@ fn acme(
         };
         return Err(src.error(span, key(name), problem));
     }
-    Ok(config)
+    Ok((config, cache_dir))
 }
 
 #[cfg(test)]
@@ -772,6 +841,56 @@ mod tests {
         assert!(
             range.contains(":7: listeners[0].trusted_proxies: \"10.0.0.0/33\": the prefix length"),
             "{range}"
+        );
+    }
+
+    #[test]
+    fn two_acme_listeners_cannot_share_a_cache_directory() {
+        let second = ACME
+            .replace("\"web\"", "\"api\"")
+            .replace("8443", "9443")
+            .replace("example.com", "api.example.com");
+        let shared = err(&format!(
+            "{ACME}acme_cache_dir = \"/var/cache/certloop\"\n{second}acme_cache_dir = \"/var/cache/certloop/\"\n"
+        ));
+        assert!(
+            shared.contains(":14: listeners[1].acme_cache_dir")
+                && shared.contains("/var/cache/certloop")
+                && shared.contains("listener \"web\""),
+            "{shared}"
+        );
+        // By default each listener has its own directory under state_dir.
+        let text = format!("state_dir = \"/var/lib/x\"\n{ACME}{second}");
+        assert!(parse(Path::new("/etc/certloop.toml"), &text).is_ok());
+        let named = err(&format!(
+            "state_dir = \"/var/lib/x\"\n{ACME}{second}acme_cache_dir = \"/var/lib/x/web\"\n"
+        ));
+        assert!(
+            named.contains(":14: listeners[1].acme_cache_dir"),
+            "{named}"
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_is_loopback_unless_allowed() {
+        let config = parse(
+            Path::new("/etc/certloop.toml"),
+            &format!("[admin]\nbind = \"127.0.0.1:9090\"\n{ACME}"),
+        )
+        .unwrap();
+        let admin = config.admin.expect("[admin] is on").bind;
+        assert_eq!(admin, "127.0.0.1:9090".parse().unwrap());
+        let remote = err(&format!("[admin]\nbind = \"0.0.0.0:9090\"\n{ACME}"));
+        assert!(
+            remote.contains(":2: admin.bind") && remote.contains("allow_remote"),
+            "{remote}"
+        );
+        let allowed = format!("[admin]\nbind = \"0.0.0.0:9090\"\nallow_remote = true\n{ACME}");
+        assert!(parse(Path::new("/etc/certloop.toml"), &allowed).is_ok());
+        let clash = err(&format!("[admin]\nbind = \"127.0.0.1:8443\"\n{ACME}"));
+        assert!(
+            clash.contains("listeners[0].bind: 127.0.0.1:8443 is used twice"),
+            "{clash}"
         );
     }
 

@@ -4,10 +4,15 @@
 //! ```text
 //! certloop --config PATH [--log-format text|json] [--log-level FILTER] [--retry-now]
 //! certloop check --config PATH
+//! certloop status --config PATH [--json]
 //! certloop --version
 //! ```
 //! Exit codes: 0 after a clean shutdown, 1 when it cannot start or keep running, 2 for a bad
 //! command line or configuration.
+//!
+//! `status` prints every certificate (listener, names, not after, renewal, last error, retry)
+//! from the running process's admin endpoint when `[admin]` is configured and answers, else
+//! from the cache directories on disk; `--json` prints the rows as JSON.
 //!
 //! `--retry-now` orders at once even where an earlier run's orders were answered by the CA with
 //! errors and their persisted backoff forbids ordering yet: for one start after fixing the
@@ -15,16 +20,21 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod admission;
+mod cert_status;
 mod config;
 mod connection;
 mod forwarding;
 mod h2_frames;
 mod limits;
 mod manual;
+mod metrics;
 mod observed_io;
 mod proxy;
 mod server;
+mod status_command;
+mod status_page;
 mod tunnel;
 mod watchdog;
 
@@ -36,24 +46,37 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::cert_status::CertSource;
 use crate::config::{Config, TlsMode};
 use crate::manual::ManualResolver;
 use crate::server::ListenerContext;
 
+/// What to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Run,
+    Check,
+    Status { json: bool },
+}
+
 struct Args {
-    check: bool,
+    command: Command,
     config: PathBuf,
     json_logs: bool,
     log_level: Option<String>,
     retry_now: bool,
 }
 
-const USAGE: &str = "usage: certloop [check] --config PATH [--log-format text|json] \
-                     [--log-level FILTER] [--retry-now]";
+const USAGE: &str = "usage: certloop [check | status [--json]] --config PATH \
+                     [--log-format text|json] [--log-level FILTER] [--retry-now]";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = std::env::args().skip(1).peekable();
-    let check = args.next_if(|a| a == "check").is_some();
+    let mut command = match args.next_if(|a| a == "check" || a == "status").as_deref() {
+        Some("check") => Command::Check,
+        Some(_) => Command::Status { json: false },
+        None => Command::Run,
+    };
     let (mut config, mut json_logs, mut log_level, mut retry_now) = (None, false, None, false);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -72,12 +95,15 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "--log-level" => log_level = Some(value()?),
             "--retry-now" => retry_now = true,
+            "--json" if matches!(command, Command::Status { .. }) => {
+                command = Command::Status { json: true };
+            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     let config = config.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
     Ok(Some(Args {
-        check,
+        command,
         config,
         json_logs,
         log_level,
@@ -129,13 +155,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.check {
-        println!(
-            "{}: configuration is valid ({} listeners)",
-            args.config.display(),
-            config.listeners.len()
-        );
-        return ExitCode::SUCCESS;
+    match args.command {
+        Command::Check => {
+            println!(
+                "{}: configuration is valid ({} listeners)",
+                args.config.display(),
+                config.listeners.len()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Status { json } => return status_command::run(&config, json),
+        Command::Run => {}
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -239,6 +269,22 @@ async fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    let admin = match config.admin {
+        Some(admin) => {
+            let socket = tokio::net::TcpListener::bind(admin.bind)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "[admin]: cannot listen on {}: {e}; free the port or change admin.bind",
+                        admin.bind
+                    )
+                })?;
+            Some((admin, socket))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(metrics::Metrics::new());
+    let mut sources = Vec::new();
     for listener in config.listeners {
         let name = listener.name.clone();
         let socket = tokio::net::TcpListener::bind(listener.bind)
@@ -254,6 +300,7 @@ async fn run(config: Config) -> Result<(), String> {
                 let resolver = ManualResolver::new(&name, cert, key, loaded);
                 tokio::spawn(resolver.clone().watch_files());
                 manual_resolvers.push(resolver.clone());
+                sources.push((name.clone(), CertSource::Manual(resolver.clone())));
                 let alpn01 = certloop_tokio::TlsAlpn01::Ignore;
                 Arc::new(certloop_tokio::server_config(resolver, alpn01))
             }
@@ -263,10 +310,12 @@ async fn run(config: Config) -> Result<(), String> {
                 })?;
                 tokens.push(handle.http01_tokens());
                 let server_config = handle.server_config();
+                sources.push((name.clone(), CertSource::Acme(handle.clone())));
                 acme_handles.0.push((name.clone(), handle));
                 server_config
             }
         };
+        let listener_metrics = metrics.listener(&name);
         let proxy = proxy::Proxy::new(
             &name,
             listener.upstream.clone(),
@@ -274,9 +323,16 @@ async fn run(config: Config) -> Result<(), String> {
             listener.limits.idle_timeout,
             listener.trusted_proxies,
             tracker.clone(),
+            listener_metrics.clone(),
         );
         tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
-        let ctx = ListenerContext::new(&name, listener.limits, tracker.clone(), stop_rx.clone());
+        let ctx = ListenerContext::new(
+            &name,
+            listener.limits,
+            tracker.clone(),
+            stop_rx.clone(),
+            listener_metrics,
+        );
         let acceptor = TlsAcceptor::from(server_config);
         accept_loops.push(tokio::spawn(server::serve_tls(
             ctx, socket, acceptor, proxy,
@@ -284,13 +340,33 @@ async fn run(config: Config) -> Result<(), String> {
     }
     if let Some((http, socket)) = http {
         tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
-        let ctx = ListenerContext::new("[http]", http.limits, tracker.clone(), stop_rx.clone());
+        let ctx = ListenerContext::new(
+            "[http]",
+            http.limits,
+            tracker.clone(),
+            stop_rx.clone(),
+            metrics.listener("[http]"),
+        );
         accept_loops.push(tokio::spawn(server::serve_http(
             ctx,
             socket,
             Arc::new(tokens),
             http.https_port,
         )));
+    }
+    let sources = Arc::new(sources);
+    metrics.watch_certificates(sources.clone());
+    if let Some((admin, socket)) = admin {
+        tracing::info!(bind = %admin.bind, "admin: /metrics, /healthz, /readyz, the status page at /");
+        let ctx = ListenerContext::new(
+            "[admin]",
+            admin.limits,
+            tracker.clone(),
+            stop_rx.clone(),
+            metrics.listener("[admin]"),
+        );
+        let admin = Arc::new(admin::Admin { metrics, sources });
+        accept_loops.push(tokio::spawn(admin::serve_admin(ctx, socket, admin)));
     }
     // The failure table: every ACME listener must have a valid certificate before we say
     // ready. Signals are answered meanwhile: SIGTERM stops cleanly, SIGHUP reloads.

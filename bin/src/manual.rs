@@ -88,6 +88,12 @@ impl ManualResolver {
         }
     }
 
+    /// The leaf certificate served now.
+    pub(crate) fn leaf(&self) -> CertificateDer<'static> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (current.cert.first().cloned()).unwrap_or_else(|| Vec::new().into())
+    }
+
     /// Reloads whenever either file's modification time changes (checked every 2 s).
     pub(crate) async fn watch_files(self: Arc<Self>) {
         let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();

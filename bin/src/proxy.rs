@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admitted;
 use crate::forwarding::{IpRange, set_forwarding_headers};
+use crate::metrics::ListenerMetrics;
 use crate::tunnel;
 use certloop_acme::adapter::canonical_ip;
 
@@ -47,26 +48,33 @@ pub(crate) struct Proxy {
     client: Client<HttpConnector, Incoming>,
     /// Upgraded tunnels run here, so that shutdown waits for them like for connections.
     tunnels: TaskTracker,
+    metrics: ListenerMetrics,
 }
 
 /// A short text response.
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_owned()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
+    respond(status, "text/plain", body.to_owned())
+}
+
+/// A response of our own with a body of `content_type`.
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 impl Proxy {
     /// A proxy to `upstream` for the listener `listener`; forwarding headers from peers in
     /// `trusted_proxies` are kept and extended; upgraded tunnels run in `tunnels` and close
-    /// after `tunnel_idle` without a byte moving.
+    /// after `tunnel_idle` without a byte moving; responses and upstream timings are counted
+    /// in `metrics`.
     pub(crate) fn new(
         listener: &str,
         upstream: Uri,
@@ -74,6 +82,7 @@ impl Proxy {
         tunnel_idle: Duration,
         trusted_proxies: Vec<IpRange>,
         tunnels: TaskTracker,
+        metrics: ListenerMetrics,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -90,12 +99,26 @@ impl Proxy {
             trusted_proxies,
             client,
             tunnels,
+            metrics,
         })
+    }
+
+    /// Forwards one request (see [`Self::forward`]) and counts its response.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        slots: Arc<Admitted>,
+    ) -> Response<ProxyBody> {
+        let metrics = self.metrics.clone();
+        let response = self.forward(req, client, slots).await;
+        metrics.response(response.status().as_u16());
+        response
     }
 
     /// Forwards one request from `client`, whose connection holds `slots`: an upgraded tunnel
     /// keeps them for as long as it lives.
-    pub(crate) async fn handle(
+    async fn forward(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
@@ -128,7 +151,14 @@ impl Proxy {
             headers.insert(header::HOST, host);
         }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let asked = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        match &answer {
+            Ok(Ok(_)) => self.metrics.upstream_answered(asked.elapsed()),
+            Ok(Err(_)) => self.metrics.upstream_failed(false),
+            Err(_) => self.metrics.upstream_failed(true),
+        }
+        match answer {
             Err(_) => {
                 tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream did not answer within {:?}: 504", self.timeout);
                 text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Admitted};
 use crate::connection::{self, HttpBuilders};
 use crate::limits::Limits;
+use crate::metrics::{Handshake, ListenerMetrics};
 use crate::proxy::{Proxy, ProxyBody, text};
 use crate::watchdog::Protocol;
 
@@ -31,16 +32,18 @@ pub(crate) struct ListenerContext {
     builders: Arc<HttpBuilders>,
     tracker: TaskTracker,
     stop: watch::Receiver<bool>,
+    metrics: ListenerMetrics,
 }
 
 impl ListenerContext {
-    /// The context of listener `name`, whose connections run in `tracker` and close
-    /// gracefully when `stop` turns true.
+    /// The context of listener `name`, whose connections run in `tracker`, close gracefully
+    /// when `stop` turns true, and are counted in `metrics`.
     pub(crate) fn new(
         name: &str,
         limits: Limits,
         tracker: TaskTracker,
         stop: watch::Receiver<bool>,
+        metrics: ListenerMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_owned(),
@@ -49,13 +52,26 @@ impl ListenerContext {
             limits,
             tracker,
             stop,
+            metrics,
         })
     }
 }
 
+impl ListenerContext {
+    /// hyper's settings for this listener's connections.
+    pub(crate) fn builders(&self) -> Arc<HttpBuilders> {
+        self.builders.clone()
+    }
+
+    /// Turns true when the listener must stop.
+    pub(crate) fn stop(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+}
+
 /// Accepts connections until `stop` turns true, handing each admitted one to `serve` in the
-/// task tracker.
-async fn accept_loop<S, Fut>(ctx: Arc<ListenerContext>, listener: TcpListener, serve: S)
+/// task tracker; each counts as open in the listener's metrics until `serve` ends.
+pub(crate) async fn accept_loop<S, Fut>(ctx: Arc<ListenerContext>, listener: TcpListener, serve: S)
 where
     S: Fn(TcpStream, SocketAddr, Admitted) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -80,7 +96,12 @@ where
             tracing::debug!(listener = %ctx.name, %peer, "closed: too many connections from this address");
             continue;
         };
-        ctx.tracker.spawn(serve(tcp, peer, admitted));
+        let open = ctx.metrics.connection_opened();
+        let served = serve(tcp, peer, admitted);
+        ctx.tracker.spawn(async move {
+            served.await;
+            drop(open);
+        });
     }
 }
 
@@ -99,12 +120,17 @@ pub(crate) async fn serve_tls(
             let handshake = acceptor.accept(tcp);
             let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, handshake).await
             {
-                Ok(Ok(tls)) => tls,
+                Ok(Ok(tls)) => {
+                    ctx.metrics.handshake(Handshake::Completed);
+                    tls
+                }
                 Ok(Err(e)) => {
+                    ctx.metrics.handshake(Handshake::Failed);
                     tracing::debug!(listener = %ctx.name, %peer, "TLS handshake failed: {e}");
                     return;
                 }
                 Err(_) => {
+                    ctx.metrics.handshake(Handshake::TimedOut);
                     tracing::debug!(listener = %ctx.name, %peer, "TLS handshake timed out");
                     return;
                 }
@@ -140,17 +166,13 @@ pub(crate) async fn serve_http(
         let (ctx, tokens) = (ctx.clone(), tokens.clone());
         async move {
             let _admitted = admitted;
+            let (builders, stop) = (ctx.builders(), ctx.stop());
             let handler = move |req: Request<Incoming>| {
-                std::future::ready(http_response(&req, &tokens, https_port))
+                let response = http_response(&req, &tokens, https_port);
+                ctx.metrics.response(response.status().as_u16());
+                std::future::ready(response)
             };
-            connection::serve(
-                tcp,
-                Protocol::Http1,
-                handler,
-                ctx.builders.clone(),
-                ctx.stop.clone(),
-            )
-            .await;
+            connection::serve(tcp, Protocol::Http1, handler, builders, stop).await;
         }
     };
     accept_loop(ctx.clone(), listener, serve).await;
