@@ -14,6 +14,7 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::access_log::{AccessLogConfig, Format};
 use crate::forwarding::IpRange;
 use crate::limits::{Limits, MAX_REQUEST_HEADER_BYTES, MIN_REQUEST_HEADER_BYTES};
 use crate::manual::load_certified_key;
@@ -26,6 +27,7 @@ struct RawConfig {
     limits: Option<Spanned<RawLimits>>,
     http: Option<Spanned<RawHttp>>,
     admin: Option<Spanned<RawAdmin>>,
+    access_log: Option<Spanned<RawAccessLog>>,
     #[serde(default)]
     listeners: Vec<Spanned<RawListener>>,
 }
@@ -46,6 +48,13 @@ struct RawLimits {
 struct RawHttp {
     bind: Spanned<String>,
     https_port: Option<Spanned<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: Option<Spanned<PathBuf>>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +93,8 @@ pub(crate) struct Config {
     pub(crate) http: Option<HttpListener>,
     /// The admin listener (metrics, health, status), if any.
     pub(crate) admin: Option<AdminListener>,
+    /// One line per proxied request, if configured.
+    pub(crate) access_log: Option<AccessLogConfig>,
     /// The TLS listeners.
     pub(crate) listeners: Vec<Listener>,
 }
@@ -251,6 +262,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             limits: global_limits.clone(),
         }),
     };
+    let access_log = match &raw.access_log {
+        None => None,
+        Some(a) => Some(access_log(&src, a.get_ref())?),
+    };
     let mut listeners: Vec<Listener> = Vec::new();
     let mut seen_binds: Vec<SocketAddr> = (http.iter().map(|h| h.bind))
         .chain(admin.iter().map(|a| a.bind))
@@ -352,7 +367,30 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         shutdown_grace,
         http,
         admin,
+        access_log,
         listeners,
+    })
+}
+
+/// `[access_log]`: stdout unless `path` names a file; JSON unless `format = "common"`.
+fn access_log(src: &Source<'_>, raw: &RawAccessLog) -> Result<AccessLogConfig, ConfigError> {
+    let format = match &raw.format {
+        None => Format::Json,
+        Some(f) => match f.get_ref().as_str() {
+            "json" => Format::Json,
+            "common" => Format::Common,
+            other => {
+                return Err(src.error(
+                    Some(f.span()),
+                    "access_log.format",
+                    format!("{other:?} is not \"json\" or \"common\""),
+                ));
+            }
+        },
+    };
+    Ok(AccessLogConfig {
+        path: raw.path.as_ref().map(|p| relative(src, p.get_ref())),
+        format,
     })
 }
 
@@ -869,6 +907,25 @@ mod tests {
             named.contains(":14: listeners[1].acme_cache_dir"),
             "{named}"
         );
+    }
+
+    #[test]
+    fn the_access_log_goes_to_stdout_or_a_file_as_json_or_common() {
+        let parsed = |table: &str| {
+            let text = format!("{table}{ACME}");
+            parse(Path::new("/etc/certloop/certloop.toml"), &text)
+                .unwrap()
+                .access_log
+        };
+        assert_eq!(parsed(""), None);
+        let stdout = parsed("[access_log]\n").expect("on");
+        assert_eq!((stdout.path, stdout.format), (None, Format::Json));
+        let file =
+            parsed("[access_log]\npath = \"access.log\"\nformat = \"common\"\n").expect("on");
+        assert_eq!(file.path, Some(PathBuf::from("/etc/certloop/access.log")));
+        assert_eq!(file.format, Format::Common);
+        let bad = err(&format!("[access_log]\nformat = \"xml\"\n{ACME}"));
+        assert!(bad.contains(":2: access_log.format: \"xml\""), "{bad}");
     }
 
     #[test]

@@ -20,11 +20,13 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod admin;
 mod admission;
 mod cert_status;
 mod config;
 mod connection;
+mod counted_body;
 mod forwarding;
 mod h2_frames;
 mod limits;
@@ -187,12 +189,15 @@ fn main() -> ExitCode {
 /// during the first certificate order is handled rather than killing the process.
 struct Signals {
     hangup: Signal,
+    user1: Signal,
     terminate: Signal,
     interrupt: Signal,
 }
 
 enum Received {
     Hangup,
+    /// SIGUSR1: reopen the access log file.
+    Reopen,
     Stop,
 }
 
@@ -202,6 +207,7 @@ impl Signals {
             |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
         Ok(Self {
             hangup: install(SignalKind::hangup())?,
+            user1: install(SignalKind::user_defined1())?,
             terminate: install(SignalKind::terminate())?,
             interrupt: install(SignalKind::interrupt())?,
         })
@@ -210,6 +216,7 @@ impl Signals {
     async fn next(&mut self) -> Received {
         tokio::select! {
             _ = self.hangup.recv() => Received::Hangup,
+            _ = self.user1.recv() => Received::Reopen,
             _ = self.terminate.recv() => Received::Stop,
             _ = self.interrupt.recv() => Received::Stop,
         }
@@ -283,6 +290,10 @@ async fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    let access_log = match &config.access_log {
+        Some(log) => Some(access_log::AccessLog::open(log)?),
+        None => None,
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let mut sources = Vec::new();
     for listener in config.listeners {
@@ -324,6 +335,7 @@ async fn run(config: Config) -> Result<(), String> {
             listener.trusted_proxies,
             tracker.clone(),
             listener_metrics.clone(),
+            access_log.clone(),
         );
         tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
         let ctx = ListenerContext::new(
@@ -390,6 +402,7 @@ async fn run(config: Config) -> Result<(), String> {
                 }
                 received = signals.next() => match received {
                     Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
+                    Received::Reopen => access_log.iter().for_each(access_log::AccessLog::reopen),
                     Received::Stop => {
                         tracing::info!("stopping before every certificate was ready");
                         break true;
@@ -399,8 +412,12 @@ async fn run(config: Config) -> Result<(), String> {
         }
     };
     if !stopped_early {
-        while let Received::Hangup = signals.next().await {
-            manual_resolvers.iter().for_each(|r| r.reload());
+        loop {
+            match signals.next().await {
+                Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
+                Received::Reopen => access_log.iter().for_each(access_log::AccessLog::reopen),
+                Received::Stop => break,
+            }
         }
     }
     let grace = config.shutdown_grace;
@@ -413,7 +430,8 @@ async fn run(config: Config) -> Result<(), String> {
     }
     // Connections still in their TLS handshake and upgraded tunnels count as in flight too.
     tracker.close();
-    let second_signal = async { while let Received::Hangup = signals.next().await {} };
+    let second_signal =
+        async { while let Received::Hangup | Received::Reopen = signals.next().await {} };
     tokio::select! {
         () = tracker.wait() => {}
         () = tokio::time::sleep(grace) => {

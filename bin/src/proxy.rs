@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::admission::Admitted;
+use crate::counted_body::{CountedBody, ReportedBody};
 use crate::forwarding::{IpRange, set_forwarding_headers};
 use crate::metrics::ListenerMetrics;
 use crate::tunnel;
@@ -40,15 +43,25 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// One listener's proxy.
 pub(crate) struct Proxy {
-    listener: String,
+    listener: Arc<str>,
     upstream: Uri,
     timeout: Duration,
     tunnel_idle: Duration,
     trusted_proxies: Vec<IpRange>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, CountedBody>,
     /// Upgraded tunnels run here, so that shutdown waits for them like for connections.
     tunnels: TaskTracker,
     metrics: ListenerMetrics,
+    access_log: Option<AccessLog>,
+}
+
+/// What every request of one TLS connection shares, for the access log.
+pub(crate) struct ConnectionFacts {
+    pub(crate) peer: SocketAddr,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub(crate) tls_version: &'static str,
+    /// `h2`, `http/1.1`, or `-` when none was negotiated.
+    pub(crate) alpn: &'static str,
 }
 
 /// A short text response.
@@ -74,7 +87,8 @@ impl Proxy {
     /// A proxy to `upstream` for the listener `listener`; forwarding headers from peers in
     /// `trusted_proxies` are kept and extended; upgraded tunnels run in `tunnels` and close
     /// after `tunnel_idle` without a byte moving; responses and upstream timings are counted
-    /// in `metrics`.
+    /// in `metrics`, and each request gets a line in `access_log` when there is one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         listener: &str,
         upstream: Uri,
@@ -83,6 +97,7 @@ impl Proxy {
         trusted_proxies: Vec<IpRange>,
         tunnels: TaskTracker,
         metrics: ListenerMetrics,
+        access_log: Option<AccessLog>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -92,7 +107,7 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(connector);
         Arc::new(Self {
-            listener: listener.to_owned(),
+            listener: listener.into(),
             upstream,
             timeout,
             tunnel_idle,
@@ -100,30 +115,78 @@ impl Proxy {
             client,
             tunnels,
             metrics,
+            access_log,
         })
     }
 
-    /// Forwards one request (see [`Self::forward`]) and counts its response.
+    /// Forwards one request (see [`Self::forward`]), counts its response, and logs it once
+    /// its body has been sent.
     pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        connection: Arc<ConnectionFacts>,
+        slots: Arc<Admitted>,
+    ) -> Response<ProxyBody> {
+        let Some(log) = self.access_log.clone() else {
+            let metrics = self.metrics.clone();
+            let (response, _) = self.forward(req, connection.peer, slots, None).await;
+            metrics.response(response.status().as_u16());
+            return response;
+        };
+        let (started, time) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let host = host.or(req.uri().host()).unwrap_or_default().to_owned();
+        let (method, path) = (req.method().to_string(), request_target(&req));
+        let version = match req.version() {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let listener = self.listener.clone();
+        let metrics = self.metrics.clone();
+        let (response, upstream) = self
+            .forward(req, connection.peer, slots, Some(bytes_in.clone()))
+            .await;
+        let status = response.status().as_u16();
+        metrics.response(status);
+        response.map(move |body| {
+            ReportedBody::new(body, move |bytes_out| {
+                log.record(&Entry {
+                    time,
+                    listener,
+                    client: connection.peer,
+                    host,
+                    method,
+                    path,
+                    version,
+                    status,
+                    bytes_in: bytes_in.load(Ordering::Relaxed),
+                    bytes_out,
+                    duration: started.elapsed(),
+                    upstream,
+                    tls_version: connection.tls_version,
+                    alpn: connection.alpn,
+                });
+            })
+            .boxed()
+        })
+    }
+
+    /// Forwards one request from `client`, whose connection holds `slots`: an upgraded tunnel
+    /// keeps them for as long as it lives. The request body's bytes are counted into
+    /// `bytes_in` when given; the upstream's time to answer is returned with the response.
+    async fn forward(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
         slots: Arc<Admitted>,
-    ) -> Response<ProxyBody> {
-        let metrics = self.metrics.clone();
-        let response = self.forward(req, client, slots).await;
-        metrics.response(response.status().as_u16());
-        response
-    }
-
-    /// Forwards one request from `client`, whose connection holds `slots`: an upgraded tunnel
-    /// keeps them for as long as it lives.
-    async fn forward(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
-        client: SocketAddr,
-        slots: Arc<Admitted>,
-    ) -> Response<ProxyBody> {
+        bytes_in: Option<Arc<AtomicU64>>,
+    ) -> (Response<ProxyBody>, Option<Duration>) {
+        let mut req = req.map(|body| CountedBody::new(body, bytes_in));
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -134,7 +197,7 @@ impl Proxy {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let authority = self.upstream.authority().map_or("", |a| a.as_str());
         let Ok(uri) = format!("http://{authority}{base}{path}").parse::<Uri>() else {
-            return text(StatusCode::BAD_REQUEST, "bad request target\n");
+            return (text(StatusCode::BAD_REQUEST, "bad request target\n"), None);
         };
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -153,12 +216,22 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let asked = std::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        match &answer {
-            Ok(Ok(_)) => self.metrics.upstream_answered(asked.elapsed()),
-            Ok(Err(_)) => self.metrics.upstream_failed(false),
-            Err(_) => self.metrics.upstream_failed(true),
-        }
-        match answer {
+        let upstream = match &answer {
+            Ok(Ok(_)) => {
+                let took = asked.elapsed();
+                self.metrics.upstream_answered(took);
+                Some(took)
+            }
+            Ok(Err(_)) => {
+                self.metrics.upstream_failed(false);
+                None
+            }
+            Err(_) => {
+                self.metrics.upstream_failed(true);
+                None
+            }
+        };
+        let response = match answer {
             Err(_) => {
                 tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream did not answer within {:?}: 504", self.timeout);
                 text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
@@ -185,8 +258,9 @@ impl Proxy {
                             Err(e) => tracing::warn!(listener = %listener, "upgrade failed: {e}"),
                         }
                     });
-                    return response
-                        .map(|_| Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                    let response =
+                        response.map(|_| Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                    return (response, upstream);
                 }
                 strip_hop_by_hop(response.headers_mut());
                 response.map(|body| {
@@ -194,8 +268,16 @@ impl Proxy {
                         .boxed()
                 })
             }
-        }
+        };
+        (response, upstream)
     }
+}
+
+/// The request target as the client sent it: path and query.
+fn request_target<B>(req: &Request<B>) -> String {
+    req.uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), ToString::to_string)
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` plus `Upgrade`).

@@ -21,7 +21,7 @@ use crate::admission::{Admission, Admitted};
 use crate::connection::{self, HttpBuilders};
 use crate::limits::Limits;
 use crate::metrics::{Handshake, ListenerMetrics};
-use crate::proxy::{Proxy, ProxyBody, text};
+use crate::proxy::{ConnectionFacts, Proxy, ProxyBody, text};
 use crate::watchdog::Protocol;
 
 /// What every connection of one listener shares.
@@ -135,13 +135,25 @@ pub(crate) async fn serve_tls(
                     return;
                 }
             };
-            let protocol = match tls.get_ref().1.alpn_protocol() {
+            let session = tls.get_ref().1;
+            let (protocol, alpn) = match session.alpn_protocol() {
                 Some(certloop_acme::adapter::ACME_TLS_ALPN) => return, // the handshake was the answer
-                Some(b"h2") => Protocol::Http2,
-                _ => Protocol::Http1,
+                Some(b"h2") => (Protocol::Http2, "h2"),
+                Some(b"http/1.1") => (Protocol::Http1, "http/1.1"),
+                _ => (Protocol::Http1, "-"),
             };
-            let handler =
-                move |req: Request<Incoming>| proxy.clone().handle(req, peer, admitted.clone());
+            let tls_version = match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLSv1.3",
+            };
+            let facts = Arc::new(ConnectionFacts {
+                peer,
+                tls_version,
+                alpn,
+            });
+            let handler = move |req: Request<Incoming>| {
+                proxy.clone().handle(req, facts.clone(), admitted.clone())
+            };
             connection::serve(
                 tls,
                 protocol,

@@ -34,6 +34,21 @@ fn metric(metrics: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// The first line of the access log at `path`, once one is there.
+fn logged_line(path: &Path) -> String {
+    let mut line = String::new();
+    wait_until("an access log line", Duration::from_secs(10), || {
+        line = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        !line.is_empty()
+    });
+    line
+}
+
 /// `certloop status --config PATH [extra]`: its stdout and stderr.
 fn status_command(config: &Path, extra: &[&str]) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_certloop"))
@@ -97,14 +112,17 @@ fn metrics_health_status_page_and_status_command_report_what_is_served() {
     std::fs::create_dir_all(offset.parent().expect("dir")).expect("dir");
     std::fs::write(&offset, "+0\n").expect("offset file");
     let config = pebble.scratch("operating.toml");
+    let access_log = pebble.scratch("access.log");
     std::fs::write(
         &config,
         format!(
             "state_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
+             [access_log]\npath = \"{}\"\n\
              [[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\nupstream = \"http://127.0.0.1:{}\"\n\
              tls_mode = \"acme\"\nacme_domains = [\"web.certloop.test\", \"www.certloop.test\"]\n\
              acme_directory = \"{}\"\nacme_directory_ca = \"{}\"\n",
             pebble.scratch("state").display(),
+            access_log.display(),
             pebble.tls_port,
             upstream(),
             pebble.directory_url,
@@ -129,6 +147,30 @@ fn metrics_health_status_page_and_status_command_report_what_is_served() {
         .iter()
         .map(|b| format!("{b:02X}"))
         .collect();
+
+    // Its access log line, then another in a new file after a rotation and SIGUSR1.
+    let line = logged_line(&access_log);
+    for field in [
+        "\"listener\":\"web\"",
+        "\"status\":200",
+        "\"host\":\"web.certloop.test\"",
+        "\"method\":\"GET\"",
+        "\"tls\":\"TLSv1.3\"",
+        "\"alpn\":\"http/1.1\"",
+        "\"client\":\"127.0.0.1:",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert!(entry["bytes_out"].as_u64().is_some_and(|n| n > 0), "{line}");
+    assert!(entry["upstream_ms"].as_f64().is_some() && entry["duration_ms"].as_f64().is_some());
+    std::fs::rename(&access_log, access_log.with_extension("log.1")).expect("rotate");
+    certloop.signal("USR1");
+    wait_until("the access log reopened", Duration::from_secs(10), || {
+        certloop.log().contains("access log reopened")
+    });
+    fetch_verified(pebble.tls_port, "www.certloop.test", &root).expect("served");
+    assert!(logged_line(&access_log).contains("\"host\":\"www.certloop.test\""));
 
     assert_eq!(get(admin, "/healthz"), (200, "ok\n".to_owned()));
     let (code, ready) = get(admin, "/readyz");
@@ -196,7 +238,7 @@ fn metrics_health_status_page_and_status_command_report_what_is_served() {
             &metrics,
             "certloop_http_requests_total{listener=\"web\",code_class=\"2xx\"}"
         ),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
     assert_eq!(
@@ -204,7 +246,7 @@ fn metrics_health_status_page_and_status_command_report_what_is_served() {
             &metrics,
             "certloop_upstream_duration_seconds_count{listener=\"web\"}"
         ),
-        Some(1.0)
+        Some(2.0)
     );
 
     // The status page, rendered by a real browser: one row per certificate, with the serial.
