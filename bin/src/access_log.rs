@@ -1,19 +1,28 @@
 //! `[access_log]`: one line per request, as JSON or in the Common Log Format with certloop's
 //! fields appended, to stdout or a file that SIGUSR1 reopens (for log rotation). Requests never
-//! wait for the disk: lines go through a bounded queue to a writer thread, which writes them in
-//! batches and flushes whenever the queue runs dry; when the queue is full, lines are dropped
-//! and counted, and the count is logged.
+//! wait for the disk: each line is formatted by the request's task and appended to a shared
+//! buffer; a writer thread takes the whole buffer every [`FLUSH_EVERY`] (sooner when it
+//! passes [`WAKE_AT`]) and writes it in one go. When the buffer holds [`MAX_BUFFERED`] bytes
+//! the writer is behind: new lines are dropped and counted, and the count is logged.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How many lines may wait for the writer before new ones are dropped.
-pub(crate) const QUEUE: usize = 65_536;
+use hyper::Method;
+use hyper::header::HeaderValue;
+use hyper::http::uri::PathAndQuery;
+
+/// How often the writer writes what has been logged.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Buffered bytes that wake the writer before its time.
+const WAKE_AT: usize = 256 * 1024;
+/// Buffered bytes beyond which lines are dropped (the writer is stuck or far behind).
+pub(crate) const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
 /// The line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,16 +41,16 @@ pub(crate) struct AccessLogConfig {
     pub(crate) format: Format,
 }
 
-/// One finished request.
+/// One finished request. The request's own parts are kept as hyper holds them (cheap clones).
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
     /// When the request head arrived.
     pub(crate) time: SystemTime,
     pub(crate) listener: Arc<str>,
     pub(crate) client: std::net::SocketAddr,
-    pub(crate) host: String,
-    pub(crate) method: String,
-    pub(crate) path: String,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) method: Method,
+    pub(crate) path: Option<PathAndQuery>,
     /// `HTTP/1.1`, `HTTP/2.0`.
     pub(crate) version: &'static str,
     pub(crate) status: u16,
@@ -57,17 +66,40 @@ pub(crate) struct Entry {
     pub(crate) alpn: &'static str,
 }
 
-enum Message {
-    Line(String),
-    Reopen,
+impl Entry {
+    fn host(&self) -> &str {
+        self.host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn path(&self) -> &str {
+        self.path.as_ref().map_or("/", PathAndQuery::as_str)
+    }
+}
+
+/// What the request tasks and the writer thread share.
+struct Shared {
+    buffer: Mutex<Vec<u8>>,
+    wake: Condvar,
+    dropped: AtomicU64,
+    reopen: AtomicBool,
+    closing: AtomicBool,
+}
+
+impl Shared {
+    fn buffer(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The access log's sending side; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AccessLog {
     format: Format,
-    queue: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl AccessLog {
@@ -75,60 +107,84 @@ impl AccessLog {
     /// thread. Fails with the path and the reason.
     pub(crate) fn open(config: &AccessLogConfig) -> Result<Self, String> {
         let sink = Sink::open(config.path.clone())?;
-        let (queue, lines) = sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let counted = dropped.clone();
-        std::thread::Builder::new()
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Vec::with_capacity(WAKE_AT * 2)),
+            wake: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        });
+        let for_writer = shared.clone();
+        let writer = std::thread::Builder::new()
             .name("certloop-access-log".into())
-            .spawn(move || write_lines(sink, &lines, &counted))
+            .spawn(move || write_lines(sink, &for_writer))
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         Ok(Self {
             format: config.format,
-            queue,
-            dropped,
+            shared,
+            writer: Arc::new(Mutex::new(Some(writer))),
         })
     }
 
-    /// Queues the line for `entry`; never waits.
+    /// Logs `entry`; never waits for the disk.
     pub(crate) fn record(&self, entry: &Entry) {
-        let line = match self.format {
-            Format::Json => json_line(entry),
-            Format::Common => common_line(entry),
-        };
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(Message::Line(line)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut line = String::with_capacity(320);
+        match self.format {
+            Format::Json => json_line(&mut line, entry),
+            Format::Common => common_line(&mut line, entry),
+        }
+        let mut buffer = self.shared.buffer();
+        if buffer.len() + line.len() > MAX_BUFFERED {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        buffer.extend_from_slice(line.as_bytes());
+        if buffer.len() >= WAKE_AT {
+            self.shared.wake.notify_one();
         }
     }
 
     /// Reopens the file (after it was moved away for rotation); stdout stays stdout.
     pub(crate) fn reopen(&self) {
-        let _ = self.queue.try_send(Message::Reopen);
+        self.shared.reopen.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+
+    /// Writes what is buffered and stops the writer (at shutdown).
+    pub(crate) fn close(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
     }
 }
 
 /// Where lines go.
 enum Sink {
-    Stdout(BufWriter<std::io::Stdout>),
-    File(PathBuf, BufWriter<File>),
+    Stdout,
+    File(PathBuf, File),
 }
 
 impl Sink {
     fn open(path: Option<PathBuf>) -> Result<Self, String> {
         let Some(path) = path else {
-            return Ok(Self::Stdout(BufWriter::with_capacity(
-                64 * 1024,
-                std::io::stdout(),
-            )));
+            return Ok(Self::Stdout);
         };
         let file = open_append(&path)
             .map_err(|e| format!("access log {}: cannot open: {e}", path.display()))?;
-        Ok(Self::File(path, BufWriter::with_capacity(64 * 1024, file)))
+        Ok(Self::File(path, file))
     }
 
-    fn writer(&mut self) -> &mut dyn Write {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            Self::Stdout(w) => w,
-            Self::File(_, w) => w,
+            Self::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)?;
+                out.flush()
+            }
+            Self::File(_, file) => file.write_all(bytes),
         }
     }
 }
@@ -142,46 +198,55 @@ fn open_append(path: &std::path::Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The writer thread: batches whatever is queued, flushes when the queue is empty, and ends
-/// when every sender is gone.
-fn write_lines(mut sink: Sink, lines: &Receiver<Message>, dropped: &AtomicU64) {
+/// The writer thread: every [`FLUSH_EVERY`] (or when woken), takes the buffer and writes it;
+/// reopens the file when asked; ends after a last write when closing.
+fn write_lines(mut sink: Sink, shared: &Shared) {
+    let mut spare = Vec::with_capacity(WAKE_AT * 2);
     let mut reported = 0;
-    while let Ok(first) = lines.recv() {
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Line(line) => {
-                    if let Err(e) = sink.writer().write_all(line.as_bytes()) {
-                        tracing::error!("access log: cannot write: {e}");
-                    }
-                }
-                Message::Reopen => sink = reopened(sink),
+    loop {
+        {
+            let buffer = shared.buffer();
+            let (mut buffer, _) = shared
+                .wake
+                .wait_timeout_while(buffer, FLUSH_EVERY, |b| {
+                    b.len() < WAKE_AT
+                        && !shared.reopen.load(Ordering::SeqCst)
+                        && !shared.closing.load(Ordering::SeqCst)
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *buffer, &mut spare);
+        }
+        if !spare.is_empty() {
+            if let Err(e) = sink.write(&spare) {
+                tracing::error!("access log: cannot write: {e}");
             }
-            next = lines.try_recv().ok();
+            spare.clear();
         }
-        if let Err(e) = sink.writer().flush() {
-            tracing::error!("access log: cannot write: {e}");
-        }
-        let now = dropped.load(Ordering::Relaxed);
-        if now != reported {
+        let dropped = shared.dropped.load(Ordering::Relaxed);
+        if dropped != reported {
             tracing::warn!(
                 "access log: {} line(s) dropped, the writer could not keep up",
-                now - reported
+                dropped - reported
             );
-            reported = now;
+            reported = dropped;
+        }
+        if shared.reopen.swap(false, Ordering::SeqCst) {
+            sink = reopened(sink);
+        }
+        if shared.closing.load(Ordering::SeqCst) && shared.buffer().is_empty() {
+            return;
         }
     }
 }
 
 /// SIGUSR1: the file again by its name (the old one was moved away), or the old one kept
 /// when the new one cannot be opened.
-fn reopened(mut sink: Sink) -> Sink {
-    let _ = sink.writer().flush();
+fn reopened(sink: Sink) -> Sink {
     match sink {
         Sink::File(path, old) => match open_append(&path) {
             Ok(file) => {
                 tracing::info!("access log reopened: {}", path.display());
-                Sink::File(path, BufWriter::with_capacity(64 * 1024, file))
+                Sink::File(path, file)
             }
             Err(e) => {
                 tracing::error!(
@@ -191,59 +256,94 @@ fn reopened(mut sink: Sink) -> Sink {
                 Sink::File(path, old)
             }
         },
-        stdout => stdout,
+        Sink::Stdout => Sink::Stdout,
     }
 }
 
 /// `{"time":"…","listener":"web",…}` and a newline.
-fn json_line(e: &Entry) -> String {
-    let value = serde_json::json!({
-        "time": rfc3339_millis(e.time),
-        "listener": &*e.listener,
-        "client": e.client.to_string(),
-        "host": e.host,
-        "method": e.method,
-        "path": e.path,
-        "version": e.version,
-        "status": e.status,
-        "bytes_in": e.bytes_in,
-        "bytes_out": e.bytes_out,
-        "duration_ms": millis(e.duration),
-        "upstream_ms": e.upstream.map(millis),
-        "tls": e.tls_version,
-        "alpn": e.alpn,
-    });
-    let mut line = value.to_string();
-    line.push('\n');
-    line
+fn json_line(out: &mut String, e: &Entry) {
+    out.push_str("{\"time\":\"");
+    rfc3339_millis(out, e.time);
+    out.push_str("\",\"listener\":");
+    json_string(out, &e.listener);
+    let _ = write!(out, ",\"client\":\"{}\",\"host\":", e.client);
+    json_string(out, e.host());
+    out.push_str(",\"method\":");
+    json_string(out, e.method.as_str());
+    out.push_str(",\"path\":");
+    json_string(out, e.path());
+    let _ = write!(
+        out,
+        ",\"version\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}",
+        e.version,
+        e.status,
+        e.bytes_in,
+        e.bytes_out,
+        Millis(e.duration)
+    );
+    match e.upstream {
+        Some(took) => {
+            let _ = write!(out, ",\"upstream_ms\":{}", Millis(took));
+        }
+        None => out.push_str(",\"upstream_ms\":null"),
+    }
+    let _ = writeln!(
+        out,
+        ",\"tls\":\"{}\",\"alpn\":\"{}\"}}",
+        e.tls_version, e.alpn
+    );
+}
+
+/// `text` as a JSON string: quotes, backslashes and control characters escaped.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The Common Log Format, then certloop's fields as `key=value`.
-fn common_line(e: &Entry) -> String {
-    let upstream = e
-        .upstream
-        .map_or_else(|| "-".to_owned(), |d| format!("{:.3}", millis(d)));
-    format!(
-        "{} - - [{}] \"{} {} {}\" {} {} listener={} host={} in={} duration_ms={:.3} upstream_ms={} tls={} alpn={}\n",
-        e.client.ip(),
-        clf_time(e.time),
+fn common_line(out: &mut String, e: &Entry) {
+    let _ = write!(out, "{} - - [", e.client.ip());
+    clf_time(out, e.time);
+    let _ = write!(
+        out,
+        "] \"{} {} {}\" {} {} listener={} host={} in={} duration_ms={} upstream_ms=",
         e.method,
-        e.path.replace('"', "%22"),
+        e.path().replace('"', "%22"),
         e.version,
         e.status,
         e.bytes_out,
         e.listener,
-        if e.host.is_empty() { "-" } else { &e.host },
+        if e.host().is_empty() { "-" } else { e.host() },
         e.bytes_in,
-        millis(e.duration),
-        upstream,
-        e.tls_version,
-        e.alpn,
-    )
+        Millis(e.duration),
+    );
+    match e.upstream {
+        Some(took) => {
+            let _ = write!(out, "{}", Millis(took));
+        }
+        None => out.push('-'),
+    }
+    let _ = writeln!(out, " tls={} alpn={}", e.tls_version, e.alpn);
 }
 
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+/// Milliseconds with three decimals (`2.500`), written with integer arithmetic.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+    }
 }
 
 fn utc(t: SystemTime) -> time::OffsetDateTime {
@@ -252,34 +352,51 @@ fn utc(t: SystemTime) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// `2026-11-29T07:05:09.123Z`.
-fn rfc3339_millis(t: SystemTime) -> String {
-    let t = utc(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+/// `2026-11-29T07:05:09.123Z`. The part up to the second is formatted once per second and
+/// thread.
+fn rfc3339_millis(out: &mut String, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != since.as_secs() {
+            let t = utc(t);
+            prefix.clear();
+            let _ = write!(
+                prefix,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+            *second = since.as_secs();
+        }
+        out.push_str(prefix);
+    });
+    let _ = write!(out, ".{:03}Z", since.subsec_millis());
 }
 
 /// `29/Nov/2026:07:05:09 +0000`.
-fn clf_time(t: SystemTime) -> String {
+fn clf_time(out: &mut String, t: SystemTime) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let t = utc(t);
-    let month = t.month().to_string();
-    format!(
+    let _ = write!(
+        out,
         "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
         t.day(),
-        &month[..3],
+        MONTHS[usize::from(u8::from(t.month())) - 1],
         t.year(),
         t.hour(),
         t.minute(),
         t.second()
-    )
+    );
 }
 
 #[cfg(test)]
@@ -291,9 +408,9 @@ mod tests {
             time: UNIX_EPOCH + Duration::from_millis(1_796_000_709_123),
             listener: "web".into(),
             client: "192.0.2.7:50000".parse().unwrap(),
-            host: "web.example.com".to_owned(),
-            method: "GET".to_owned(),
-            path: "/a?b=\"c\"".to_owned(),
+            host: Some(HeaderValue::from_static("web.example.com")),
+            method: Method::GET,
+            path: Some(PathAndQuery::from_static("/a?b=%22c%22&d=e")),
             version: "HTTP/1.1",
             status: 200,
             bytes_in: 12,
@@ -307,12 +424,13 @@ mod tests {
 
     #[test]
     fn json_lines_carry_every_field() {
-        let line = json_line(&entry());
+        let mut line = String::new();
+        json_line(&mut line, &entry());
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["time"], "2026-11-30T01:05:09.123Z");
         assert_eq!(value["client"], "192.0.2.7:50000");
-        assert_eq!(value["path"], "/a?b=\"c\"");
+        assert_eq!(value["path"], "/a?b=%22c%22&d=e");
         assert_eq!(value["status"], 200);
         assert_eq!(
             (value["bytes_in"].as_u64(), value["bytes_out"].as_u64()),
@@ -326,15 +444,28 @@ mod tests {
         );
         let mut failed = entry();
         failed.upstream = None;
-        let value: serde_json::Value = serde_json::from_str(&json_line(&failed)).unwrap();
+        let mut line = String::new();
+        json_line(&mut line, &failed);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(value["upstream_ms"].is_null());
     }
 
     #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\u{1}é");
+        assert_eq!(out, "\"a\\\"b\\\\c\\u000ad\\u0001é\"");
+        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
     fn common_lines_start_like_any_other_server_and_add_certloop_fields() {
+        let mut line = String::new();
+        common_line(&mut line, &entry());
         assert_eq!(
-            common_line(&entry()),
-            "192.0.2.7 - - [30/Nov/2026:01:05:09 +0000] \"GET /a?b=%22c%22 HTTP/1.1\" 200 3456 \
+            line,
+            "192.0.2.7 - - [30/Nov/2026:01:05:09 +0000] \"GET /a?b=%22c%22&d=e HTTP/1.1\" 200 3456 \
              listener=web host=web.example.com in=12 duration_ms=2.500 upstream_ms=1.250 \
              tls=TLSv1.3 alpn=http/1.1\n"
         );

@@ -442,5 +442,8 @@ async fn run(config: Config) -> Result<(), String> {
         }
     }
     drop(acme_handles); // stops certificate management
+    if let Some(log) = &access_log {
+        log.close();
+    }
     Ok(())
 }

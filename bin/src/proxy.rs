@@ -134,12 +134,8 @@ impl Proxy {
             return response;
         };
         let (started, time) = (std::time::Instant::now(), std::time::SystemTime::now());
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let host = host.or(req.uri().host()).unwrap_or_default().to_owned();
-        let (method, path) = (req.method().to_string(), request_target(&req));
+        let host = request_host(&req);
+        let (method, path) = (req.method().clone(), req.uri().path_and_query().cloned());
         let version = match req.version() {
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_10 => "HTTP/1.0",
@@ -187,11 +183,7 @@ impl Proxy {
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> (Response<ProxyBody>, Option<Duration>) {
         let mut req = req.map(|body| CountedBody::new(body, bytes_in));
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let host = request_host(&req);
         let upgrade = requested_upgrade(req.headers());
         let base = self.upstream.path().trim_end_matches('/');
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -273,11 +265,13 @@ impl Proxy {
     }
 }
 
-/// The request target as the client sent it: path and query.
-fn request_target<B>(req: &Request<B>) -> String {
-    req.uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), ToString::to_string)
+/// The host the client asked for: `Host`, or the authority of an HTTP/2 request.
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` plus `Upgrade`).
