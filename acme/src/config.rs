@@ -56,7 +56,10 @@ impl Directory {
 /// whole by [`AcmeConfig::check`] (and again by `launch`). Nothing fails in the middle of the
 /// chain: files are read and keys decoded when the configuration is checked, and each error
 /// names the method whose input is wrong.
-#[derive(Clone, Debug)]
+/// Two configurations are equal when they manage the same certificates the same way (a
+/// proxy compares them to decide whether a reload needs a new launch). `Debug` never prints
+/// the EAB key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AcmeConfig {
     pub(crate) certs: Vec<Vec<String>>,
     pub(crate) directory: Directory,
@@ -67,6 +70,22 @@ pub struct AcmeConfig {
     pub(crate) eab: Option<(String, String)>,
     pub(crate) policy: Policy,
     pub(crate) retry_now: bool,
+}
+
+impl fmt::Debug for AcmeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeConfig")
+            .field("certs", &self.certs)
+            .field("directory", &self.directory)
+            .field("contacts", &self.contacts)
+            .field("cache_dir", &self.cache_dir)
+            .field("challenge", &self.challenge)
+            .field("extra_roots_files", &self.extra_roots_files)
+            .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
+            .field("policy", &self.policy)
+            .field("retry_now", &self.retry_now)
+            .finish()
+    }
 }
 
 /// What checking a configuration builds and reads from outside it.
@@ -419,5 +438,15 @@ mod tests {
         let err = Directory::parse("http://insecure.test/dir").unwrap_err();
         assert!(err.contains("https://"), "{err}");
         assert!(Directory::parse("Production").is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_eab_key() {
+        let config = AcmeConfig::new(["a.test"], "/tmp/x").eab("kid-1", "c2VjcmV0LWhtYWMta2V5");
+        let printed = format!("{config:?}");
+        assert!(printed.contains("kid-1"), "{printed}");
+        assert!(!printed.contains("c2VjcmV0LWhtYWMta2V5"), "{printed}");
+        assert_eq!(config.clone(), config);
+        assert_ne!(config.clone().retry_now(), config);
     }
 }

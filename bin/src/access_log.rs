@@ -216,6 +216,11 @@ fn write_lines(mut sink: Sink, shared: &Shared) {
                 .unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut *buffer, &mut spare);
         }
+        // Reopened before writing: what was buffered when the file was moved away goes to the
+        // new one (logrotate signals after the move), and nothing is lost either way.
+        if shared.reopen.swap(false, Ordering::SeqCst) {
+            sink = reopened(sink);
+        }
         if !spare.is_empty() {
             if let Err(e) = sink.write(&spare) {
                 tracing::error!("access log: cannot write: {e}");
@@ -229,9 +234,6 @@ fn write_lines(mut sink: Sink, shared: &Shared) {
                 dropped - reported
             );
             reported = dropped;
-        }
-        if shared.reopen.swap(false, Ordering::SeqCst) {
-            sink = reopened(sink);
         }
         if shared.closing.load(Ordering::SeqCst) && shared.buffer().is_empty() {
             return;

@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::Admitted;
-use crate::cert_status::{CertSource, live_rows, not_ready};
+use crate::cert_status::{CertSources, live_rows, not_ready};
 use crate::connection;
 use crate::metrics::Metrics;
 use crate::proxy::{ProxyBody, respond};
@@ -23,7 +23,7 @@ use crate::watchdog::Protocol;
 /// What the admin endpoints read.
 pub(crate) struct Admin {
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) sources: Arc<Vec<(String, CertSource)>>,
+    pub(crate) sources: CertSources,
 }
 
 /// Serves the admin endpoints until the context's stop signal.
@@ -31,7 +31,7 @@ pub(crate) async fn serve_admin(
     ctx: Arc<ListenerContext>,
     listener: TcpListener,
     admin: Arc<Admin>,
-) {
+) -> TcpListener {
     let serve = |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
         let (admin, builders, stop) = (admin.clone(), ctx.builders(), ctx.stop());
         async move {
@@ -40,7 +40,7 @@ pub(crate) async fn serve_admin(
             connection::serve(tcp, Protocol::Http1, handler, builders, stop).await;
         }
     };
-    accept_loop(ctx.clone(), listener, serve).await;
+    accept_loop(ctx.clone(), listener, serve).await
 }
 
 impl Admin {
@@ -63,7 +63,10 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => {
-                let waiting = not_ready(&live_rows(&self.sources), now);
+                let waiting = not_ready(
+                    &live_rows(&self.sources.read().unwrap_or_else(|e| e.into_inner())),
+                    now,
+                );
                 let listeners: Vec<serde_json::Value> = (waiting.iter())
                     .map(|(listener, reason)| {
                         serde_json::json!({ "listener": listener, "reason": reason })
@@ -84,12 +87,15 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/status.json" => {
-                let rows = live_rows(&self.sources);
+                let rows = live_rows(&self.sources.read().unwrap_or_else(|e| e.into_inner()));
                 let body = serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned());
                 respond(StatusCode::OK, "application/json", body)
             }
             "/" => {
-                let page = status_page::render(&live_rows(&self.sources), now);
+                let page = status_page::render(
+                    &live_rows(&self.sources.read().unwrap_or_else(|e| e.into_inner())),
+                    now,
+                );
                 respond(StatusCode::OK, "text/html; charset=utf-8", page)
             }
             _ => respond(

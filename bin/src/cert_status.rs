@@ -13,12 +13,16 @@ use crate::config::{Config, TlsMode};
 use crate::manual::ManualResolver;
 
 /// Where one listener's certificates come from, in a running process.
+#[derive(Clone)]
 pub(crate) enum CertSource {
     /// Managed by ACME.
     Acme(AcmeHandle),
     /// Files, reloaded on SIGHUP.
     Manual(Arc<ManualResolver>),
 }
+
+/// Every listener's certificate source, by listener name; a reload changes the list.
+pub(crate) type CertSources = Arc<std::sync::RwLock<Vec<(String, CertSource)>>>;
 
 /// One certificate of one listener. Times are Unix seconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -86,7 +86,10 @@ struct RawListener {
 }
 
 /// A checked configuration.
+#[derive(Clone)]
 pub(crate) struct Config {
+    /// Where certloop keeps its state: ACME cache directories by default, the pid file.
+    pub(crate) state_dir: PathBuf,
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
     pub(crate) shutdown_grace: Duration,
     /// The plain-HTTP listener, if any.
@@ -100,19 +103,33 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// `--retry-now`: every ACME listener orders at once, whatever backoff an earlier run
-    /// persisted.
-    pub(crate) fn retry_now(mut self) -> Self {
-        for listener in &mut self.listeners {
-            if let TlsMode::Acme(acme) = &mut listener.tls {
-                **acme = acme.as_ref().clone().retry_now();
-            }
+    /// The first setting outside `[[listeners]]` that differs in `new`: a reload applies the
+    /// listeners only, these take a restart.
+    pub(crate) fn needs_restart_for(&self, new: &Self) -> Option<&'static str> {
+        let http = |c: &Self| {
+            c.http
+                .as_ref()
+                .map(|h| (h.bind, h.https_port, h.limits.clone()))
+        };
+        let admin = |c: &Self| c.admin.as_ref().map(|a| (a.bind, a.limits.clone()));
+        if http(self) != http(new) {
+            Some("[http]")
+        } else if admin(self) != admin(new) {
+            Some("[admin]")
+        } else if self.access_log != new.access_log {
+            Some("[access_log]")
+        } else if self.state_dir != new.state_dir {
+            Some("state_dir")
+        } else if self.shutdown_grace != new.shutdown_grace {
+            Some("shutdown_grace")
+        } else {
+            None
         }
-        self
     }
 }
 
 /// `[http]`: answers HTTP-01 and redirects everything else to HTTPS.
+#[derive(Clone)]
 pub(crate) struct HttpListener {
     /// Where it listens.
     pub(crate) bind: SocketAddr,
@@ -123,6 +140,7 @@ pub(crate) struct HttpListener {
 }
 
 /// `[admin]`: metrics, health checks and the status page.
+#[derive(Clone)]
 pub(crate) struct AdminListener {
     /// Where it listens (loopback unless `allow_remote`).
     pub(crate) bind: SocketAddr,
@@ -131,6 +149,7 @@ pub(crate) struct AdminListener {
 }
 
 /// One `[[listeners]]` entry.
+#[derive(Clone)]
 pub(crate) struct Listener {
     /// Unique name, used in logs.
     pub(crate) name: String,
@@ -149,6 +168,7 @@ pub(crate) struct Listener {
 }
 
 /// `tls_mode`.
+#[derive(Clone)]
 pub(crate) enum TlsMode {
     /// Certificate and key files, reloaded on SIGHUP and when they change.
     Manual {
@@ -364,6 +384,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         None => Duration::from_secs(30),
     };
     Ok(Config {
+        state_dir,
         shutdown_grace,
         http,
         admin,

@@ -5,6 +5,7 @@
 //! certloop --config PATH [--log-format text|json] [--log-level FILTER] [--retry-now]
 //! certloop check --config PATH
 //! certloop status --config PATH [--json]
+//! certloop reload --config PATH
 //! certloop --version
 //! ```
 //! Exit codes: 0 after a clean shutdown, 1 when it cannot start or keep running, 2 for a bad
@@ -13,6 +14,10 @@
 //! `status` prints every certificate (listener, names, not after, renewal, last error, retry)
 //! from the running process's admin endpoint when `[admin]` is configured and answers, else
 //! from the cache directories on disk; `--json` prints the rows as JSON.
+//!
+//! `reload` checks the configuration file and, when it is valid, sends SIGHUP to the running
+//! certloop named by the pid file in `state_dir`; the process applies the listeners (see
+//! `docs/operating.md`) and logs the outcome. An invalid file exits 2 with file, line and key.
 //!
 //! `--retry-now` orders at once even where an earlier run's orders were answered by the CA with
 //! errors and their persisted backoff forbids ordering yet: for one start after fixing the
@@ -33,10 +38,13 @@ mod limits;
 mod manual;
 mod metrics;
 mod observed_io;
+mod pid_file;
 mod proxy;
+mod reload_plan;
 mod server;
 mod status_command;
 mod status_page;
+mod supervisor;
 mod tunnel;
 mod watchdog;
 
@@ -45,13 +53,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::cert_status::CertSource;
-use crate::config::{Config, TlsMode};
-use crate::manual::ManualResolver;
-use crate::server::ListenerContext;
+use crate::cert_status::CertSources;
+use crate::config::Config;
+use crate::pid_file::PidFile;
+use crate::server::{ListenerContext, TokenLists};
+use crate::supervisor::Supervisor;
 
 /// What to do.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,6 +67,7 @@ enum Command {
     Run,
     Check,
     Status { json: bool },
+    Reload,
 }
 
 struct Args {
@@ -69,14 +78,16 @@ struct Args {
     retry_now: bool,
 }
 
-const USAGE: &str = "usage: certloop [check | status [--json]] --config PATH \
+const USAGE: &str = "usage: certloop [check | status [--json] | reload] --config PATH \
                      [--log-format text|json] [--log-level FILTER] [--retry-now]";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = std::env::args().skip(1).peekable();
-    let mut command = match args.next_if(|a| a == "check" || a == "status").as_deref() {
+    let subcommand = args.next_if(|a| ["check", "status", "reload"].contains(&a.as_str()));
+    let mut command = match subcommand.as_deref() {
         Some("check") => Command::Check,
-        Some(_) => Command::Status { json: false },
+        Some("status") => Command::Status { json: false },
+        Some(_) => Command::Reload,
         None => Command::Run,
     };
     let (mut config, mut json_logs, mut log_level, mut retry_now) = (None, false, None, false);
@@ -150,7 +161,6 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let config = match config::load(&args.config) {
-        Ok(config) if args.retry_now => config.retry_now(),
         Ok(config) => config,
         Err(e) => {
             eprintln!("certloop: invalid configuration: {e}");
@@ -167,6 +177,21 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Status { json } => return status_command::run(&config, json),
+        Command::Reload => {
+            return match pid_file::signal_reload(&config.state_dir) {
+                Ok(pid) => {
+                    println!(
+                        "{}: valid; sent SIGHUP to certloop (process {pid}), which logs the outcome",
+                        args.config.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("certloop reload: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Run => {}
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -176,7 +201,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config, args.retry_now)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("certloop: {e}");
@@ -223,18 +248,6 @@ impl Signals {
     }
 }
 
-/// The ACME listeners' handles, stopped on purpose however `run` ends (a failed start, a bind
-/// error on a later listener, or shutdown), so no "every handle dropped" warning is logged.
-struct AcmeHandles(Vec<(String, certloop_tokio::AcmeHandle)>);
-
-impl Drop for AcmeHandles {
-    fn drop(&mut self) {
-        for (_, handle) in self.0.drain(..) {
-            handle.stop();
-        }
-    }
-}
-
 /// What an operator does about a start without a certificate.
 fn how_to_retry(error: &certloop_tokio::StartError) -> &'static str {
     match error {
@@ -251,43 +264,21 @@ fn how_to_retry(error: &certloop_tokio::StartError) -> &'static str {
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), String> {
     let mut signals = Signals::install()?;
     // Every connection and upgraded tunnel runs in here; shutdown waits for them.
     let tracker = TaskTracker::new();
+    // Stops the [http] and [admin] listeners; each TLS listener has its own.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut accept_loops = Vec::new();
-    let mut manual_resolvers = Vec::new();
-    let mut acme_handles = AcmeHandles(Vec::new());
-    let mut tokens = Vec::new();
     // Bound before any ACME order starts, so HTTP-01 validation finds it (connections wait in
     // the backlog until the accept loop below runs).
-    let http = match config.http {
-        Some(http) => {
-            let socket = tokio::net::TcpListener::bind(http.bind)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "[http]: cannot listen on {}: {e}; free the port or change http.bind",
-                        http.bind
-                    )
-                })?;
-            Some((http, socket))
-        }
+    let http = match &config.http {
+        Some(http) => Some((http.clone(), bind_table("[http]", http.bind).await?)),
         None => None,
     };
-    let admin = match config.admin {
-        Some(admin) => {
-            let socket = tokio::net::TcpListener::bind(admin.bind)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "[admin]: cannot listen on {}: {e}; free the port or change admin.bind",
-                        admin.bind
-                    )
-                })?;
-            Some((admin, socket))
-        }
+    let admin = match &config.admin {
+        Some(admin) => Some((admin.clone(), bind_table("[admin]", admin.bind).await?)),
         None => None,
     };
     let access_log = match &config.access_log {
@@ -295,61 +286,19 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let metrics = Arc::new(metrics::Metrics::new());
-    let mut sources = Vec::new();
-    for listener in config.listeners {
-        let name = listener.name.clone();
-        let socket = tokio::net::TcpListener::bind(listener.bind)
-            .await
-            .map_err(|e| {
-                format!(
-                    "listener {name}: cannot listen on {}: {e}; free the port or change bind",
-                    listener.bind
-                )
-            })?;
-        let server_config = match listener.tls {
-            TlsMode::Manual { cert, key, loaded } => {
-                let resolver = ManualResolver::new(&name, cert, key, loaded);
-                tokio::spawn(resolver.clone().watch_files());
-                manual_resolvers.push(resolver.clone());
-                sources.push((name.clone(), CertSource::Manual(resolver.clone())));
-                let alpn01 = certloop_tokio::TlsAlpn01::Ignore;
-                Arc::new(certloop_tokio::server_config(resolver, alpn01))
-            }
-            TlsMode::Acme(acme) => {
-                let handle = certloop_tokio::launch(*acme).await.map_err(|e| {
-                    format!("listener {name}: {e}; check acme_cache_dir (or state_dir) and the ACME settings")
-                })?;
-                tokens.push(handle.http01_tokens());
-                let server_config = handle.server_config();
-                sources.push((name.clone(), CertSource::Acme(handle.clone())));
-                acme_handles.0.push((name.clone(), handle));
-                server_config
-            }
-        };
-        let listener_metrics = metrics.listener(&name);
-        let proxy = proxy::Proxy::new(
-            &name,
-            listener.upstream.clone(),
-            listener.upstream_timeout,
-            listener.limits.idle_timeout,
-            listener.trusted_proxies,
-            tracker.clone(),
-            listener_metrics.clone(),
-            access_log.clone(),
-        );
-        tracing::info!(listener = %name, bind = %listener.bind, upstream = %listener.upstream, "listening");
-        let ctx = ListenerContext::new(
-            &name,
-            listener.limits,
-            tracker.clone(),
-            stop_rx.clone(),
-            listener_metrics,
-        );
-        let acceptor = TlsAcceptor::from(server_config);
-        accept_loops.push(tokio::spawn(server::serve_tls(
-            ctx, socket, acceptor, proxy,
-        )));
-    }
+    let sources: CertSources = Arc::default();
+    let tokens: TokenLists = Arc::default();
+    let mut supervisor = Supervisor::new(supervisor::Shared {
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        access_log: access_log.clone(),
+        sources: sources.clone(),
+        tokens: tokens.clone(),
+    });
+    supervisor
+        .start(config.listeners.clone(), retry_now)
+        .await?;
+    let _pid_file = PidFile::write(&config.state_dir);
     if let Some((http, socket)) = http {
         tracing::info!(bind = %http.bind, "plain HTTP: HTTP-01 answers and redirects to HTTPS");
         let ctx = ListenerContext::new(
@@ -359,14 +308,9 @@ async fn run(config: Config) -> Result<(), String> {
             stop_rx.clone(),
             metrics.listener("[http]"),
         );
-        accept_loops.push(tokio::spawn(server::serve_http(
-            ctx,
-            socket,
-            Arc::new(tokens),
-            http.https_port,
-        )));
+        let serve = server::serve_http(ctx, socket, tokens, http.https_port);
+        accept_loops.push(tokio::spawn(serve));
     }
-    let sources = Arc::new(sources);
     metrics.watch_certificates(sources.clone());
     if let Some((admin, socket)) = admin {
         tracing::info!(bind = %admin.bind, "admin: /metrics, /healthz, /readyz, the status page at /");
@@ -381,10 +325,12 @@ async fn run(config: Config) -> Result<(), String> {
         accept_loops.push(tokio::spawn(admin::serve_admin(ctx, socket, admin)));
     }
     // The failure table: every ACME listener must have a valid certificate before we say
-    // ready. Signals are answered meanwhile: SIGTERM stops cleanly, SIGHUP reloads.
+    // ready. Signals are answered meanwhile: SIGTERM stops cleanly, SIGHUP reloads certificate
+    // files (the configuration is reloaded once ready).
     let stopped_early = {
+        let handles = supervisor.acme_handles();
         let startup = async {
-            for (name, handle) in &acme_handles.0 {
+            for (name, handle) in &handles {
                 handle
                     .ready()
                     .await
@@ -401,7 +347,7 @@ async fn run(config: Config) -> Result<(), String> {
                     break false;
                 }
                 received = signals.next() => match received {
-                    Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
+                    Received::Hangup => supervisor.reload_certificate_files(),
                     Received::Reopen => access_log.iter().for_each(access_log::AccessLog::reopen),
                     Received::Stop => {
                         tracing::info!("stopping before every certificate was ready");
@@ -411,20 +357,22 @@ async fn run(config: Config) -> Result<(), String> {
             }
         }
     };
+    let mut running = config;
     if !stopped_early {
         loop {
             match signals.next().await {
-                Received::Hangup => manual_resolvers.iter().for_each(|r| r.reload()),
+                Received::Hangup => running = reload(&mut supervisor, running, &path).await,
                 Received::Reopen => access_log.iter().for_each(access_log::AccessLog::reopen),
                 Received::Stop => break,
             }
         }
     }
-    let grace = config.shutdown_grace;
+    let grace = running.shutdown_grace;
     tracing::info!(
         "shutting down: no new connections, waiting up to {grace:?} for in-flight requests"
     );
     let _ = stop_tx.send(true);
+    supervisor.stop_accepting().await;
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
@@ -441,9 +389,66 @@ async fn run(config: Config) -> Result<(), String> {
             tracing::warn!("second stop signal; closing remaining connections now");
         }
     }
-    drop(acme_handles); // stops certificate management
+    drop(supervisor); // stops certificate management
     if let Some(log) = &access_log {
         log.close();
     }
     Ok(())
+}
+
+async fn bind_table(
+    table: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let key = table.trim_matches(['[', ']']);
+        format!("{table}: cannot listen on {addr}: {e}; free the port or change {key}.bind")
+    })
+}
+
+/// SIGHUP once running: reads the configuration file again and applies its listeners. A file
+/// that does not parse or check is refused as a whole (logged with file, line and key) and the
+/// running configuration stays. Returns the configuration now running.
+async fn reload(supervisor: &mut Supervisor, running: Config, path: &std::path::Path) -> Config {
+    supervisor.reload_certificate_files();
+    let new = match config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("configuration reload refused, the running one stays: {e}");
+            return running;
+        }
+    };
+    if let Some(table) = running.needs_restart_for(&new) {
+        tracing::warn!(
+            "configuration reload: {table} changed; that takes a restart (the listeners are reloaded)"
+        );
+    }
+    if new.http.is_none() && running.http.is_some() || new.http.is_some() && running.http.is_none()
+    {
+        tracing::error!(
+            "configuration reload refused: [http] was added or removed, which takes a restart; the running configuration stays"
+        );
+        return running;
+    }
+    match supervisor.reload(new.clone()).await {
+        Ok(done) => {
+            tracing::info!(
+                added = ?done.added,
+                removed = ?done.removed,
+                restarted = ?done.restarted,
+                upstream_changed = ?done.proxy_changed,
+                unchanged = ?done.unchanged,
+                "configuration reloaded"
+            );
+            // The tables a reload does not apply keep their running values.
+            Config {
+                listeners: new.listeners,
+                ..running
+            }
+        }
+        Err(e) => {
+            tracing::error!("configuration reload refused, the running one stays: {e}");
+            running
+        }
+    }
 }

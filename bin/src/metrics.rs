@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::cert_status::{CertRow, CertSource, live_rows};
+use crate::cert_status::{CertRow, CertSource, CertSources, live_rows};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// From now on, scrapes report these certificates.
-    pub(crate) fn watch_certificates(&self, sources: Arc<Vec<(String, CertSource)>>) {
+    pub(crate) fn watch_certificates(&self, sources: CertSources) {
         let _ = self.certificates.0.set(sources);
     }
 
@@ -230,7 +230,7 @@ impl Metrics {
 
 /// The certificates' figures, read from their status at each scrape.
 #[derive(Default)]
-struct Certificates(OnceLock<Arc<Vec<(String, CertSource)>>>);
+struct Certificates(OnceLock<CertSources>);
 
 impl std::fmt::Debug for Certificates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,7 +244,8 @@ impl Collector for Certificates {
             return Ok(());
         };
         let now = certloop_acme::adapter::system_clock().as_secs();
-        let rows = live_rows(sources);
+        let sources = sources.read().unwrap_or_else(|e| e.into_inner());
+        let rows = live_rows(&sources);
         encode_certificates(&mut encoder, &rows, now)?;
         let mut durations = encoder.encode_descriptor(
             "certloop_acme_request_duration_seconds",

@@ -55,6 +55,24 @@ pub(crate) struct Proxy {
     access_log: Option<AccessLog>,
 }
 
+/// A listener's current proxy: a reload that changes only the upstream settings replaces it,
+/// and the next request on every connection uses the new one.
+pub(crate) struct ProxySlot(std::sync::RwLock<Arc<Proxy>>);
+
+impl ProxySlot {
+    pub(crate) fn new(proxy: Arc<Proxy>) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(proxy)))
+    }
+
+    pub(crate) fn current(&self) -> Arc<Proxy> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn replace(&self, proxy: Arc<Proxy>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = proxy;
+    }
+}
+
 /// What every request of one TLS connection shares, for the access log.
 pub(crate) struct ConnectionFacts {
     pub(crate) peer: SocketAddr,

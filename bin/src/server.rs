@@ -21,7 +21,7 @@ use crate::admission::{Admission, Admitted};
 use crate::connection::{self, HttpBuilders};
 use crate::limits::Limits;
 use crate::metrics::{Handshake, ListenerMetrics};
-use crate::proxy::{ConnectionFacts, Proxy, ProxyBody, text};
+use crate::proxy::{ConnectionFacts, ProxyBody, ProxySlot, text};
 use crate::watchdog::Protocol;
 
 /// What every connection of one listener shares.
@@ -70,8 +70,13 @@ impl ListenerContext {
 }
 
 /// Accepts connections until `stop` turns true, handing each admitted one to `serve` in the
-/// task tracker; each counts as open in the listener's metrics until `serve` ends.
-pub(crate) async fn accept_loop<S, Fut>(ctx: Arc<ListenerContext>, listener: TcpListener, serve: S)
+/// task tracker; each counts as open in the listener's metrics until `serve` ends. Returns
+/// the socket, still open, so that a reload can hand it to the listener's next accept loop.
+pub(crate) async fn accept_loop<S, Fut>(
+    ctx: Arc<ListenerContext>,
+    listener: TcpListener,
+    serve: S,
+) -> TcpListener
 where
     S: Fn(TcpStream, SocketAddr, Admitted) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -81,16 +86,22 @@ where
     let mut stop = ctx.stop.clone();
     loop {
         if *stop.borrow_and_update() {
-            return;
+            return listener;
         }
         let slot = tokio::select! {
             slot = ctx.admission.slot() => slot,
-            _ = stop.changed() => return,
+            changed = stop.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return listener, // the stop sender is gone: stop too
+            },
         };
         let accept = accept_with_backoff(&rt, &ctx.name, &mut backoff, || listener.accept());
         let (tcp, peer) = tokio::select! {
             accepted = accept => accepted,
-            _ = stop.changed() => return,
+            changed = stop.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return listener,
+            },
         };
         let Some(admitted) = ctx.admission.admit(slot, peer.ip()) else {
             tracing::debug!(listener = %ctx.name, %peer, "closed: too many connections from this address");
@@ -105,13 +116,14 @@ where
     }
 }
 
-/// Accepts TLS connections until the context's stop signal.
+/// Accepts TLS connections until the context's stop signal, then returns the socket. Each
+/// request goes to the proxy in `proxy` at the time it arrives.
 pub(crate) async fn serve_tls(
     ctx: Arc<ListenerContext>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    proxy: Arc<Proxy>,
-) {
+    proxy: Arc<ProxySlot>,
+) -> TcpListener {
     let serve = |tcp: TcpStream, peer: SocketAddr, admitted: Admitted| {
         let (ctx, acceptor, proxy) = (ctx.clone(), acceptor.clone(), proxy.clone());
         async move {
@@ -152,7 +164,7 @@ pub(crate) async fn serve_tls(
                 alpn,
             });
             let handler = move |req: Request<Incoming>| {
-                proxy.clone().handle(req, facts.clone(), admitted.clone())
+                proxy.current().handle(req, facts.clone(), admitted.clone())
             };
             connection::serve(
                 tls,
@@ -164,30 +176,36 @@ pub(crate) async fn serve_tls(
             .await;
         }
     };
-    accept_loop(ctx.clone(), listener, serve).await;
+    accept_loop(ctx.clone(), listener, serve).await
 }
+
+/// The HTTP-01 tokens of every ACME listener, for the `[http]` listener; a reload changes the
+/// list.
+pub(crate) type TokenLists = Arc<std::sync::RwLock<Vec<Arc<Http01Tokens>>>>;
 
 /// The `[http]` listener: HTTP-01 answers for every ACME listener, 308 to HTTPS otherwise.
 pub(crate) async fn serve_http(
     ctx: Arc<ListenerContext>,
     listener: TcpListener,
-    tokens: Arc<Vec<Arc<Http01Tokens>>>,
+    tokens: TokenLists,
     https_port: u16,
-) {
+) -> TcpListener {
     let serve = |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
         let (ctx, tokens) = (ctx.clone(), tokens.clone());
         async move {
             let _admitted = admitted;
             let (builders, stop) = (ctx.builders(), ctx.stop());
             let handler = move |req: Request<Incoming>| {
-                let response = http_response(&req, &tokens, https_port);
+                let lists = tokens.read().unwrap_or_else(|e| e.into_inner());
+                let response = http_response(&req, &lists, https_port);
+                drop(lists);
                 ctx.metrics.response(response.status().as_u16());
                 std::future::ready(response)
             };
             connection::serve(tcp, Protocol::Http1, handler, builders, stop).await;
         }
     };
-    accept_loop(ctx.clone(), listener, serve).await;
+    accept_loop(ctx.clone(), listener, serve).await
 }
 
 fn http_response(
