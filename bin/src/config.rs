@@ -904,6 +904,16 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_is_valid() {
+        let text = include_str!("../../examples/production.toml");
+        // The manual listener's files exist only on a real server.
+        let acme_part = &text[..text.find("# An internal service").expect("manual part")];
+        let config = parse(Path::new("/etc/certloop/certloop.toml"), acme_part)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.admin.is_some() && config.access_log.is_some() && config.http.is_some());
+    }
+
+    #[test]
     fn two_acme_listeners_cannot_share_a_cache_directory() {
         let second = ACME
             .replace("\"web\"", "\"api\"")
