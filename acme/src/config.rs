@@ -155,6 +155,11 @@ impl AcmeConfig {
         self
     }
 
+    /// The cache directory.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
     /// Uses External Account Binding with the CA's key id and its base64url HMAC key. The key
     /// is decoded when the configuration is checked, and never printed.
     pub fn eab(mut self, kid: impl Into<String>, hmac_key_base64url: impl Into<String>) -> Self {

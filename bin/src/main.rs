@@ -39,6 +39,7 @@ mod manual;
 mod metrics;
 mod observed_io;
 mod pid_file;
+mod preflight;
 mod proxy;
 mod reload_plan;
 mod server;
@@ -169,6 +170,13 @@ fn main() -> ExitCode {
     };
     match args.command {
         Command::Check => {
+            let problems = preflight::problems(&config);
+            if !problems.is_empty() {
+                for problem in problems {
+                    eprintln!("certloop: {}: {problem}", args.config.display());
+                }
+                return ExitCode::from(2);
+            }
             println!(
                 "{}: configuration is valid ({} listeners)",
                 args.config.display(),
