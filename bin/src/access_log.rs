@@ -99,8 +99,12 @@ impl Shared {
 pub(crate) struct AccessLog {
     format: Format,
     shared: Arc<Shared>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Disconnected when the writer thread has ended.
+    writer_done: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
 }
+
+/// How long shutdown waits for the last lines to be written (a stuck disk must not hang it).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 impl AccessLog {
     /// Opens the destination (creating the file, appending, mode 0640) and starts the writer
@@ -115,14 +119,18 @@ impl AccessLog {
             closing: AtomicBool::new(false),
         });
         let for_writer = shared.clone();
-        let writer = std::thread::Builder::new()
+        let (done, writer_done) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
             .name("certloop-access-log".into())
-            .spawn(move || write_lines(sink, &for_writer))
+            .spawn(move || {
+                write_lines(sink, &for_writer);
+                drop(done);
+            })
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         Ok(Self {
             format: config.format,
             shared,
-            writer: Arc::new(Mutex::new(Some(writer))),
+            writer_done: Arc::new(Mutex::new(writer_done)),
         })
     }
 
@@ -150,13 +158,14 @@ impl AccessLog {
         self.shared.wake.notify_one();
     }
 
-    /// Writes what is buffered and stops the writer (at shutdown).
+    /// Writes what is buffered and stops the writer (at shutdown), waiting
+    /// [`CLOSE_WAIT`] at most.
     pub(crate) fn close(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(writer) = writer {
-            let _ = writer.join();
+        let done = self.writer_done.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(CLOSE_WAIT) {
+            tracing::warn!("access log: the last lines could not be written within {CLOSE_WAIT:?}");
         }
     }
 }
@@ -316,11 +325,16 @@ fn json_string(out: &mut String, text: &str) {
 fn common_line(out: &mut String, e: &Entry) {
     let _ = write!(out, "{} - - [", e.client.ip());
     clf_time(out, e.time);
+    let _ = write!(out, "] \"{} ", e.method);
+    for (i, part) in e.path().split('"').enumerate() {
+        if i > 0 {
+            out.push_str("%22");
+        }
+        out.push_str(part);
+    }
     let _ = write!(
         out,
-        "] \"{} {} {}\" {} {} listener={} host={} in={} duration_ms={} upstream_ms=",
-        e.method,
-        e.path().replace('"', "%22"),
+        " {}\" {} {} listener={} host={} in={} duration_ms={} upstream_ms=",
         e.version,
         e.status,
         e.bytes_out,

@@ -118,8 +118,6 @@ impl Config {
             Some("[admin]")
         } else if self.access_log != new.access_log {
             Some("[access_log]")
-        } else if self.state_dir != new.state_dir {
-            Some("state_dir")
         } else if self.shutdown_grace != new.shutdown_grace {
             Some("shutdown_grace")
         } else {

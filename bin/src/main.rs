@@ -186,6 +186,13 @@ fn main() -> ExitCode {
         }
         Command::Status { json } => return status_command::run(&config, json),
         Command::Reload => {
+            let problems = preflight::problems(&config);
+            if !problems.is_empty() {
+                for problem in problems {
+                    eprintln!("certloop: {}: {problem}", args.config.display());
+                }
+                return ExitCode::from(2);
+            }
             return match pid_file::signal_reload(&config.state_dir) {
                 Ok(pid) => {
                     println!(
@@ -431,10 +438,18 @@ async fn reload(supervisor: &mut Supervisor, running: Config, path: &std::path::
             "configuration reload: {table} changed; that takes a restart (the listeners are reloaded)"
         );
     }
-    if new.http.is_none() && running.http.is_some() || new.http.is_some() && running.http.is_none()
-    {
+    let refusal = if new.http.is_some() != running.http.is_some() {
+        Some("[http] was added or removed, which takes a restart".to_owned())
+    } else if new.state_dir != running.state_dir {
+        Some("state_dir changed, which takes a restart (the listeners' cache directories and the pid file live there)".to_owned())
+    } else {
+        let problems = preflight::problems(&new);
+        (!problems.is_empty()).then(|| problems.join("; "))
+    };
+    if let Some(why) = refusal {
         tracing::error!(
-            "configuration reload refused: [http] was added or removed, which takes a restart; the running configuration stays"
+            "configuration reload refused, the running one stays: {}: {why}",
+            path.display()
         );
         return running;
     }
@@ -446,6 +461,7 @@ async fn reload(supervisor: &mut Supervisor, running: Config, path: &std::path::
                 restarted = ?done.restarted,
                 upstream_changed = ?done.proxy_changed,
                 unchanged = ?done.unchanged,
+                failed = ?done.failed,
                 "configuration reloaded"
             );
             // The tables a reload does not apply keep their running values.

@@ -56,20 +56,20 @@ pub(crate) struct Proxy {
 }
 
 /// A listener's current proxy: a reload that changes only the upstream settings replaces it,
-/// and the next request on every connection uses the new one.
-pub(crate) struct ProxySlot(std::sync::RwLock<Arc<Proxy>>);
+/// and the next request on every connection uses the new one. Reading it takes no lock.
+pub(crate) struct ProxySlot(arc_swap::ArcSwap<Proxy>);
 
 impl ProxySlot {
     pub(crate) fn new(proxy: Arc<Proxy>) -> Arc<Self> {
-        Arc::new(Self(std::sync::RwLock::new(proxy)))
+        Arc::new(Self(arc_swap::ArcSwap::new(proxy)))
     }
 
     pub(crate) fn current(&self) -> Arc<Proxy> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.load_full()
     }
 
     pub(crate) fn replace(&self, proxy: Arc<Proxy>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = proxy;
+        self.0.store(proxy);
     }
 }
 
@@ -146,9 +146,11 @@ impl Proxy {
         slots: Arc<Admitted>,
     ) -> Response<ProxyBody> {
         let Some(log) = self.access_log.clone() else {
-            let metrics = self.metrics.clone();
-            let (response, _) = self.forward(req, connection.peer, slots, None).await;
-            metrics.response(response.status().as_u16());
+            let (response, _) = self
+                .clone()
+                .forward(req, connection.peer, slots, None)
+                .await;
+            self.metrics.response(response.status().as_u16());
             return response;
         };
         let (started, time) = (std::time::Instant::now(), std::time::SystemTime::now());
@@ -160,13 +162,12 @@ impl Proxy {
             _ => "HTTP/1.1",
         };
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let listener = self.listener.clone();
-        let metrics = self.metrics.clone();
-        let (response, upstream) = self
+        let (response, upstream) = (self.clone())
             .forward(req, connection.peer, slots, Some(bytes_in.clone()))
             .await;
         let status = response.status().as_u16();
-        metrics.response(status);
+        self.metrics.response(status);
+        let listener = self.listener.clone();
         response.map(move |body| {
             ReportedBody::new(body, move |bytes_out| {
                 log.record(&Entry {

@@ -14,8 +14,6 @@ pub(crate) enum Change {
     /// Its socket, limits or certificate changed: the accept loop restarts (open connections
     /// finish their requests and close), on the same socket unless the address changed.
     Restart {
-        /// The address changed: bind the new one, close the old one.
-        rebind: bool,
         /// The certificate's source changed: a new ACME launch (which reads the cache, so a
         /// certificate for the same names is not ordered again) or new files.
         new_certificate: bool,
@@ -24,13 +22,9 @@ pub(crate) enum Change {
 
 /// Compares one listener's running and new settings.
 pub(crate) fn change(old: &Listener, new: &Listener) -> Change {
-    let rebind = old.bind != new.bind;
     let new_certificate = !same_certificate_source(&old.tls, &new.tls);
-    if rebind || new_certificate || old.limits != new.limits {
-        return Change::Restart {
-            rebind,
-            new_certificate,
-        };
+    if old.bind != new.bind || new_certificate || old.limits != new.limits {
+        return Change::Restart { new_certificate };
     }
     if old.upstream != new.upstream
         || old.upstream_timeout != new.upstream_timeout
@@ -92,29 +86,14 @@ mod tests {
 
     #[test]
     fn names_a_bind_or_limits_restart_the_listener() {
-        let restart = |rebind, new_certificate| Change::Restart {
-            rebind,
-            new_certificate,
-        };
+        let restart = |new_certificate| Change::Restart { new_certificate };
         let names = WEB.replace("\"example.com\"", "\"example.com\", \"www.example.com\"");
-        assert_eq!(
-            change(&listener(WEB), &listener(&names)),
-            restart(false, true)
-        );
+        assert_eq!(change(&listener(WEB), &listener(&names)), restart(true));
         let contact = format!("{WEB}acme_contact = [\"mailto:ops@example.com\"]\n");
-        assert_eq!(
-            change(&listener(WEB), &listener(&contact)),
-            restart(false, true)
-        );
+        assert_eq!(change(&listener(WEB), &listener(&contact)), restart(true));
         let bind = WEB.replace("8443", "9443");
-        assert_eq!(
-            change(&listener(WEB), &listener(&bind)),
-            restart(true, false)
-        );
+        assert_eq!(change(&listener(WEB), &listener(&bind)), restart(false));
         let limits = format!("{WEB}[listeners.limits]\nidle_timeout = \"5s\"\n");
-        assert_eq!(
-            change(&listener(WEB), &listener(&limits)),
-            restart(false, false)
-        );
+        assert_eq!(change(&listener(WEB), &listener(&limits)), restart(false));
     }
 }

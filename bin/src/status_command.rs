@@ -12,7 +12,8 @@ use crate::config::Config;
 /// How long the admin endpoint may take before the disk is read instead.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Prints the table (or JSON with `json`). Exit code 0, or 1 when nothing could be read.
+/// Prints the table (or JSON with `json`); exit code 0. A certificate that cannot be read
+/// shows its error in the last-error column.
 pub(crate) fn run(config: &Config, json: bool) -> ExitCode {
     let live = config.admin.as_ref().map(|admin| fetch_rows(admin.bind));
     let rows = match live {

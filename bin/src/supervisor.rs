@@ -86,6 +86,8 @@ pub(crate) struct Reloaded {
     pub(crate) restarted: Vec<String>,
     pub(crate) proxy_changed: Vec<String>,
     pub(crate) unchanged: Vec<String>,
+    /// Listeners that could not start (the log says why).
+    pub(crate) failed: Vec<String>,
 }
 
 /// The running listeners.
@@ -137,17 +139,52 @@ impl Supervisor {
         }
     }
 
-    /// Applies a new, already checked configuration's listeners. New addresses are bound
-    /// before anything stops: if one cannot be bound, nothing changes. Listeners whose
-    /// settings did not change keep running untouched.
+    /// Applies a new, already checked configuration's listeners. New addresses are bound, and
+    /// new certificate sources started, before anything stops: if one fails, nothing changes.
+    /// (A new source that takes over the cache directory of a listener it replaces can only
+    /// start after that one stops; if it fails then, the reload names it under `failed`.)
+    /// Listeners whose settings did not change keep running untouched.
     pub(crate) async fn reload(&mut self, new: Config) -> Result<Reloaded, String> {
         let mut reloaded = Reloaded::default();
-        // Phase 1, nothing changes yet: bind every address no running listener holds.
+        // Phase 1, nothing changes yet: bind every address no running listener holds, and
+        // start the certificate sources that need nothing a running listener holds.
         let held: Vec<SocketAddr> = self.running.iter().map(|r| r.spec.bind).collect();
         let mut fresh: Vec<(SocketAddr, TcpListener)> = Vec::new();
         for spec in &new.listeners {
             if !held.contains(&spec.bind) {
                 fresh.push((spec.bind, bind(spec).await?));
+            }
+        }
+        let held_dirs: Vec<&std::path::Path> = (self.running.iter())
+            .filter_map(|r| cache_dir(&r.spec))
+            .collect();
+        let mut prepared: Vec<(String, Certificate)> = Vec::new();
+        for spec in &new.listeners {
+            let needs_source = match self.running.iter().find(|r| r.spec.name == spec.name) {
+                None => true,
+                Some(running) => matches!(
+                    change(&running.spec, spec),
+                    Change::Restart {
+                        new_certificate: true
+                    }
+                ),
+            };
+            if !needs_source || cache_dir(spec).is_some_and(|dir| held_dirs.contains(&dir)) {
+                continue;
+            }
+            match self.certificate(spec, false).await {
+                Ok(certificate) => prepared.push((spec.name.clone(), certificate)),
+                Err(e) => {
+                    for (_, certificate) in prepared {
+                        certificate.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (name, certificate) in &prepared {
+            if let CertSource::Acme(handle) = &certificate.source {
+                report_readiness(name.clone(), handle.clone());
             }
         }
         // Phase 2: stop what is removed or restarts, keeping sockets and certificates that
@@ -176,9 +213,7 @@ impl Supervisor {
                     reloaded.proxy_changed.push(name);
                     carried.push(running);
                 }
-                Change::Restart {
-                    new_certificate, ..
-                } => {
+                Change::Restart { new_certificate } => {
                     if let Some(socket) = running.stop_accepting().await {
                         sockets.push((running.spec.bind, socket));
                     }
@@ -203,9 +238,12 @@ impl Supervisor {
                 continue;
             };
             let (_, socket) = sockets.swap_remove(at);
-            let kept = (kept_certificates.iter())
-                .position(|(name, _)| *name == spec.name)
-                .map(|at| kept_certificates.swap_remove(at).1);
+            let kept = (kept_certificates.iter().chain(&prepared))
+                .position(|(name, _)| *name == spec.name);
+            let kept = kept.map(|at| match at.checked_sub(kept_certificates.len()) {
+                None => kept_certificates.swap_remove(at).1,
+                Some(at) => prepared.swap_remove(at).1,
+            });
             let certificate = match kept {
                 Some(certificate) => certificate,
                 None => match self.certificate(&spec, false).await {
@@ -217,6 +255,7 @@ impl Supervisor {
                     }
                     Err(e) => {
                         tracing::error!("{e}; the listener is not started");
+                        reloaded.failed.push(spec.name.clone());
                         continue;
                     }
                 },
@@ -348,6 +387,14 @@ impl Drop for Supervisor {
                 handle.stop();
             }
         }
+    }
+}
+
+/// The ACME cache directory a listener locks, if it has one.
+fn cache_dir(spec: &Listener) -> Option<&std::path::Path> {
+    match &spec.tls {
+        TlsMode::Acme(acme) => Some(acme.cache_dir()),
+        TlsMode::Manual { .. } => None,
     }
 }
 

@@ -195,6 +195,24 @@ fn reload_adds_removes_and_changes_listeners_without_failing_a_request() {
     assert!(response.contains("upstream saw GET /v2/"), "{response}");
     assert!(fetch_verified(new_port, "new.certloop.test", &root).is_ok());
 
+    // A listener whose cache directory cannot be created: refused before anything changes.
+    let impossible = format!(
+        "{good}{}acme_cache_dir = \"/dev/null/cache\"\n",
+        listener(&pebble, "late", free_port(), &moved)
+    );
+    write(&config, &impossible);
+    let (code, said) = reload_command(&config);
+    assert_eq!(code, 2, "{said}");
+    assert!(
+        said.contains("listener late: cache directory /dev/null/cache"),
+        "{said}"
+    );
+    certloop.signal("HUP");
+    wait_until("the second refusal", Duration::from_secs(20), || {
+        logged(&certloop, "configuration reload refused") == 2
+    });
+    assert!(fetch_verified(new_port, "new.certloop.test", &root).is_ok());
+
     certloop.signal("TERM");
     assert_eq!(
         certloop.wait_exit(Duration::from_secs(30)),

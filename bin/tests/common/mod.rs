@@ -161,16 +161,28 @@ pub fn tls_connect(
     root_pem: &str,
     alpn: &[u8],
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    try_tls_connect(port, name, root_pem, alpn).expect("TLS connection")
+}
+
+/// [`tls_connect`], with a refused connection or a failed handshake as an error.
+pub fn try_tls_connect(
+    port: u16,
+    name: &str,
+    root_pem: &str,
+    alpn: &[u8],
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
     let config = certloop_tests::client_config(root_pem, alpn).expect("client TLS");
     let server = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name");
     let mut conn = rustls::ClientConnection::new(config, server).expect("client");
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut tcp =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).expect("TLS handshake");
+        conn.complete_io(&mut tcp)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
     }
-    rustls::StreamOwned::new(conn, tcp)
+    Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
 /// Whether the peer has closed `tcp` (EOF or reset); bytes that arrive first are skipped.
