@@ -253,18 +253,25 @@ fn cert_configs(
         .map(|names| CertConfig::new(names.iter().cloned(), seed_of(names)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    // Each name to the first certificate naming it (and how it spelt it): linear, for ten
+    // thousand certificates.
+    let mut owner: std::collections::HashMap<String, (usize, &str)> =
+        std::collections::HashMap::new();
     for (i, names) in certs.iter().enumerate() {
-        for later in &certs[i + 1..] {
-            if let Some(shared) = names
-                .iter()
-                .find(|n| later.iter().any(|m| m.eq_ignore_ascii_case(n)))
-            {
-                return Err(format!(
-                    "{shared:?} is in two certificates ({} and {}); give each name to one \
-                     certificate",
-                    names.join(", "),
-                    later.join(", ")
-                ));
+        for name in names {
+            match owner.get(&name.to_ascii_lowercase()) {
+                Some(&(first, spelt)) if first != i => {
+                    return Err(format!(
+                        "{spelt:?} is in two certificates ({} and {}); give each name to one \
+                         certificate",
+                        certs[first].join(", "),
+                        names.join(", ")
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    owner.insert(name.to_ascii_lowercase(), (i, name));
+                }
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::handle::{AcmeHandle, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
 use crate::order::AcmeContext;
+use crate::prepared::PreparedCert;
 use crate::runtime::{Runtime, timeout};
 use crate::status::{AcmeOperation, CertStatus, RequestDurations, ServedCert};
 use crate::store::DirStore;
@@ -69,6 +70,8 @@ struct Managed {
     /// Closed when the latest order task has ended (its challenge answers removed): the next
     /// one waits for it, so two never overlap.
     order_ended: Option<async_channel::Receiver<()>>,
+    /// The cached certificate as loading prepared it, for the install that follows.
+    prepared: Option<PreparedCert>,
 }
 
 /// Ends an order task's life: tells the observer, then lets the next task for the certificate
@@ -90,6 +93,8 @@ impl Drop for OrderTaskLife {
 
 enum Wake {
     Event(CertId, Event),
+    /// Loading prepared the cached certificate to serve; its `CacheLoaded` follows.
+    Prepared(CertId, PreparedCert),
     AriSupported(CertId),
     Timer,
     /// [`AcmeHandle::stop`], or the runtime winding down: on purpose.
@@ -189,6 +194,7 @@ pub async fn launch_with<R: Runtime>(
             ari_supported: false,
             order_task: None,
             order_ended: None,
+            prepared: None,
         })
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
@@ -209,6 +215,8 @@ pub async fn launch_with<R: Runtime>(
         observer: seams.observer,
         next_owner: 0,
         retry_now: config.retry_now,
+        ready: 0,
+        loads: Vec::new(),
     };
     let ending = driver.shared.clone();
     rt.spawn(Box::pin(async move {
@@ -270,7 +278,14 @@ struct Driver<R: Runtime> {
     next_owner: u64,
     /// [`AcmeConfig::retry_now`]: persisted backoffs do not gate this start.
     retry_now: bool,
+    /// How many certificates are ready (`Action::Ready` seen).
+    ready: usize,
+    /// Cache loads asked for and not yet dispatched.
+    loads: Vec<(CertId, Vec<String>)>,
 }
+
+/// How many cache files one blocking task reads.
+const LOAD_BATCH: usize = 64;
 
 impl<R: Runtime> Driver<R> {
     async fn run(
@@ -291,7 +306,8 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             self.publish_status(&fleet, &mut touched);
-            if self.started.is_some() && self.managed.iter().all(|m| m.ready) {
+            self.dispatch_loads();
+            if self.started.is_some() && self.ready == self.managed.len() {
                 self.record_outcome(Ok(()));
             }
             let timer = self
@@ -318,8 +334,13 @@ impl<R: Runtime> Driver<R> {
                     touched.push(id);
                     fleet.handle(self.rt.wall_clock(), id, event);
                 }
+                Wake::Prepared(id, prepared) => {
+                    if let Some(at) = self.index_of(id) {
+                        self.managed[at].prepared = Some(prepared);
+                    }
+                }
                 Wake::AriSupported(id) => {
-                    if let Some(m) = self.managed.iter_mut().find(|m| m.id == id) {
+                    if let Some(m) = self.index_of(id).map(|at| &mut self.managed[at]) {
                         m.ari_supported = true;
                     }
                 }
@@ -341,6 +362,48 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Reads the cache files the fleet asked for, [`LOAD_BATCH`] per blocking task (one
+    /// thread wake-up per batch rather than per certificate), and feeds each back: the prepared
+    /// certificate first, then `CacheLoaded`.
+    fn dispatch_loads(&mut self) {
+        let loads = std::mem::take(&mut self.loads);
+        for batch in loads.chunks(LOAD_BATCH) {
+            let (store, url) = (
+                self.context.store.clone(),
+                self.context.directory_url.clone(),
+            );
+            let batch = batch.to_vec();
+            let work = self.rt.unblock(Box::new(move || {
+                (batch.into_iter())
+                    .map(|(id, domains)| (id, store.load_prepared_cert(&domains, &url)))
+                    .collect::<Vec<_>>()
+            }));
+            let (events, retry_now) = (self.events_tx.clone(), self.retry_now);
+            self.rt.spawn(Box::pin(async move {
+                for (id, (cert, mut retry, prepared)) in work.await {
+                    if let Some(prepared) = prepared {
+                        let _ = events.send(Wake::Prepared(id, prepared)).await;
+                    }
+                    if retry_now {
+                        lift_backoff(&mut retry);
+                    }
+                    let loaded = Event::CacheLoaded { cert, retry };
+                    let _ = events.send(Wake::Event(id, loaded)).await;
+                }
+            }));
+        }
+    }
+
+    /// Where `id` is in `managed`: at its fleet index, as `launch` inserted them in order
+    /// (without a scan, which would cost ten thousand certificates dearly).
+    fn index_of(&self, id: CertId) -> Option<usize> {
+        let at = usize::try_from(id.index()).ok()?;
+        if self.managed.get(at).is_some_and(|m| m.id == id) {
+            return Some(at);
+        }
+        self.managed.iter().position(|m| m.id == id)
+    }
+
     /// Copies the lifecycle's view of each touched certificate into the handle's status.
     fn publish_status(&self, fleet: &CertFleet, touched: &mut Vec<CertId>) {
         if touched.is_empty() {
@@ -348,7 +411,7 @@ impl<R: Runtime> Driver<R> {
         }
         let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         for id in touched.drain(..) {
-            let index = self.managed.iter().position(|m| m.id == id);
+            let index = self.index_of(id);
             if let (Some(slot), Some(lifecycle)) =
                 (index.and_then(|i| status.get_mut(i)), fleet.status(id))
             {
@@ -378,7 +441,7 @@ impl<R: Runtime> Driver<R> {
 
     /// Carries out one action. `Err` only for `FailStartup`.
     fn execute(&mut self, id: CertId, action: Action) -> Result<(), StartError> {
-        let Some(index) = self.managed.iter().position(|m| m.id == id) else {
+        let Some(index) = self.index_of(id) else {
             return Ok(());
         };
         let domains = self.managed[index].domains.clone();
@@ -387,20 +450,8 @@ impl<R: Runtime> Driver<R> {
             observer.action(index, &action);
         }
         match action {
-            Action::LoadCache { .. } => {
-                let store = self.context.store.clone();
-                let work = self
-                    .rt
-                    .unblock(Box::new(move || store.load_cert(&domains, &url)));
-                let retry_now = self.retry_now;
-                self.reply(id, async move {
-                    let (cert, mut retry) = work.await;
-                    if retry_now {
-                        lift_backoff(&mut retry);
-                    }
-                    Event::CacheLoaded { cert, retry }
-                });
-            }
+            // Gathered, and read in batches once the fleet's actions are drained.
+            Action::LoadCache { .. } => self.loads.push((id, domains)),
             Action::StartOrder {
                 order,
                 domains: names,
@@ -454,11 +505,20 @@ impl<R: Runtime> Driver<R> {
                     }
                 }));
             }
-            Action::InstallCert(cert) => match certified_key_from_bundle(cert.bundle.bytes()) {
-                Ok(key) => {
-                    let served = (key.cert.first())
-                        .map(ServedCert::from_leaf)
-                        .unwrap_or_else(|| Err("no certificate".into()));
+            Action::InstallCert(cert) => match self.managed[index]
+                .prepared
+                .take()
+                .filter(|prepared| prepared.bundle.is_same(&cert.bundle))
+                .map(|prepared| (Ok(prepared.key), prepared.served))
+                .unwrap_or_else(|| (certified_key_from_bundle(cert.bundle.bytes()), None))
+            {
+                (Ok(key), served) => {
+                    let served = match served {
+                        Some(served) => Ok(served),
+                        None => (key.cert.first())
+                            .map(ServedCert::from_leaf)
+                            .unwrap_or_else(|| Err("no certificate".into())),
+                    };
                     self.shared.resolver.install(&domains, key);
                     let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
                     match (status.get_mut(index), served) {
@@ -469,7 +529,7 @@ impl<R: Runtime> Driver<R> {
                         (None, _) => {}
                     }
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     tracing::error!(domains = %domains.join(","), "cannot serve the certificate: {e}")
                 }
             },
@@ -530,7 +590,12 @@ impl<R: Runtime> Driver<R> {
                 };
                 self.log(&domains, &notice, served_until);
             }
-            Action::Ready { .. } => self.managed[index].ready = true,
+            Action::Ready { .. } => {
+                if !self.managed[index].ready {
+                    self.managed[index].ready = true;
+                    self.ready += 1;
+                }
+            }
             Action::FailStartup(failure) => {
                 tracing::error!(domains = %domains.join(","), directory = %url, "{failure}");
                 return Err(StartError::NoCertificate {

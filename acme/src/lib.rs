@@ -24,6 +24,7 @@ mod http01;
 mod http_client;
 mod incoming;
 mod order;
+mod prepared;
 mod runtime;
 mod status;
 mod store;

@@ -5,7 +5,7 @@
 //!
 //! Blocking file operations (through [`CacheFs`]): adapters run them on their blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use certloop_core::{CachedCert, CertBundle, Certificate, RetryState};
+use certloop_core::{CachedCert, Certificate, RetryState};
 
-use crate::cache::{
-    account_file_name, cert_file_name, decode_cert_file, decode_retry_state, encode_retry_state,
-};
+use crate::cache::{account_file_name, cert_file_name, decode_retry_state, encode_retry_state};
 use crate::cache_fs::{CacheFs, DirState, LockError, LockGuard, StdFs};
-use crate::tls::certified_key_from_bundle;
+use crate::prepared::{PreparedCert, prepare};
 
 const LOCK_FILE: &str = ".certloop.lock";
 
@@ -58,6 +56,10 @@ pub struct DirStore {
     /// Per file, the order of the newest write that landed. Held while writing, so writes of
     /// one file never interleave and an older one never lands over a newer one.
     landed: Mutex<HashMap<String, u64>>,
+    /// The files in the directory when it was opened (`None` if it could not be listed): a
+    /// certificate loaded at launch whose files are not listed is known to be missing without
+    /// an `open` (ten thousand certificates would otherwise cost twenty thousand).
+    listed_at_open: Option<HashSet<String>>,
 }
 
 /// The place of a write in the order writes were decided, taken when the write is decided
@@ -127,15 +129,16 @@ impl DirStore {
                 return Err(err(&dir, format!("cannot create or lock {LOCK_FILE}: {e}")));
             }
         };
-        let store = Self {
+        let mut store = Self {
             dir,
             fs,
             _lock: lock,
             temp_counter: AtomicU64::new(0),
             next_order: AtomicU64::new(0),
             landed: Mutex::new(HashMap::new()),
+            listed_at_open: None,
         };
-        store.remove_crash_leftovers();
+        store.listed_at_open = store.remove_crash_leftovers();
         let probe = store.next_write();
         if let Err(e) = store.write_atomic(".certloop.probe", b"writable\n", probe) {
             tracing::warn!(
@@ -148,12 +151,12 @@ impl DirStore {
     }
 
     /// Temp files a crash left between write and rename hold key material: remove them. The
-    /// lock is held, so no other process is writing here.
-    fn remove_crash_leftovers(&self) {
-        let Ok(names) = self.fs.list(&self.dir) else {
-            return;
-        };
-        for name in names.into_iter().filter(|n| is_temp_file(n)) {
+    /// lock is held, so no other process is writing here. Returns the other files' names.
+    fn remove_crash_leftovers(&self) -> Option<HashSet<String>> {
+        let names = self.fs.list(&self.dir).ok()?;
+        let (leftovers, kept): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|n| is_temp_file(n));
+        for name in leftovers {
             let path = self.dir.join(&name);
             match self.fs.remove(&path) {
                 Ok(()) => tracing::info!("removed {} left by an interrupted write", path.display()),
@@ -164,6 +167,24 @@ impl DirStore {
             }
         }
         let _ = self.fs.sync_dir(&self.dir);
+        Some(kept.into_iter().collect())
+    }
+
+    /// `true` when `name` was not in the directory at open and this process has not written
+    /// it since.
+    fn absent_since_open(&self, name: &str) -> bool {
+        self.listed_at_open
+            .as_ref()
+            .is_some_and(|listed| !listed.contains(name))
+            && !(self.landed.lock().unwrap_or_else(|e| e.into_inner())).contains_key(name)
+    }
+
+    /// Reads `name` at launch: not found at once when the listing taken at open says so.
+    fn read_at_launch(&self, name: &str) -> io::Result<Vec<u8>> {
+        if self.absent_since_open(name) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        self.read_retrying(&self.dir.join(name))
     }
 
     /// The order of a write decided now: pass it to the write when it runs.
@@ -188,8 +209,36 @@ impl DirStore {
         domains: &[String],
         directory_url: &str,
     ) -> (CachedCert, Option<RetryState>) {
+        let (cert, retry, _) = self.load(domains, directory_url, false);
+        (cert, retry)
+    }
+
+    /// [`DirStore::load_cert`], with the found certificate ready to serve. Meant for launch:
+    /// files missing when the directory was opened are not looked for again.
+    pub(crate) fn load_prepared_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+    ) -> (CachedCert, Option<RetryState>, Option<PreparedCert>) {
+        self.load(domains, directory_url, true)
+    }
+
+    fn load(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+        at_launch: bool,
+    ) -> (CachedCert, Option<RetryState>, Option<PreparedCert>) {
+        let read = |name: &str| {
+            if at_launch {
+                self.read_at_launch(name)
+            } else {
+                self.read_retrying(&self.dir.join(name))
+            }
+        };
         let name = cert_file_name(domains, directory_url);
-        let cert = match self.read_retrying(&self.dir.join(&name)) {
+        let mut prepared = None;
+        let cert = match read(&name) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => CachedCert::Missing,
             // The file may be fine (EMFILE, EIO, EACCES): leave it where it is.
             Err(e) => CachedCert::Unreadable {
@@ -198,21 +247,19 @@ impl DirStore {
                     self.dir.join(&name).display()
                 ),
             },
-            Ok(bytes) => match decode_cert_file(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|file| certified_key_from_bundle(&bytes).map(|_| file.info))
-            {
-                Ok(info) => CachedCert::Found(Certificate {
-                    info,
-                    bundle: CertBundle::new(bytes),
-                }),
+            Ok(bytes) => match prepare(bytes) {
+                Ok((info, ready)) => {
+                    let bundle = ready.bundle.clone();
+                    prepared = Some(ready);
+                    CachedCert::Found(Certificate { info, bundle })
+                }
                 Err(problem) => CachedCert::Unreadable {
                     reason: self.set_aside(&name, &problem),
                 },
             },
         };
         let retry_name = format!("{name}.retry");
-        let retry = match self.read_retrying(&self.dir.join(&retry_name)) {
+        let retry = match read(&retry_name) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 tracing::warn!(
@@ -231,7 +278,7 @@ impl DirStore {
                 }
             },
         };
-        (cert, retry)
+        (cert, retry, prepared)
     }
 
     /// Writes a certificate file (key PEM, newline, chain PEM) atomically, unless a write

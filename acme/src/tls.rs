@@ -1,7 +1,7 @@
 //! rustls plumbing shared by every listener: the one crypto provider, the server settings, the
 //! certificate resolver (SNI and TLS-ALPN-01) and certificate building.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -10,10 +10,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
-use certloop_core::name_covers;
-
-use crate::cache::decode_cert_file;
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -72,17 +68,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, alpn01: TlsAlpn01) -
 /// the leaf's public key. Whatever reaches the core as usable has passed this check (the cache
 /// on load, an order on completion); the error names the problem, never the key.
 pub fn certified_key_from_bundle(bundle: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    let file = decode_cert_file(bundle).map_err(|e| e.to_string())?;
-    let key = certified_key(file.chain, file.key)?;
-    match key.keys_match() {
-        Ok(()) => Ok(key),
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            Err("the private key does not match the certificate".into())
-        }
-        Err(e) => Err(format!(
-            "the private key cannot be checked against the certificate: {e}"
-        )),
-    }
+    crate::prepared::prepare(bundle.to_vec()).map(|(_, prepared)| prepared.key)
 }
 
 /// Builds a `CertifiedKey` without webpki's end-entity parsing (which refuses the critical
@@ -120,16 +106,79 @@ pub(crate) fn alpn_challenge_cert(
 /// served).
 ///
 /// Locks are held only to clone an `Arc`; swaps are atomic from a handshake's point of view.
+/// A lookup costs the same with one certificate or ten thousand: names are indexed.
 #[derive(Default)]
 pub struct CertResolver {
-    /// Every managed certificate, in configuration order.
-    certs: RwLock<Vec<ServedSlot>>,
+    /// Every managed certificate, in configuration order, indexed by name.
+    certs: RwLock<Served>,
     /// Pending TLS-ALPN-01 challenges by lower-cased domain, with the order that owns each.
     challenges: RwLock<BTreeMap<String, (ChallengeOwner, Arc<CertifiedKey>)>>,
 }
 
 /// One managed certificate's names, and its certificate once there is one.
 type ServedSlot = (Vec<String>, Option<Arc<CertifiedKey>>);
+
+/// The managed certificates and their names' index.
+#[derive(Default)]
+struct Served {
+    /// In configuration order.
+    slots: Vec<ServedSlot>,
+    /// Lower-cased names to their slot (the first configured, should two share one).
+    by_name: HashMap<String, usize>,
+    /// For `*.example.com`, `example.com` to its slot.
+    wildcards: HashMap<String, usize>,
+    /// The first slot in configuration order that has a certificate: what a client without
+    /// SNI gets.
+    first_served: Option<usize>,
+}
+
+impl Served {
+    fn push(&mut self, names: Vec<String>) -> usize {
+        let at = self.slots.len();
+        for name in &names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => self.wildcards.entry(parent.to_owned()).or_insert(at),
+                None => self.by_name.entry(name).or_insert(at),
+            };
+        }
+        self.slots.push((names, None));
+        at
+    }
+
+    fn slot_of(&self, names: &[String]) -> Option<usize> {
+        let first = names.first()?.to_ascii_lowercase();
+        let at = match first.strip_prefix("*.") {
+            Some(parent) => self.wildcards.get(parent),
+            None => self.by_name.get(&first),
+        };
+        at.copied()
+            .filter(|at| self.slots[*at].0.as_slice() == names)
+    }
+
+    fn key(&self, at: Option<&usize>) -> Option<&Arc<CertifiedKey>> {
+        self.slots.get(*at?)?.1.as_ref()
+    }
+
+    /// The certificate for `server_name`: the one naming it, else the wildcard covering it.
+    fn lookup(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
+        let lower;
+        let name = if server_name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = server_name.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            server_name
+        };
+        if let Some(key) = self.key(self.by_name.get(name)) {
+            return Some(key);
+        }
+        let (label, parent) = name.split_once('.')?;
+        if label.is_empty() || label == "*" {
+            return None;
+        }
+        self.key(self.wildcards.get(parent))
+    }
+}
 
 /// Identifies the order task that published a challenge answer, so that it removes only its
 /// own answers (another order for the same name may have replaced them).
@@ -141,7 +190,7 @@ impl fmt::Debug for CertResolver {
         let names: Vec<Vec<String>> = self
             .certs
             .read()
-            .map(|c| c.iter().map(|(n, _)| n.clone()).collect())
+            .map(|c| c.slots.iter().map(|(n, _)| n.clone()).collect())
             .unwrap_or_default();
         f.debug_struct("CertResolver")
             .field("certs", &names)
@@ -153,8 +202,12 @@ impl CertResolver {
     /// A resolver for these certificates (each a list of names), in configuration order:
     /// that order decides which one a client without SNI gets.
     pub(crate) fn for_certificates(certificates: &[Vec<String>]) -> Self {
+        let mut served = Served::default();
+        for names in certificates {
+            served.push(names.clone());
+        }
         Self {
-            certs: RwLock::new(certificates.iter().map(|n| (n.clone(), None)).collect()),
+            certs: RwLock::new(served),
             challenges: RwLock::default(),
         }
     }
@@ -162,10 +215,12 @@ impl CertResolver {
     /// Serves `key` for `names` from now on (replacing the certificate for the same names).
     pub(crate) fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
         let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
-        match certs.iter_mut().find(|(n, _)| n.as_slice() == names) {
-            Some(slot) => slot.1 = Some(key),
-            None => certs.push((names.to_vec(), Some(key))),
-        }
+        let at = match certs.slot_of(names) {
+            Some(at) => at,
+            None => certs.push(names.to_vec()),
+        };
+        certs.slots[at].1 = Some(key);
+        certs.first_served = Some(certs.first_served.map_or(at, |first| first.min(at)));
     }
 
     /// Answers TLS-ALPN-01 validation for `domain` with `key`, on behalf of `owner`, until
@@ -204,14 +259,11 @@ impl CertResolver {
     /// The certificate that would be served for `server_name` (for tests and status).
     pub fn current(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
-        let mut served = certs
-            .iter()
-            .filter_map(|(names, key)| Some((names, key.as_ref()?)));
         match server_name {
-            Some(name) => served.find(|(names, _)| names.iter().any(|n| name_covers(n, name))),
-            None => served.next(),
+            Some(name) => certs.lookup(name),
+            None => certs.key(certs.first_served.as_ref()),
         }
-        .map(|(_, key)| key.clone())
+        .cloned()
     }
 }
 
@@ -269,6 +321,45 @@ mod tests {
             &resolver.current(Some("b.example")).unwrap(),
             &key_b
         ));
+    }
+
+    #[test]
+    fn names_are_looked_up_exactly_then_by_wildcard_whatever_the_case() {
+        let exact = vec!["a.example".to_owned(), "www.a.example".to_owned()];
+        let wildcard = vec!["*.b.example".to_owned()];
+        let resolver = CertResolver::for_certificates(&[exact.clone(), wildcard.clone()]);
+        let key_exact = alpn_challenge_cert("a.example", &[1; 32]).unwrap();
+        let key_wild = alpn_challenge_cert("x.b.example", &[2; 32]).unwrap();
+        resolver.install(&exact, key_exact.clone());
+        resolver.install(&wildcard, key_wild.clone());
+        let served = |name| resolver.current(Some(name));
+        assert!(Arc::ptr_eq(&served("WWW.A.example").unwrap(), &key_exact));
+        assert!(Arc::ptr_eq(&served("x.b.example").unwrap(), &key_wild));
+        assert!(
+            served("b.example").is_none(),
+            "a wildcard covers one more label only"
+        );
+        assert!(served("y.x.b.example").is_none());
+        assert!(served("c.example").is_none());
+        assert!(served(".b.example").is_none());
+        // Ten thousand certificates: the last one is found like the first.
+        let many: Vec<Vec<String>> = (0..10_000)
+            .map(|i| vec![format!("site{i}.example")])
+            .collect();
+        let resolver = CertResolver::for_certificates(&many);
+        resolver.install(&many[9_999], key_exact.clone());
+        assert!(Arc::ptr_eq(
+            &resolver.current(Some("site9999.example")).unwrap(),
+            &key_exact
+        ));
+        assert!(
+            Arc::ptr_eq(&resolver.current(None).unwrap(), &key_exact),
+            "the only one served"
+        );
+        assert!(
+            resolver.current(Some("site0.example")).is_none(),
+            "not served yet"
+        );
     }
 
     #[test]

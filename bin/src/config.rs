@@ -50,6 +50,13 @@ struct RawHttp {
     https_port: Option<Spanned<u16>>,
 }
 
+/// One `[[listeners.certificates]]` entry: the names of one certificate.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    domains: Spanned<Vec<Spanned<String>>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessLog {
@@ -75,6 +82,7 @@ struct RawListener {
     trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     limits: Option<Spanned<RawLimits>>,
     acme_domains: Option<Spanned<Vec<Spanned<String>>>>,
+    certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
     acme_directory: Option<Spanned<String>>,
     acme_contact: Option<Spanned<Vec<String>>>,
     acme_cache_dir: Option<Spanned<PathBuf>>,
@@ -623,6 +631,7 @@ fn manual(
         "acme",
         &[
             (l.acme_domains.is_some(), "acme_domains"),
+            (l.certificates.is_some(), "certificates"),
             (l.acme_directory.is_some(), "acme_directory"),
         ],
     )?;
@@ -672,31 +681,49 @@ fn acme(
             (l.tls_key.is_some(), "tls_key"),
         ],
     )?;
-    let Some(domains) = &l.acme_domains else {
+    // One certificate per group of names: `acme_domains` (the short form), then each
+    // `[[listeners.certificates]]`.
+    let mut groups: Vec<(&Spanned<Vec<Spanned<String>>>, String)> = Vec::new();
+    if let Some(domains) = &l.acme_domains {
+        groups.push((domains, key("acme_domains")));
+    }
+    for (j, certificate) in l.certificates.iter().flat_map(|c| c.get_ref()).enumerate() {
+        groups.push((
+            &certificate.get_ref().domains,
+            key(&format!("certificates[{j}].domains")),
+        ));
+    }
+    let Some((domains, domains_key)) = groups.first().cloned() else {
         return Err(src.error(
             Some(l.tls_mode.span()),
             key("acme_domains"),
-            "an ACME listener needs acme_domains",
+            "an ACME listener needs acme_domains or [[listeners.certificates]] entries",
         ));
     };
-    if domains.get_ref().is_empty() {
-        return Err(src.error(
-            Some(domains.span()),
-            key("acme_domains"),
-            "must list at least one domain",
-        ));
-    }
-    let mut names = Vec::new();
-    for d in domains.get_ref() {
-        if let Err(problem) = certloop_core::validate_dns_name(d.get_ref()) {
+    let mut certificates: Vec<Vec<String>> = Vec::new();
+    for (group, group_key) in &groups {
+        if group.get_ref().is_empty() {
             return Err(src.error(
-                Some(d.span()),
-                key("acme_domains"),
-                format!("{:?}: {problem}", d.get_ref()),
+                Some(group.span()),
+                group_key.clone(),
+                "must list at least one domain",
             ));
         }
-        names.push(d.get_ref().clone());
+        let mut names = Vec::new();
+        for d in group.get_ref() {
+            if let Err(problem) = certloop_core::validate_dns_name(d.get_ref()) {
+                return Err(src.error(
+                    Some(d.span()),
+                    group_key.clone(),
+                    format!("{:?}: {problem}", d.get_ref()),
+                ));
+            }
+            names.push(d.get_ref().clone());
+        }
+        certificates.push(names);
     }
+    let mut certificates = certificates.into_iter();
+    let names = certificates.next().unwrap_or_default();
     // Wildcards, a name listed twice: `AcmeConfig::check` below, reported at acme_domains.
     let directory = match &l.acme_directory {
         Some(d) => Directory::parse(d.get_ref())
@@ -736,6 +763,9 @@ fn acme(
         .directory(directory)
         .challenge(challenge)
         .policy(policy);
+    for names in certificates {
+        config = config.certificate(names);
+    }
     for contact in l
         .acme_contact
         .as_ref()
@@ -763,7 +793,7 @@ fn acme(
                 l.acme_directory.as_ref().map(|d| d.span()),
                 "acme_directory",
             ),
-            "domains" => (Some(domains.span()), "acme_domains"),
+            "domains" => return Err(src.error(Some(domains.span()), domains_key, problem)),
             other => (None, other),
         };
         return Err(src.error(span, key(name), problem));
@@ -909,6 +939,46 @@ mod tests {
         let config = parse(Path::new("/etc/certloop/certloop.toml"), acme_part)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(config.admin.is_some() && config.access_log.is_some() && config.http.is_some());
+    }
+
+    #[test]
+    fn a_listener_lists_several_certificates() {
+        let text = format!(
+            "{ACME}[[listeners.certificates]]\ndomains = [\"shop.example.com\"]\n\
+             [[listeners.certificates]]\ndomains = [\"blog.example.com\", \"www.blog.example.com\"]\n"
+        );
+        let config = parse(Path::new("/etc/certloop.toml"), &text).unwrap();
+        let TlsMode::Acme(acme) = &config.listeners[0].tls else {
+            panic!("acme")
+        };
+        let printed = format!("{acme:?}");
+        assert!(
+            printed.contains("[[\"example.com\"], [\"shop.example.com\"], [\"blog.example.com\", \"www.blog.example.com\"]]"),
+            "{printed}"
+        );
+        let only_groups = text.replace("acme_domains = [\"example.com\"]\n", "");
+        assert!(parse(Path::new("/etc/certloop.toml"), &only_groups).is_ok());
+        let shared = err(&text.replace("shop.example.com", "example.com"));
+        assert!(shared.contains("listeners[0].acme_domains"), "{shared}");
+        let bad = err(&text.replace("\"blog.example.com\",", "\"bl og.example.com\","));
+        assert!(
+            bad.contains(":10: listeners[0].certificates[1].domains"),
+            "{bad}"
+        );
+        let empty = err(&format!("{ACME}[[listeners.certificates]]\ndomains = []\n"));
+        assert!(
+            empty.contains(":8: listeners[0].certificates[0].domains: must list"),
+            "{empty}"
+        );
+        let manual = err(&format!(
+            "{}[[listeners.certificates]]\ndomains = [\"a.example.com\"]\n",
+            ACME.replace("\"acme\"", "\"manual\"")
+                .replace("acme_domains = [\"example.com\"]\n", "")
+        ));
+        assert!(
+            manual.contains("certificates: only for tls_mode = \"acme\""),
+            "{manual}"
+        );
     }
 
     #[test]
