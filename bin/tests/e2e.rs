@@ -500,3 +500,40 @@ fn a_cached_key_that_does_not_match_is_replaced_or_refused() {
     );
     assert_eq!(set_aside(), 2);
 }
+
+#[test]
+fn one_listener_serves_several_certificates_by_name() {
+    let pebble = Pebble::start();
+    let groups = "[[listeners.certificates]]\ndomains = [\"shop.certloop.test\"]\n\
+                  [[listeners.certificates]]\ndomains = [\"blog.certloop.test\", \"www.blog.certloop.test\"]\n";
+    let config = single_listener_config(&pebble, "multi", "main.certloop.test", groups);
+    let mut proxy = Certloop::start(&config, &[], None);
+    proxy.wait_ready();
+    let root = pebble.issuing_root_pem();
+    let mut serials = Vec::new();
+    for name in [
+        "main.certloop.test",
+        "shop.certloop.test",
+        "blog.certloop.test",
+        "www.blog.certloop.test",
+    ] {
+        let (leaf, response) =
+            fetch_verified(pebble.tls_port, name, &root).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(response.starts_with("HTTP/1.1 200"), "{name}: {response}");
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("leaf");
+        serials.push(parsed.raw_serial().to_vec());
+    }
+    assert_eq!(
+        pebble.log().matches("POST /order-plz").count(),
+        3,
+        "one order per certificate"
+    );
+    assert!(
+        serials[0] != serials[1] && serials[1] != serials[2],
+        "three certificates"
+    );
+    assert_eq!(
+        serials[2], serials[3],
+        "one certificate for both blog names"
+    );
+}
