@@ -2,12 +2,13 @@
 # P-256 certificate, the demo upstream, certloop with a manual listener and nginx in front of
 # the same upstream, all on free loopback ports, stopped when the script exits.
 #
-#   bench_setup NAME CERTLOOP_EXTRA NGINX_EVENTS NGINX_LISTEN NGINX_LOCATION_EXTRA
+#   bench_setup NAME CERTLOOP_EXTRA NGINX_EVENTS NGINX_LISTEN NGINX_LOCATION_EXTRA [NGINX_HTTP_EXTRA]
 # sets $dir (target/NAME), $up, $cl (certloop's port) and $ng (nginx's port). CERTLOOP_EXTRA
 # goes at the top of certloop's configuration (e.g. a [limits] table).
 
 bench_setup() {
     local name=$1 certloop_extra=$2 nginx_events=$3 nginx_listen=$4 nginx_location_extra=$5
+    local nginx_http_extra=${6:-}
     if ! command -v nginx >/dev/null || ! command -v h2load >/dev/null || ! command -v python3 >/dev/null; then
         local sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
         "${sudo_cmd[@]}" apt-get update -q
@@ -20,7 +21,7 @@ bench_setup() {
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
     up=$(bench_free_port); cl=$(bench_free_port); ng=$(bench_free_port)
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.local \
-        -addext subjectAltName=DNS:bench.local -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+        -addext subjectAltName=DNS:bench.local -addext basicConstraints=critical,CA:FALSE -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     target/release/demo-upstream "127.0.0.1:$up" 2>/dev/null & pids+=($!)
     cat > "$dir/certloop.toml" <<TOML
 $certloop_extra
@@ -39,6 +40,7 @@ error_log $dir/nginx/error.log crit;
 $nginx_events
 http {
     access_log off;
+    $nginx_http_extra
     upstream app { server 127.0.0.1:$up; keepalive 64; }
     server {
         listen 127.0.0.1:$ng $nginx_listen;

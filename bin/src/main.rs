@@ -168,15 +168,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `check`, and `reload` before it signals: what would stop a start on this machine.
+    if matches!(args.command, Command::Check | Command::Reload) {
+        let problems = preflight::problems(&config);
+        if !problems.is_empty() {
+            for problem in problems {
+                eprintln!("certloop: {}: {problem}", args.config.display());
+            }
+            return ExitCode::from(2);
+        }
+    }
     match args.command {
         Command::Check => {
-            let problems = preflight::problems(&config);
-            if !problems.is_empty() {
-                for problem in problems {
-                    eprintln!("certloop: {}: {problem}", args.config.display());
-                }
-                return ExitCode::from(2);
-            }
             println!(
                 "{}: configuration is valid ({} listeners)",
                 args.config.display(),
@@ -186,13 +189,6 @@ fn main() -> ExitCode {
         }
         Command::Status { json } => return status_command::run(&config, json),
         Command::Reload => {
-            let problems = preflight::problems(&config);
-            if !problems.is_empty() {
-                for problem in problems {
-                    eprintln!("certloop: {}: {problem}", args.config.display());
-                }
-                return ExitCode::from(2);
-            }
             return match pid_file::signal_reload(&config.state_dir) {
                 Ok(pid) => {
                     println!(
