@@ -19,11 +19,11 @@ use crate::handle::{AcmeHandle, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
 use crate::order::AcmeContext;
-use crate::prepared::PreparedCert;
+use crate::prepared::{PreparedCert, prepare};
 use crate::runtime::{Runtime, timeout};
-use crate::status::{AcmeOperation, CertStatus, RequestDurations, ServedCert};
+use crate::status::{AcmeOperation, CertStatus, RequestDurations};
 use crate::store::DirStore;
-use crate::tls::{CertResolver, ChallengeOwner, certified_key_from_bundle};
+use crate::tls::{CertResolver, ChallengeOwner};
 
 /// Watches the driver from outside: the simulator checks its invariants with it after every
 /// step. Calls are made on the driver's own task and must return at once.
@@ -505,34 +505,36 @@ impl<R: Runtime> Driver<R> {
                     }
                 }));
             }
-            Action::InstallCert(cert) => match self.managed[index]
-                .prepared
-                .take()
-                .filter(|prepared| prepared.bundle.is_same(&cert.bundle))
-                .map(|prepared| (Ok(prepared.key), prepared.served))
-                .unwrap_or_else(|| (certified_key_from_bundle(cert.bundle.bytes()), None))
-            {
-                (Ok(key), served) => {
-                    let served = match served {
-                        Some(served) => Ok(served),
-                        None => (key.cert.first())
-                            .map(ServedCert::from_leaf)
-                            .unwrap_or_else(|| Err("no certificate".into())),
-                    };
-                    self.shared.resolver.install(&domains, key);
-                    let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
-                    match (status.get_mut(index), served) {
-                        (Some(slot), Ok(served)) => slot.served = Some(served),
-                        (_, Err(e)) => {
-                            tracing::warn!(domains = %domains.join(","), "served, but its details cannot be read for the status: {e}")
+            Action::InstallCert(cert) => {
+                // Prepared when loaded from the cache; an ordered certificate is parsed here.
+                let prepared = (self.managed[index].prepared.take())
+                    .filter(|prepared| prepared.bundle.is_same(&cert.bundle))
+                    .map_or_else(
+                        || prepare(cert.bundle.bytes().to_vec()).map(|(_, prepared)| prepared),
+                        Ok,
+                    );
+                match prepared {
+                    Ok(prepared) => {
+                        self.shared.resolver.install(&domains, prepared.key);
+                        match prepared.served {
+                            Some(served) => {
+                                let mut status =
+                                    self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+                                if let Some(slot) = status.get_mut(index) {
+                                    slot.served = Some(served);
+                                }
+                            }
+                            None => tracing::warn!(
+                                domains = %domains.join(","),
+                                "served, but its details cannot be read for the status"
+                            ),
                         }
-                        (None, _) => {}
+                    }
+                    Err(e) => {
+                        tracing::error!(domains = %domains.join(","), "cannot serve the certificate: {e}")
                     }
                 }
-                (Err(e), _) => {
-                    tracing::error!(domains = %domains.join(","), "cannot serve the certificate: {e}")
-                }
-            },
+            }
             Action::StoreCert { request, cert } => {
                 let store = self.context.store.clone();
                 let order = store.next_write();

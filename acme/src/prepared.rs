@@ -10,7 +10,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::cache::decode_cert_file;
 use crate::status::ServedCert;
-use crate::tls::certified_key;
+use crate::tls::{certified_key, matching};
 
 /// A bundle's rustls key and status facts.
 pub(crate) struct PreparedCert {
@@ -28,18 +28,7 @@ pub(crate) fn prepare(bytes: Vec<u8>) -> Result<(CertInfo, PreparedCert), String
         .first()
         .and_then(|leaf| ServedCert::from_leaf(leaf).ok());
     let info = file.info.clone();
-    let key = certified_key(file.chain, file.key)?;
-    match key.keys_match() {
-        Ok(()) => {}
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            return Err("the private key does not match the certificate".into());
-        }
-        Err(e) => {
-            return Err(format!(
-                "the private key cannot be checked against the certificate: {e}"
-            ));
-        }
-    }
+    let key = matching(certified_key(file.chain, file.key)?)?;
     Ok((
         info,
         PreparedCert {

@@ -11,6 +11,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use crate::cache::decode_cert_file;
+
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
@@ -68,7 +70,21 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, alpn01: TlsAlpn01) -
 /// the leaf's public key. Whatever reaches the core as usable has passed this check (the cache
 /// on load, an order on completion); the error names the problem, never the key.
 pub fn certified_key_from_bundle(bundle: &[u8]) -> Result<Arc<CertifiedKey>, String> {
-    crate::prepared::prepare(bundle.to_vec()).map(|(_, prepared)| prepared.key)
+    let file = decode_cert_file(bundle).map_err(|e| e.to_string())?;
+    matching(certified_key(file.chain, file.key)?)
+}
+
+/// `key` when its private key matches its leaf's public key; the error never shows the key.
+pub(crate) fn matching(key: Arc<CertifiedKey>) -> Result<Arc<CertifiedKey>, String> {
+    match key.keys_match() {
+        Ok(()) => Ok(key),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err("the private key does not match the certificate".into())
+        }
+        Err(e) => Err(format!(
+            "the private key cannot be checked against the certificate: {e}"
+        )),
+    }
 }
 
 /// Builds a `CertifiedKey` without webpki's end-entity parsing (which refuses the critical
