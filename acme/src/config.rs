@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use certloop_core::{CertConfig, Policy, UnixTime};
 use rustls_pki_types::CertificateDer;
 
+use crate::key_type::KeyType;
 use crate::order::{ChallengeKind, ExternalAccount};
 use crate::store::StoreError;
 
@@ -68,6 +69,8 @@ pub struct AcmeConfig {
     pub(crate) challenge: ChallengeKind,
     pub(crate) extra_roots_files: Vec<PathBuf>,
     pub(crate) eab: Option<(String, String)>,
+    pub(crate) profile: Option<String>,
+    pub(crate) key_type: KeyType,
     pub(crate) policy: Policy,
     pub(crate) retry_now: bool,
 }
@@ -82,6 +85,8 @@ impl fmt::Debug for AcmeConfig {
             .field("challenge", &self.challenge)
             .field("extra_roots_files", &self.extra_roots_files)
             .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
+            .field("profile", &self.profile)
+            .field("key_type", &self.key_type)
             .field("policy", &self.policy)
             .field("retry_now", &self.retry_now)
             .finish()
@@ -112,6 +117,8 @@ impl AcmeConfig {
             challenge: ChallengeKind::TlsAlpn01,
             extra_roots_files: Vec::new(),
             eab: None,
+            profile: None,
+            key_type: KeyType::EcdsaP256,
             policy: Policy::default(),
             retry_now: false,
         }
@@ -167,6 +174,23 @@ impl AcmeConfig {
         self
     }
 
+    /// Orders with this ACME profile (e.g. Let's Encrypt's `shortlived` for six-day
+    /// certificates, `tlsserver` for 45-day ones; default: none, the CA's default). Launch checks
+    /// it against the directory's `meta.profiles` when the CA answers, and fails with
+    /// [`StartError::Config`] (field `profile`, naming what the CA offers) when it is missing.
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// Generates certificate keys of this type (default: ECDSA P-256, which rustls-acme can
+    /// read back; RSA cannot be). A change applies from the next order: the cached certificate
+    /// is served until its renewal.
+    pub fn key_type(mut self, key_type: KeyType) -> Self {
+        self.key_type = key_type;
+        self
+    }
+
     /// Uses this renewal and retry policy.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
@@ -203,6 +227,14 @@ impl AcmeConfig {
         self.policy
             .validate()
             .map_err(|e| invalid("policy", e.to_string()))?;
+        if let Some(profile) = &self.profile {
+            let printable = |b: u8| b.is_ascii_graphic() && b != b'"';
+            if profile.is_empty() || profile.len() > 64 || !profile.bytes().all(printable) {
+                let problem =
+                    format!("{profile:?} is not a profile name (1 to 64 visible characters)");
+                return Err(invalid("profile", problem));
+            }
+        }
         let mut extra_roots = Vec::new();
         for path in &self.extra_roots_files {
             extra_roots.extend(read_roots(path).map_err(|e| invalid("extra_roots_pem", e))?);

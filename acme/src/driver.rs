@@ -20,6 +20,7 @@ use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_time
 use crate::http01::Http01Tokens;
 use crate::order::AcmeContext;
 use crate::prepared::{PreparedCert, prepare};
+use crate::profiles::check_profile;
 use crate::runtime::{Runtime, timeout};
 use crate::status::{AcmeOperation, CertStatus, RequestDurations};
 use crate::store::DirStore;
@@ -174,6 +175,8 @@ pub async fn launch_with<R: Runtime>(
         contacts: config.contacts.clone(),
         transport,
         eab: resolved.eab,
+        profile: config.profile.clone(),
+        key_type: config.key_type,
         store,
         resolver: shared.resolver.clone(),
         tokens: shared.tokens.clone(),
@@ -183,6 +186,22 @@ pub async fn launch_with<R: Runtime>(
         account: async_lock::Mutex::new(None),
         durations: shared.durations.clone(),
     });
+    if let Some(profile) = &config.profile {
+        match check_profile(&context.http_client(), &directory_url, profile).await {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                return Err(StartError::Config {
+                    field: "profile",
+                    problem,
+                });
+            }
+            // Orders check again once the CA answers.
+            Err(e) => tracing::warn!(
+                profile = %profile,
+                "cannot check that the CA offers the ACME profile now: {e}"
+            ),
+        }
+    }
     let now = rt.wall_clock();
     let managed: Vec<Managed> = cert_configs
         .iter()

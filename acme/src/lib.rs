@@ -23,8 +23,10 @@ mod handle;
 mod http01;
 mod http_client;
 mod incoming;
+mod key_type;
 mod order;
 mod prepared;
+mod profiles;
 mod runtime;
 mod status;
 mod store;
@@ -38,6 +40,7 @@ pub use http01::{
     Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
 };
 pub use incoming::{HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, READY_QUEUE};
+pub use key_type::KeyType;
 pub use order::ChallengeKind;
 pub use status::{
     AcmeOperation, CertStatus, DURATION_BUCKETS, DurationHistogram, OrderTally, ServedCert,
@@ -51,7 +54,7 @@ pub use tls::{CertResolver, TlsAlpn01, server_config};
 pub mod embedding {
     pub use crate::{
         AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus, ChallengeKind,
-        DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens,
+        DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens, KeyType,
         LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
         MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
         RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, ServedCert, StartError, StoreError,

@@ -16,6 +16,8 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use crate::cache::{decode_cert_file, encode_cert_file};
 use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
+use crate::key_type::KeyType;
+use crate::profiles::missing_profile;
 use crate::runtime::Runtime;
 use crate::status::{AcmeOperation, RequestDurations};
 use crate::store::DirStore;
@@ -72,6 +74,10 @@ pub(crate) struct AcmeContext<R: Runtime> {
     pub transport: Arc<dyn Transport>,
     /// EAB, if the CA requires it.
     pub eab: Option<ExternalAccount>,
+    /// The ACME profile orders ask for, if any.
+    pub profile: Option<String>,
+    /// The type of the certificate keys generated.
+    pub key_type: KeyType,
     /// The cache directory.
     pub store: Arc<DirStore>,
     /// Where challenge certificates go.
@@ -99,13 +105,18 @@ impl<R: Runtime> AcmeContext<R> {
         answer
     }
 
-    fn builder(&self) -> instant_acme::AccountBuilder {
-        Account::builder_with_http(Box::new(AcmeHttpClient::new(
+    /// The HTTP client requests to the CA go through.
+    pub(crate) fn http_client(&self) -> AcmeHttpClient<R> {
+        AcmeHttpClient::new(
             self.rt.clone(),
             self.transport.clone(),
             self.retry_after.clone(),
             self.request_timeout,
-        )))
+        )
+    }
+
+    fn builder(&self) -> instant_acme::AccountBuilder {
+        Account::builder_with_http(Box::new(self.http_client()))
     }
 
     /// The account for this cache directory: restored from certloop's credentials, adopted
@@ -231,6 +242,15 @@ impl<R: Runtime> AcmeContext<R> {
         owner: ChallengeOwner,
     ) -> Result<Certificate, OrderError> {
         let account = self.account().await?;
+        if let Some(profile) = &self.profile {
+            let offered: Vec<String> = account.profiles().map(|p| p.name.to_owned()).collect();
+            if let Some(detail) = missing_profile(profile, &self.directory_url, &offered) {
+                return Err(OrderError {
+                    kind: FailureKind::Rejected,
+                    detail,
+                });
+            }
+        }
         if let Some(cert) = self.resume_pending(&account, domains).await? {
             return Ok(cert);
         }
@@ -239,7 +259,8 @@ impl<R: Runtime> AcmeContext<R> {
         let replaced_leaf = replacing
             .and_then(|b| decode_cert_file(b.bytes()).ok())
             .and_then(|f| f.chain.into_iter().next());
-        let plain_order = NewOrder::new(&identifiers);
+        let profile = self.profile.as_deref();
+        let plain_order = with_profile(NewOrder::new(&identifiers), profile);
         let replaces = replaced_leaf
             .as_ref()
             .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok());
@@ -247,7 +268,9 @@ impl<R: Runtime> AcmeContext<R> {
             Some(id) => match self
                 .timed(
                     AcmeOperation::NewOrder,
-                    account.new_order(&NewOrder::new(&identifiers).replaces(id)),
+                    account.new_order(
+                        &with_profile(NewOrder::new(&identifiers), profile).replaces(id),
+                    ),
                 )
                 .await
             {
@@ -338,12 +361,15 @@ impl<R: Runtime> AcmeContext<R> {
             }
         }
         drop(guard);
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| {
-            OrderError {
+        // Off the async threads: an RSA 4096 key takes a second or more.
+        let key_type = self.key_type;
+        let key = (self.rt)
+            .unblock(Box::new(move || key_type.generate()))
+            .await
+            .map_err(|e| OrderError {
                 kind: FailureKind::Rejected,
-                detail: format!("key generation: {e}"),
-            }
-        })?;
+                detail: format!("{key_type} key generation: {e}"),
+            })?;
         if order.state().status != OrderStatus::Ready {
             // Already finalized, by a run whose key is not ours to use.
             return Err(OrderError {
@@ -559,6 +585,14 @@ impl<R: Runtime> AcmeContext<R> {
                 detail: "the CA declared the order invalid".into(),
             },
         }
+    }
+}
+
+/// `order`, asking for `profile` if one is configured.
+fn with_profile<'a>(order: NewOrder<'a>, profile: Option<&'a str>) -> NewOrder<'a> {
+    match profile {
+        Some(profile) => order.profile(profile),
+        None => order,
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, Policy, StartError};
+use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, KeyType, Policy, StartError};
 use hyper::Uri;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
@@ -89,6 +89,8 @@ struct RawListener {
     acme_challenge: Option<Spanned<String>>,
     acme_directory_ca: Option<Spanned<PathBuf>>,
     acme_startup_timeout: Option<Spanned<String>>,
+    acme_profile: Option<Spanned<String>>,
+    acme_key_type: Option<Spanned<String>>,
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
 }
@@ -633,6 +635,8 @@ fn manual(
             (l.acme_domains.is_some(), "acme_domains"),
             (l.certificates.is_some(), "certificates"),
             (l.acme_directory.is_some(), "acme_directory"),
+            (l.acme_profile.is_some(), "acme_profile"),
+            (l.acme_key_type.is_some(), "acme_key_type"),
         ],
     )?;
     let (Some(cert), Some(private_key)) = (&l.tls_cert, &l.tls_key) else {
@@ -759,10 +763,19 @@ fn acme(
     if let Some(t) = &l.acme_startup_timeout {
         policy.startup_timeout = duration(src, t, &key("acme_startup_timeout"))?;
     }
+    let key_type = match &l.acme_key_type {
+        None => KeyType::default(),
+        Some(k) => KeyType::parse(k.get_ref())
+            .map_err(|m| src.error(Some(k.span()), key("acme_key_type"), m))?,
+    };
     let mut config = AcmeConfig::new(names, &cache_dir)
         .directory(directory)
         .challenge(challenge)
+        .key_type(key_type)
         .policy(policy);
+    if let Some(profile) = &l.acme_profile {
+        config = config.profile(profile.get_ref().clone());
+    }
     for names in certificates {
         config = config.certificate(names);
     }
@@ -789,6 +802,7 @@ fn acme(
                 "acme_startup_timeout",
             ),
             "contact" => (l.acme_contact.as_ref().map(|c| c.span()), "acme_contact"),
+            "profile" => (l.acme_profile.as_ref().map(|p| p.span()), "acme_profile"),
             "directory" => (
                 l.acme_directory.as_ref().map(|d| d.span()),
                 "acme_directory",
@@ -1108,6 +1122,30 @@ mod tests {
         assert!(
             manual.contains(":6: listeners[0].tls_cert") && manual.contains("/nonexistent.pem"),
             "{manual}"
+        );
+        let key_type = err(&format!("{ACME}acme_key_type = \"ed25519\"\n"));
+        assert!(
+            key_type.contains(":7: listeners[0].acme_key_type")
+                && key_type.contains("ecdsa-p256, ecdsa-p384, rsa-2048, rsa-4096"),
+            "{key_type}"
+        );
+        let profile = err(&format!("{ACME}acme_profile = \"\"\n"));
+        assert!(
+            profile.contains(":7: listeners[0].acme_profile"),
+            "{profile}"
+        );
+        let parsed = parse(
+            Path::new("/etc/certloop.toml"),
+            &format!("{ACME}acme_key_type = \"rsa-2048\"\nacme_profile = \"shortlived\"\n"),
+        )
+        .expect("valid");
+        let TlsMode::Acme(acme) = &parsed.listeners[0].tls else {
+            panic!("not ACME")
+        };
+        let printed = format!("{:?}", acme.as_ref());
+        assert!(
+            printed.contains("key_type: Rsa2048") && printed.contains("Some(\"shortlived\")"),
+            "{printed}"
         );
     }
 }

@@ -60,7 +60,7 @@ use crate::cert_status::CertSources;
 use crate::config::Config;
 use crate::pid_file::PidFile;
 use crate::server::{ListenerContext, TokenLists};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{StartFailure, Supervisor};
 
 /// What to do.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -215,8 +215,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config, args.config, args.retry_now)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("certloop: {e}");
-            ExitCode::from(1)
+            eprintln!("certloop: {}", e.message);
+            ExitCode::from(if e.misconfigured { 2 } else { 1 })
         }
     }
 }
@@ -275,7 +275,7 @@ fn how_to_retry(error: &certloop_tokio::StartError) -> &'static str {
     }
 }
 
-async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), String> {
+async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), StartFailure> {
     let mut signals = Signals::install()?;
     // Every connection and upgraded tunnel runs in here; shutdown waits for them.
     let tracker = TaskTracker::new();

@@ -110,7 +110,7 @@ impl Supervisor {
         &mut self,
         listeners: Vec<Listener>,
         retry_now: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), StartFailure> {
         for spec in listeners {
             let socket = bind(&spec).await?;
             let certificate = self.certificate(&spec, retry_now).await?;
@@ -178,7 +178,7 @@ impl Supervisor {
                     for (_, certificate) in prepared {
                         certificate.stop().await;
                     }
-                    return Err(e);
+                    return Err(e.message);
                 }
             }
         }
@@ -254,7 +254,7 @@ impl Supervisor {
                         certificate
                     }
                     Err(e) => {
-                        tracing::error!("{e}; the listener is not started");
+                        tracing::error!("{}; the listener is not started", e.message);
                         reloaded.failed.push(spec.name.clone());
                         continue;
                     }
@@ -317,7 +317,11 @@ impl Supervisor {
     }
 
     /// The certificate source `spec` asks for: its files, or an ACME launch.
-    async fn certificate(&self, spec: &Listener, retry_now: bool) -> Result<Certificate, String> {
+    async fn certificate(
+        &self,
+        spec: &Listener,
+        retry_now: bool,
+    ) -> Result<Certificate, StartFailure> {
         match &spec.tls {
             TlsMode::Manual { cert, key, loaded } => {
                 let resolver =
@@ -339,11 +343,13 @@ impl Supervisor {
                 } else {
                     acme.as_ref().clone()
                 };
-                let handle = launch(acme).await.map_err(|e| {
-                    format!(
+                let handle = launch(acme).await.map_err(|e| StartFailure {
+                    message: format!(
                         "listener {}: {e}; check acme_cache_dir (or state_dir) and the ACME settings",
                         spec.name
-                    )
+                    ),
+                    // The CA said no to the configuration itself (an ACME profile it lacks).
+                    misconfigured: matches!(e, StartError::Config { .. }),
                 })?;
                 Ok(Certificate {
                     server_config: handle.server_config(),
@@ -375,6 +381,23 @@ impl Supervisor {
             .tokens
             .write()
             .unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+}
+
+/// Why the proxy could not start; `misconfigured` failures exit with status 2, like an invalid
+/// configuration file.
+#[derive(Debug)]
+pub(crate) struct StartFailure {
+    pub(crate) message: String,
+    pub(crate) misconfigured: bool,
+}
+
+impl From<String> for StartFailure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            misconfigured: false,
+        }
     }
 }
 

@@ -703,3 +703,41 @@ fn a_start_refused_by_a_persisted_backoff_says_how_to_order_at_once() {
     );
     fetch_verified(pebble.tls_port, domain, &pebble.issuing_root_pem()).expect("served");
 }
+
+#[test]
+fn an_acme_profile_the_ca_lacks_exits_2_naming_the_listener_and_what_it_offers() {
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    proxy.offer_profiles(&["classic", "tlsserver"]);
+    let config = config(&pebble, &proxy, "short", "profile.certloop.test", "20s");
+    let text =
+        std::fs::read_to_string(&config).expect("config") + "acme_profile = \"shortlived\"\n";
+    std::fs::write(&config, text).expect("config");
+    let mut certloop = Certloop::start(&config, &[], None);
+    assert_eq!(
+        certloop.wait_exit(Duration::from_secs(30)),
+        2,
+        "{}",
+        certloop.log()
+    );
+    let last = certloop.log().lines().last().unwrap_or_default().to_owned();
+    for wanted in [
+        "listener short",
+        "\"shortlived\"",
+        "it offers: classic, tlsserver",
+    ] {
+        assert!(last.contains(wanted), "{wanted:?} missing: {last}");
+    }
+    assert!(proxy.new_orders().is_empty(), "nothing was ordered");
+    // Offered: the order asks for it, and the listener serves.
+    proxy.offer_profiles(&["classic", "shortlived"]);
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    fetch_verified(pebble.tls_port, "profile.certloop.test", &root).expect("served");
+    let sent = proxy.new_orders();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|order| order["profile"] == "shortlived"),
+        "{sent:?}"
+    );
+}

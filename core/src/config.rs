@@ -33,8 +33,15 @@ impl Ratio {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Renew when this fraction of the certificate's lifetime remains (default 1/3: 30 days of a
-    /// 90-day certificate, 2 days of a 6-day one).
+    /// 90-day certificate, 15 days of a 45-day one). Short-lived certificates use
+    /// `short_lived_renew_when_remaining` instead.
     pub renew_when_remaining: Ratio,
+    /// Certificates that live this long or less are short-lived (default 10 days: Let's
+    /// Encrypt's six-day `shortlived` profile, not its 45-day `tlsserver`).
+    pub short_lived_up_to: Duration,
+    /// Renew a short-lived certificate when this fraction of its lifetime remains (default 1/2:
+    /// 3 days of a 6-day certificate, so a CA outage of two days still leaves a day to renew).
+    pub short_lived_renew_when_remaining: Ratio,
     /// Renewal moves earlier by a seeded random part of the lifetime up to this fraction
     /// (default 1/60: up to 1.5 days for 90 days), so a fleet does not renew in the same second.
     pub renewal_spread: Ratio,
@@ -64,6 +71,8 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             renew_when_remaining: Ratio::new(1, 3),
+            short_lived_up_to: Duration::from_secs(10 * 86_400),
+            short_lived_renew_when_remaining: Ratio::new(1, 2),
             renewal_spread: Ratio::new(1, 60),
             startup_timeout: Duration::from_secs(30),
             startup_retry_min: Duration::from_secs(1),
@@ -78,12 +87,28 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The part of a certificate living `lifetime` that is left when it is renewed (before the
+    /// spread): `short_lived_renew_when_remaining` up to `short_lived_up_to`,
+    /// `renew_when_remaining` beyond.
+    pub fn renewal_threshold(&self, lifetime: Duration) -> Duration {
+        let fraction = if lifetime <= self.short_lived_up_to {
+            self.short_lived_renew_when_remaining
+        } else {
+            self.renew_when_remaining
+        };
+        fraction.of(lifetime)
+    }
+
     /// Checks that the policy cannot produce a tight loop or a renewal that never happens.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ratio_ok = |r: Ratio| r.den != 0 && r.num < r.den;
-        if !ratio_ok(self.renew_when_remaining) || self.renew_when_remaining.num == 0 {
+        let renewal_ok = |r: Ratio| ratio_ok(r) && r.num != 0;
+        if !renewal_ok(self.renew_when_remaining)
+            || !renewal_ok(self.short_lived_renew_when_remaining)
+        {
             return Err(ConfigError::Policy(
-                "renew_when_remaining must be a fraction strictly between 0 and 1",
+                "renew_when_remaining and short_lived_renew_when_remaining must be fractions \
+                 strictly between 0 and 1",
             ));
         }
         if !ratio_ok(self.renewal_spread) {
@@ -253,9 +278,13 @@ impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "renew at {}/{} remaining (spread {}/{}), startup {} (retry {}..{}), retry {}..{}",
+            "renew at {}/{} remaining ({}/{} up to {}; spread {}/{}), startup {} (retry {}..{}), \
+             retry {}..{}",
             self.renew_when_remaining.num,
             self.renew_when_remaining.den,
+            self.short_lived_renew_when_remaining.num,
+            self.short_lived_renew_when_remaining.den,
+            Human(self.short_lived_up_to),
             self.renewal_spread.num,
             self.renewal_spread.den,
             Human(self.startup_timeout),
@@ -270,6 +299,23 @@ impl fmt::Display for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_lived_certificates_renew_at_half_their_lifetime_longer_ones_at_a_third() {
+        let policy = Policy::default();
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(policy.renewal_threshold(hours(160)), hours(80));
+        assert_eq!(policy.renewal_threshold(hours(240)), hours(120), "ten days is short");
+        assert_eq!(policy.renewal_threshold(hours(45 * 24)), hours(15 * 24));
+        assert_eq!(policy.renewal_threshold(hours(90 * 24)), hours(30 * 24));
+        let just_over = hours(240) + Duration::from_millis(3);
+        assert_eq!(policy.renewal_threshold(just_over), just_over / 3);
+        let bad = Policy {
+            short_lived_renew_when_remaining: Ratio::new(1, 1),
+            ..Policy::default()
+        };
+        assert!(bad.validate().is_err());
+    }
 
     #[test]
     fn validates_names() {

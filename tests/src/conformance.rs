@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use certloop_acme::testing::DirStore;
-use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, Directory, LifecycleEvent, StartError};
+use certloop_acme::{
+    AcmeConfig, AcmeHandle, ChallengeKind, Directory, KeyType, LifecycleEvent, StartError,
+};
 use certloop_core::{Policy, Ratio};
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -229,7 +231,7 @@ pub fn restart_with_ca_down_serves_cached_and_warns<A: Adapter>(a: &A) {
     stop(first, &cache);
     pebble.stop_ca();
     let policy = Policy {
-        renew_when_remaining: Ratio::new(99, 100),
+        short_lived_renew_when_remaining: Ratio::new(99, 100),
         ..Policy::default()
     };
     let handle = a
@@ -489,4 +491,67 @@ pub fn ari_window_triggers_a_renewal<A: Adapter>(a: &A) {
                 >= 2
         },
     );
+}
+
+/// An ACME profile the CA does not offer fails the launch, naming what it offers; one it
+/// offers is sent with every new order (against the fault proxy, which adds profiles to
+/// Pebble's directory).
+pub fn profile_is_checked_at_launch_and_sent_with_orders<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let proxy = crate::fault_proxy::FaultProxy::start(&pebble);
+    proxy.offer_profiles(&["classic", "shortlived"]);
+    let cache = pebble.scratch("cache");
+    let names = ["profile.certloop.test"];
+    let through_proxy = |profile: &str| {
+        config(&pebble, &names, &cache)
+            .directory_url(&proxy.directory_url)
+            .profile(profile)
+    };
+    match a.launch(through_proxy("tlsserver")) {
+        Err(StartError::Config { field, problem }) => {
+            assert_eq!(field, "profile");
+            assert!(
+                problem.contains("\"tlsserver\"") && problem.contains("classic, shortlived"),
+                "{problem}"
+            );
+        }
+        other => panic!("a profile the CA lacks was accepted: {:?}", other.err()),
+    }
+    assert_eq!(orders(&pebble), 0, "nothing was ordered");
+    let handle = start_serving(a, &pebble, through_proxy("shortlived"))
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
+    fetch_verified(pebble.tls_port, names[0], &pebble.issuing_root_pem()).expect("served");
+    let sent = proxy.new_orders();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["profile"], "shortlived", "{sent:?}");
+    drop(handle);
+}
+
+/// Every key type is generated, issued by Pebble, served and reported.
+pub fn key_types_are_issued_and_served<A: Adapter>(a: &A) {
+    // RSA 4096 only differs from 2048 in its size; it costs seconds to generate.
+    for key_type in [KeyType::EcdsaP384, KeyType::Rsa2048] {
+        // A Pebble each: the adapter's TLS server keeps Pebble's validation port.
+        let pebble = Pebble::start();
+        let root = pebble.issuing_root_pem();
+        let name = format!("{key_type}.certloop.test");
+        let cache = pebble.scratch(key_type.name());
+        let config = config(&pebble, &[name.as_str()], &cache).key_type(key_type);
+        let handle = start_serving(a, &pebble, config)
+            .unwrap_or_else(|e| panic!("{}: {key_type}: {e}\n{}", A::NAME, pebble.log()));
+        let (leaf, _) = fetch_verified(pebble.tls_port, &name, &root).expect("verified");
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("leaf");
+        let served_key = match parsed.public_key().parsed().expect("public key") {
+            x509_parser::public_key::PublicKey::EC(point) => format!("ecdsa-p{}", point.key_size()),
+            x509_parser::public_key::PublicKey::RSA(rsa) => format!("rsa-{}", rsa.key_size()),
+            other => panic!("unexpected key {other:?}"),
+        };
+        assert_eq!(served_key, key_type.name());
+        let status = handle.status();
+        assert_eq!(
+            status[0].served.as_ref().expect("served").key_type,
+            key_type.name()
+        );
+        stop(handle, &cache);
+    }
 }

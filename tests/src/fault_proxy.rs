@@ -3,7 +3,8 @@
 //! its URLs from it, so every URL it hands out points back at the proxy and JWS `url` fields
 //! match), unless the current [`FaultPlan`] says to answer a request itself: an error status
 //! with or without a problem document and Retry-After, garbage, a stall, a slow answer or a
-//! reset connection.
+//! reset connection. It can also add ACME profiles to the directory (Pebble 2.4 has none) and
+//! records the payload of every new order, so tests see which profile was asked for.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,6 +98,8 @@ pub struct FaultProxy {
     plan: Arc<Mutex<Option<FaultPlan>>>,
     requests: Arc<Mutex<Vec<String>>>,
     faulted: Arc<AtomicUsize>,
+    profiles: Arc<Mutex<Vec<String>>>,
+    new_orders: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl FaultProxy {
@@ -129,6 +132,8 @@ impl FaultProxy {
             requests: Arc::new(Mutex::new(Vec::new())),
             faulted: Arc::new(AtomicUsize::new(0)),
             bad_nonce_seen: Mutex::new(Vec::new()),
+            profiles: Arc::new(Mutex::new(Vec::new())),
+            new_orders: Arc::new(Mutex::new(Vec::new())),
         });
         let serving = context.clone();
         let port = crate::serve_in_background(move |listener| async move {
@@ -144,7 +149,24 @@ impl FaultProxy {
             plan: context.plan.clone(),
             requests: context.requests.clone(),
             faulted: context.faulted.clone(),
+            profiles: context.profiles.clone(),
+            new_orders: context.new_orders.clone(),
         }
+    }
+
+    /// From now on, the directory lists these profiles in `meta.profiles` (Pebble issues the
+    /// same certificates whichever is asked for).
+    pub fn offer_profiles(&self, names: &[&str]) {
+        *self.profiles.lock().unwrap_or_else(|e| e.into_inner()) =
+            names.iter().map(|n| (*n).to_owned()).collect();
+    }
+
+    /// The JWS payload of every new-order request so far.
+    pub fn new_orders(&self) -> Vec<serde_json::Value> {
+        self.new_orders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Puts `plan` in force (`None`: forward everything).
@@ -174,6 +196,8 @@ struct Context {
     requests: Arc<Mutex<Vec<String>>>,
     faulted: Arc<AtomicUsize>,
     bad_nonce_seen: Mutex<Vec<String>>,
+    profiles: Arc<Mutex<Vec<String>>>,
+    new_orders: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 /// What to do with one request.
@@ -271,6 +295,12 @@ impl Context {
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let path = parts.uri.path().to_owned();
+        if Path::NewOrder.matches(&path)
+            && let Some(payload) = jws_payload(&body)
+        {
+            (self.new_orders.lock().unwrap_or_else(|e| e.into_inner())).push(payload);
+        }
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.upstream_port))
             .await
             .map_err(|e| e.to_string())?;
@@ -290,10 +320,40 @@ impl Context {
             .send_request(Request::from_parts(parts, Full::new(body)))
             .await
             .map_err(|e| e.to_string())?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let (mut parts, body) = response.into_parts();
+        let mut body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let profiles = self
+            .profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if Path::Directory.matches(&path) && !profiles.is_empty() {
+            let mut directory: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            let offered: serde_json::Map<String, serde_json::Value> = (profiles.into_iter())
+                .map(|name| {
+                    (
+                        name.clone(),
+                        format!("https://ca.test/profiles#{name}").into(),
+                    )
+                })
+                .collect();
+            directory["meta"]["profiles"] = offered.into();
+            body = Bytes::from(directory.to_string());
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
         Ok(Response::from_parts(parts, Full::new(body)))
     }
+}
+
+/// The decoded payload of a flattened JWS (`{"protected", "payload", "signature"}`).
+fn jws_payload(body: &[u8]) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let jws: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jws["payload"].as_str()?)
+        .ok()?;
+    serde_json::from_slice(&payload).ok()
 }
 
 fn status_answer(

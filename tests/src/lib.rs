@@ -25,7 +25,7 @@ pub mod upstream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-pub use sim::{Report, Sim, SimConfig, Violation};
+pub use sim::{Report, Sim, SimConfig, SimKind, Violation};
 
 /// Binds a free loopback port and runs `serve` on it in a background thread with its own
 /// tokio runtime, for the rest of the test process. Returns the port.
@@ -84,14 +84,20 @@ pub struct Summary {
     pub total: Report,
 }
 
-/// Runs seeds `first..first + count`, each for `days`, on `threads` threads. Stops at the first
-/// violation (the lowest failing seed among those run).
-pub fn run_seeds(first: u64, count: u64, days: u64, threads: usize) -> Result<Summary, Violation> {
+/// Runs seeds `first..first + count` of the family `kind`, each for `days`, on `threads`
+/// threads. Stops at the first violation (the lowest failing seed among those run).
+pub fn run_seeds(
+    kind: SimKind,
+    first: u64,
+    count: u64,
+    days: u64,
+    threads: usize,
+) -> Result<Summary, Violation> {
     let reports = over_seeds(
         first,
         count,
         threads,
-        |seed| Sim::new(SimConfig::from_seed(seed, days), false).run(),
+        |seed| Sim::new(kind.config(seed, days), false).run(),
         |v| v.seed,
     )?;
     let mut summary = Summary::default();

@@ -110,6 +110,39 @@ pub struct SimConfig {
     pub certs: Vec<CertSpec>,
     /// Fault rates.
     pub rates: Rates,
+    /// Which family of runs this is.
+    pub kind: SimKind,
+}
+
+/// The families of simulated runs, each derived from a seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimKind {
+    /// Swarm testing: any certificates, any fault mix ([`SimConfig::from_seed`]).
+    Swarm,
+    /// Six-day certificates through CA outages of up to two days
+    /// ([`SimConfig::short_lived_outages`]). Outages never overlap and are at least half a
+    /// lifetime apart, and no fault can make a certificate lapse on its own (no rejections,
+    /// rate limits, wrong or short certificates, clock jumps or corrupt caches): a certificate
+    /// once served must never lapse.
+    ShortLivedOutages,
+}
+
+impl SimKind {
+    /// The run this family derives from `seed`.
+    pub fn config(self, seed: u64, days: u64) -> SimConfig {
+        match self {
+            Self::Swarm => SimConfig::from_seed(seed, days),
+            Self::ShortLivedOutages => SimConfig::short_lived_outages(seed, days),
+        }
+    }
+
+    /// The `certloop-sim` argument that selects this family.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Swarm => "",
+            Self::ShortLivedOutages => " --short-lived",
+        }
+    }
 }
 
 impl SimConfig {
@@ -168,6 +201,51 @@ impl SimConfig {
             heal_day,
             certs,
             rates,
+            kind: SimKind::Swarm,
+        }
+    }
+
+    /// Six-day (160-hour) certificates through CA outages of up to two days each, with the
+    /// faults a certificate must survive (unreachable, 5xx, slow answers, failed writes,
+    /// crashes, ARI or not): once served, a certificate must never lapse.
+    pub fn short_lived_outages(seed: u64, days: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x5EED_0F5E_ED00_0006);
+        let count = 1 + rng.up_to(2) as usize;
+        let certs = (0..count)
+            .map(|i| CertSpec {
+                domains: vec![format!("short{i}.example")],
+                lifetime: Duration::from_secs(160 * 3600),
+                // A cached certificate with at least half its life left: less would be due, and
+                // could lapse in an outage that begins at the start.
+                initial: match rng.up_to(1) {
+                    0 => InitialCache::Missing,
+                    _ => InitialCache::Valid(50 + rng.up_to(50) as u8),
+                },
+            })
+            .collect();
+        let mut rate = |max: u64| if rng.chance(1, 4) { 0 } else { rng.up_to(max) };
+        let rates = Rates {
+            outage_per_day: 10 + rate(40),
+            outage_max_hours: 48,
+            unreachable: rate(15),
+            server_error: rate(20),
+            slow: rate(20),
+            store_fail: rate(30),
+            crash_per_day: rate(10),
+            ari_urgent: rate(5),
+            ..Rates::default()
+        };
+        let rates = Rates {
+            ari: if rng.chance(1, 3) { 100 } else { 0 },
+            ..rates
+        };
+        Self {
+            seed,
+            days,
+            heal_day: days.saturating_sub(15).max(days * 2 / 3),
+            certs,
+            rates,
+            kind: SimKind::ShortLivedOutages,
         }
     }
 }
@@ -177,16 +255,19 @@ impl fmt::Display for SimConfig {
         let r = &self.rates;
         write!(
             f,
-            "SEED={} days={} heal_day={} certs=[",
-            self.seed, self.days, self.heal_day
+            "SEED={}{} days={} heal_day={} certs=[",
+            self.seed,
+            self.kind.flag(),
+            self.days,
+            self.heal_day
         )?;
         for (i, c) in self.certs.iter().enumerate() {
             let sep = if i == 0 { "" } else { " " };
             write!(
                 f,
-                "{sep}{}x{}d/{:?}",
+                "{sep}{}x{}h/{:?}",
                 c.domains.len(),
-                c.lifetime.as_secs() / 86_400,
+                c.lifetime.as_secs() / 3600,
                 c.initial
             )?;
         }
@@ -243,6 +324,8 @@ pub struct Report {
 pub struct Violation {
     /// The seed.
     pub seed: u64,
+    /// The family of runs the seed is of.
+    pub kind: SimKind,
     /// The step at which it was detected.
     pub step: u64,
     /// Simulated time since start.
@@ -256,12 +339,13 @@ impl fmt::Display for Violation {
         write!(
             f,
             "seed {} violated an invariant at step {} (+{}): {}\nreproduce with: \
-             cargo run -p certloop-tests --bin certloop-sim -- --seed {} --verbose",
+             cargo run -p certloop-tests --bin certloop-sim -- --seed {}{} --verbose",
             self.seed,
             self.step,
             certloop_core::Human(self.at),
             self.message,
-            self.seed
+            self.seed,
+            self.kind.flag()
         )
     }
 }
@@ -376,12 +460,20 @@ impl Sim {
         let mut rng = SplitMix64::new(cfg.seed);
         let policy = Arc::new(Policy::default());
         let fleet = CertFleet::new(policy.clone()).expect("default policy is valid");
-        let mut outages = Vec::new();
+        let mut outages: Vec<(u64, u64)> = Vec::new();
+        // Half the shortest lifetime between two outages, when certificates must never lapse.
+        let apart = (cfg.certs.iter())
+            .map(|c| c.lifetime.as_millis() as u64 / 2)
+            .min()
+            .filter(|_| cfg.kind == SimKind::ShortLivedOutages)
+            .unwrap_or(0);
         for day in 0..cfg.heal_day {
             if rng.chance(cfg.rates.outage_per_day, 100) {
                 let start = START + day * DAY + rng.up_to(DAY);
                 let len = MINUTE + rng.up_to(cfg.rates.outage_max_hours * HOUR);
-                outages.push((start, start + len));
+                if outages.last().is_none_or(|&(_, end)| start >= end + apart) {
+                    outages.push((start, start + len));
+                }
             }
         }
         let tracks = cfg
@@ -467,6 +559,7 @@ impl Sim {
             if let Err(message) = self.step(next.what) {
                 return Err(Violation {
                     seed: self.cfg.seed,
+                    kind: self.cfg.kind,
                     step: self.report.steps,
                     at: Duration::from_millis(self.now - START),
                     message,
@@ -476,6 +569,7 @@ impl Sim {
         if let Err(message) = self.check_converged(true) {
             return Err(Violation {
                 seed: self.cfg.seed,
+                kind: self.cfg.kind,
                 step: self.report.steps,
                 at: Duration::from_millis(self.now - START),
                 message,
@@ -979,6 +1073,15 @@ impl Sim {
                     "cert{cert}: the served certificate is not the last one installed"
                 ));
             }
+            if self.cfg.kind == SimKind::ShortLivedOutages
+                && let Some(served) = track.invariants.installed()
+                && !served.is_valid_at(track.clock)
+            {
+                return Err(format!(
+                    "cert{cert}: the served certificate lapsed at {} (now {})",
+                    served.not_after, track.clock
+                ));
+            }
             if let Some(due) = track.retry_due_by
                 && track.clock > due
             {
@@ -1007,7 +1110,7 @@ impl Sim {
             };
             // Healed: the wall clock is true time again.
             let now = self.observed();
-            let threshold = self.policy.renew_when_remaining.of(info.lifetime());
+            let threshold = self.policy.renewal_threshold(info.lifetime());
             let remaining = info.not_after.saturating_since(now);
             if !info.is_valid_at(now) || remaining + Duration::from_secs(60) < threshold {
                 return Err(format!(

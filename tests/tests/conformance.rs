@@ -30,4 +30,6 @@ conformance!(
     external_account_binding,
     unwritable_cache_dir_is_reported,
     ari_window_triggers_a_renewal,
+    profile_is_checked_at_launch_and_sent_with_orders,
+    key_types_are_issued_and_served,
 );

@@ -3,7 +3,7 @@
 //! `SIM_SEED=n` runs one seed (printing its configuration); `SIM_FIRST`/`SIM_COUNT` choose the
 //! range (default: seeds 0..10000). A failure prints the command that reproduces it.
 
-use certloop_tests::{Sim, SimConfig, YEAR_DAYS, default_threads, env_u64, run_seeds};
+use certloop_tests::{Sim, SimConfig, SimKind, YEAR_DAYS, default_threads, env_u64, run_seeds};
 
 #[test]
 fn ten_thousand_simulated_years_hold_every_invariant() {
@@ -19,7 +19,7 @@ fn ten_thousand_simulated_years_hold_every_invariant() {
     let first = env_u64("SIM_FIRST", 0);
     let count = env_u64("SIM_COUNT", 10_000);
     let started = std::time::Instant::now();
-    match run_seeds(first, count, YEAR_DAYS, default_threads()) {
+    match run_seeds(SimKind::Swarm, first, count, YEAR_DAYS, default_threads()) {
         Ok(summary) => {
             println!(
                 "seeds {first}..{}: {summary} in {:.1?}",
@@ -37,6 +37,29 @@ fn ten_thousand_simulated_years_hold_every_invariant() {
                 "{v}\n(or: SIM_SEED={} cargo test -p certloop-tests --test simulation)",
                 v.seed
             );
+        }
+    }
+}
+
+/// Six-day certificates (160 hours) through CA outages of up to two days each, among other
+/// faults: once a certificate is served it never lapses (`SimKind::ShortLivedOutages`).
+#[test]
+fn six_day_certificates_survive_two_day_outages_without_lapsing() {
+    let (first, count) = (env_u64("SIM_FIRST", 0), env_u64("SIM_COUNT", 10_000) / 5);
+    match run_seeds(
+        SimKind::ShortLivedOutages,
+        first,
+        count,
+        120,
+        default_threads(),
+    ) {
+        Ok(summary) => {
+            println!("short-lived seeds {first}..{}: {summary}", first + count);
+            assert!(summary.total.order_failures > 0 && summary.total.installs > 10 * count);
+        }
+        Err(v) => {
+            println!("{}", SimKind::ShortLivedOutages.config(v.seed, 120));
+            panic!("{v}");
         }
     }
 }

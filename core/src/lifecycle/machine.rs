@@ -624,7 +624,7 @@ impl Machine {
     /// `not_after` minus the renewal threshold, minus a seeded spread.
     fn renewal_time(&mut self, info: &CertInfo) -> UnixTime {
         let lifetime = info.lifetime();
-        let threshold = self.policy.renew_when_remaining.of(lifetime);
+        let threshold = self.policy.renewal_threshold(lifetime);
         let spread = self.jitter(self.policy.renewal_spread.of(lifetime));
         info.not_after
             .saturating_sub(threshold)

@@ -1,9 +1,10 @@
 //! `fleet-bench`: how fast the core simulates certificate-years, and how much memory a managed
 //! certificate costs. Not a test: run it with
-//! `cargo run --release -p certloop-tests --bin fleet-bench [-- CERTS]` (default 1,000,000).
+//! `cargo run --release -p certloop-tests --bin fleet-bench [-- CERTS [LIFETIME_HOURS]]`
+//! (default 1,000,000 certificates of 90 days; `-- 1000000 160` for six-day certificates).
 //!
-//! A `CertFleet` manages every certificate; a fake CA answers each action at once (90-day
-//! certificates, stores succeed, no ARI). The clock jumps from wake to wake over one simulated
+//! A `CertFleet` manages every certificate; a fake CA answers each action at once (certificates
+//! of the lifetime asked, stores succeed, no ARI). The clock jumps from wake to wake over one simulated
 //! year. The baseline, measured in the same run, is the same year for 1,000 certificates: the
 //! ratio of per-event costs shows whether cost per event grows with the fleet.
 
@@ -16,10 +17,10 @@ use certloop_core::{
 };
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
-const LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
 struct Run {
     certs: usize,
+    orders: u64,
     events: u64,
     elapsed: Duration,
     rss_per_cert: f64,
@@ -34,7 +35,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn run(certs: usize) -> Run {
+fn run(certs: usize, lifetime: Duration) -> Run {
     let start = UnixTime::from_secs(1_800_000_000);
     let end = start.saturating_add(YEAR);
     // One shared bundle: certificate bytes are excluded from the per-certificate figure.
@@ -47,7 +48,7 @@ fn run(certs: usize) -> Run {
         ids.push(fleet.insert(start, &config));
     }
     let started = Instant::now();
-    let mut events = 0u64;
+    let (mut events, mut orders) = (0u64, 0u64);
     let mut replies: Vec<(CertId, Event)> = Vec::new();
     let mut now = start;
     loop {
@@ -58,9 +59,10 @@ fn run(certs: usize) -> Run {
                     retry: None,
                 }),
                 Action::StartOrder { order, domains, .. } => {
+                    orders += 1;
                     let info = CertInfo {
                         not_before: now,
-                        not_after: now.saturating_add(LIFETIME),
+                        not_after: now.saturating_add(lifetime),
                         names: domains.clone(),
                     };
                     let cert = Certificate {
@@ -106,6 +108,7 @@ fn run(certs: usize) -> Run {
     }
     Run {
         certs,
+        orders,
         events,
         elapsed,
         rss_per_cert,
@@ -117,14 +120,21 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("CERTS must be a whole number"))
         .unwrap_or(1_000_000);
-    let baseline = run(1_000);
-    let full = run(certs);
+    let hours: u64 = std::env::args()
+        .nth(2)
+        .map(|a| a.parse().expect("LIFETIME_HOURS must be a whole number"))
+        .unwrap_or(90 * 24);
+    let lifetime = Duration::from_secs(hours * 3600);
+    println!("certificates of {hours} hours, renewed per the default policy, for one year");
+    let baseline = run(1_000, lifetime);
+    let full = run(certs, lifetime);
     let per_event = |r: &Run| r.elapsed.as_secs_f64() / r.events as f64 * 1e9;
     for r in [&baseline, &full] {
         println!(
-            "{:>9} certificates x 1 year: {:>10} events in {:>7.2?} = {:>12.0} certificate-years/s, \
-             {:>6.0} ns/event, {:>6.0} bytes RSS/certificate",
+            "{:>9} certificates x 1 year: {:>6.1} orders each, {:>10} events in {:>7.2?} = \
+             {:>12.0} certificate-years/s, {:>6.0} ns/event, {:>6.0} bytes RSS/certificate",
             r.certs,
+            r.orders as f64 / r.certs as f64,
             r.events,
             r.elapsed,
             r.certs as f64 / r.elapsed.as_secs_f64(),

@@ -4,14 +4,16 @@
 //! certloop-sim --seed 42 --verbose       # one seed, every step printed
 //! certloop-sim --first 0 --count 100000  # a soak over many seeds
 //! certloop-sim --random --count 1000     # seeds from the clock (printed), for nightly runs
+//! certloop-sim --short-lived --count 1000 # six-day certificates through two-day CA outages
 //! ```
 
 use std::process::ExitCode;
 
-use certloop_tests::{Sim, SimConfig, YEAR_DAYS, default_threads, run_seeds};
+use certloop_tests::{Sim, SimKind, YEAR_DAYS, default_threads, run_seeds};
 
 fn main() -> ExitCode {
     let mut seed = None;
+    let mut kind = SimKind::Swarm;
     let (mut first, mut count, mut days, mut verbose, mut random) =
         (0, 1000, YEAR_DAYS, false, false);
     let mut args = std::env::args().skip(1);
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
             "--days" => days = number("--days"),
             "--verbose" => verbose = true,
             "--random" => random = true,
+            "--short-lived" => kind = SimKind::ShortLivedOutages,
             other => {
                 eprintln!(
                     "certloop-sim: unknown argument {other:?} (see the source header for usage)"
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
         println!("random seeds start at {first}");
     }
     if let Some(seed) = seed {
-        let cfg = SimConfig::from_seed(seed, days);
+        let cfg = kind.config(seed, days);
         println!("{cfg}");
         return match Sim::new(cfg, verbose).run() {
             Ok(report) => {
@@ -60,13 +63,13 @@ fn main() -> ExitCode {
         };
     }
     let started = std::time::Instant::now();
-    match run_seeds(first, count, days, default_threads()) {
+    match run_seeds(kind, first, count, days, default_threads()) {
         Ok(summary) => {
             println!("ok: {summary} in {:.1?}", started.elapsed());
             ExitCode::SUCCESS
         }
         Err(violation) => {
-            println!("{}", SimConfig::from_seed(violation.seed, days));
+            println!("{}", kind.config(violation.seed, days));
             println!("FAILED: {violation}");
             ExitCode::FAILURE
         }
