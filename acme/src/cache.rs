@@ -147,17 +147,30 @@ pub(crate) fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, CacheError
     Ok(CertInfo {
         not_before,
         not_after,
-        names: dns_names(&cert).into(),
+        names: san_names(&cert).into(),
     })
 }
 
-/// The DNS names of a certificate's subjectAltName extension.
-pub(crate) fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+/// The DNS names and IP addresses (canonical form) of a certificate's subjectAltName
+/// extension.
+pub(crate) fn san_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                names.push((*dns).to_owned());
+            match name {
+                GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
             }
         }
     }

@@ -23,6 +23,7 @@ mod handle;
 mod http01;
 mod http_client;
 mod incoming;
+mod ip_identifier;
 mod key_type;
 mod order;
 mod prepared;

@@ -16,6 +16,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use crate::cache::{decode_cert_file, encode_cert_file};
 use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
+use crate::ip_identifier::{identifier_of, reverse_dns_name};
 use crate::key_type::KeyType;
 use crate::profiles::missing_profile;
 use crate::runtime::Runtime;
@@ -254,8 +255,7 @@ impl<R: Runtime> AcmeContext<R> {
         if let Some(cert) = self.resume_pending(&account, domains).await? {
             return Ok(cert);
         }
-        let identifiers: Vec<Identifier> =
-            domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        let identifiers: Vec<Identifier> = domains.iter().map(|d| identifier_of(d)).collect();
         let replaced_leaf = replacing
             .and_then(|b| decode_cert_file(b.bytes()).ok())
             .and_then(|f| f.chain.into_iter().next());
@@ -316,20 +316,27 @@ impl<R: Runtime> AcmeContext<R> {
                 detail: format!("the CA offers no {wanted} challenge"),
             })?;
             let key_authorization = challenge.key_authorization();
-            let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
-                return Err(OrderError {
-                    kind: FailureKind::Rejected,
-                    detail: "non-DNS identifier".into(),
-                });
+            // The name the certificate carries, and the SNI the validation arrives with.
+            let (name, sni) = match &challenge.identifier().identifier {
+                Identifier::Dns(domain) => (domain.clone(), domain.clone()),
+                Identifier::Ip(ip) => (ip.to_string(), reverse_dns_name(*ip)),
+                other => {
+                    return Err(OrderError {
+                        kind: FailureKind::Rejected,
+                        detail: format!(
+                            "the CA asked to validate {other:?}, not a name or address"
+                        ),
+                    });
+                }
             };
             match self.challenge {
                 ChallengeKind::TlsAlpn01 => {
-                    let cert = alpn_challenge_cert(&domain, key_authorization.digest().as_ref())
+                    let cert = alpn_challenge_cert(&name, key_authorization.digest().as_ref())
                         .map_err(|detail| OrderError {
                             kind: FailureKind::Rejected,
                             detail,
                         })?;
-                    self.resolver.add_challenge(guard.owner, &domain, cert);
+                    self.resolver.add_challenge(guard.owner, &sni, cert);
                 }
                 ChallengeKind::Http01 => {
                     self.tokens.insert_owned(

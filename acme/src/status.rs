@@ -8,7 +8,7 @@ use std::time::Duration;
 use certloop_core::{FailureKind, LifecycleStatus, UnixTime};
 use rustls_pki_types::CertificateDer;
 
-use crate::cache::dns_names;
+use crate::cache::san_names;
 
 /// One managed certificate: what is served, when it renews, and how its orders went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl ServedCert {
             issuer,
             serial,
             key_type,
-            names: dns_names(&cert),
+            names: san_names(&cert),
         })
     }
 }

@@ -100,16 +100,14 @@ pub fn certified_key(
     Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
-/// A self-signed TLS-ALPN-01 certificate for `domain` carrying the SHA-256 digest of the key
+/// A self-signed TLS-ALPN-01 certificate for `name` (a DNS name, or an IP address, which rcgen
+/// writes as an iPAddress entry as RFC 8738 asks) carrying the SHA-256 digest of the key
 /// authorization in the critical acmeIdentifier extension (RFC 8737).
-pub(crate) fn alpn_challenge_cert(
-    domain: &str,
-    digest: &[u8],
-) -> Result<Arc<CertifiedKey>, String> {
+pub(crate) fn alpn_challenge_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
     let key =
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
     let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
+        rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -118,8 +116,9 @@ pub(crate) fn alpn_challenge_cert(
 
 /// Chooses the certificate for each handshake: the TLS-ALPN-01 challenge certificate when the
 /// client offers exactly `acme-tls/1` for a name under validation, otherwise the certificate
-/// whose names cover the SNI name (without SNI, the first configured certificate that is
-/// served).
+/// whose names cover the SNI name. Without SNI (clients connecting to an IP address send none),
+/// the first configured certificate naming an IP address that is served, else the first
+/// configured certificate that is served.
 ///
 /// Locks are held only to clone an `Arc`; swaps are atomic from a handshake's point of view.
 /// A lookup costs the same with one certificate or ten thousand: names are indexed.
@@ -143,9 +142,11 @@ struct Served {
     by_name: HashMap<String, usize>,
     /// For `*.example.com`, `example.com` to its slot.
     wildcards: HashMap<String, usize>,
-    /// The first slot in configuration order that has a certificate: what a client without
-    /// SNI gets.
+    /// The first slot in configuration order that has a certificate.
     first_served: Option<usize>,
+    /// The first slot in configuration order that names an IP address and has a certificate:
+    /// what a client without SNI gets, if there is one.
+    first_ip_served: Option<usize>,
 }
 
 impl Served {
@@ -237,6 +238,9 @@ impl CertResolver {
         };
         certs.slots[at].1 = Some(key);
         certs.first_served = Some(certs.first_served.map_or(at, |first| first.min(at)));
+        if names.iter().any(|n| certloop_core::is_ip_address(n)) {
+            certs.first_ip_served = Some(certs.first_ip_served.map_or(at, |first| first.min(at)));
+        }
     }
 
     /// Answers TLS-ALPN-01 validation for `domain` with `key`, on behalf of `owner`, until
@@ -277,7 +281,8 @@ impl CertResolver {
         let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
         match server_name {
             Some(name) => certs.lookup(name),
-            None => certs.key(certs.first_served.as_ref()),
+            None => (certs.key(certs.first_ip_served.as_ref()))
+                .or_else(|| certs.key(certs.first_served.as_ref())),
         }
         .cloned()
     }
@@ -337,6 +342,35 @@ mod tests {
             &resolver.current(Some("b.example")).unwrap(),
             &key_b
         ));
+    }
+
+    #[test]
+    fn without_sni_a_certificate_naming_an_ip_address_comes_first() {
+        let names = vec!["a.example".to_owned()];
+        let ip = vec!["192.0.2.7".to_owned()];
+        let resolver = CertResolver::for_certificates(&[names.clone(), ip.clone()]);
+        let key_a = alpn_challenge_cert("a.example", &[1; 32]).unwrap();
+        let key_ip = alpn_challenge_cert("192.0.2.7", &[2; 32]).unwrap();
+        resolver.install(&names, key_a.clone());
+        assert!(Arc::ptr_eq(&resolver.current(None).unwrap(), &key_a));
+        resolver.install(&ip, key_ip.clone());
+        assert!(
+            Arc::ptr_eq(&resolver.current(None).unwrap(), &key_ip),
+            "clients of an address send no SNI"
+        );
+        assert!(Arc::ptr_eq(
+            &resolver.current(Some("a.example")).unwrap(),
+            &key_a
+        ));
+        // The challenge certificate names the address as an iPAddress entry.
+        let (_, leaf) = x509_parser::parse_x509_certificate(key_ip.cert[0].as_ref()).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            crate::cache::san_names(&leaf),
+            ["192.0.2.7"],
+            "{:?}",
+            san.value
+        );
     }
 
     #[test]

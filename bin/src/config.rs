@@ -715,7 +715,7 @@ fn acme(
         }
         let mut names = Vec::new();
         for d in group.get_ref() {
-            if let Err(problem) = certloop_core::validate_dns_name(d.get_ref()) {
+            if let Err(problem) = certloop_core::validate_name(d.get_ref()) {
                 return Err(src.error(
                     Some(d.span()),
                     group_key.clone(),

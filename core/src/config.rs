@@ -149,8 +149,9 @@ pub struct CertConfig {
 }
 
 impl CertConfig {
-    /// Validates the names (DNS names, optionally one leading `*.` wildcard label) and keeps them
-    /// in the configured order, which is also the order cache keys are derived from.
+    /// Validates the names (DNS names, optionally one leading `*.` wildcard label, or IP
+    /// addresses in their canonical form) and keeps them in the configured order, which is also
+    /// the order cache keys are derived from.
     pub fn new(
         domains: impl IntoIterator<Item = impl Into<String>>,
         seed: u64,
@@ -160,7 +161,7 @@ impl CertConfig {
             return Err(ConfigError::NoDomains);
         }
         for (i, d) in domains.iter().enumerate() {
-            validate_dns_name(d).map_err(|problem| ConfigError::InvalidDomain {
+            validate_name(d).map_err(|problem| ConfigError::InvalidDomain {
                 domain: d.clone(),
                 problem,
             })?;
@@ -188,8 +189,24 @@ impl CertConfig {
     }
 }
 
+/// Why a name is neither a DNS name nor an IP address a public CA could certify. IP addresses
+/// (RFC 8738) must be written in their canonical form (`192.0.2.1`, `2001:db8::1`): that is
+/// how certificates and clients spell them.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.to_string() == name => Ok(()),
+        Ok(ip) => Err(format!("write this IP address as {ip}")),
+        Err(_) => validate_dns_name(name).map_err(str::to_owned),
+    }
+}
+
+/// Whether `name` is an IP address rather than a DNS name.
+pub fn is_ip_address(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Why a name is not a DNS name a public CA could certify.
-pub fn validate_dns_name(name: &str) -> Result<(), &'static str> {
+fn validate_dns_name(name: &str) -> Result<(), &'static str> {
     let bare = name.strip_prefix("*.").unwrap_or(name);
     if bare.is_empty() || name.len() > 253 {
         return Err("must be 1 to 253 characters");
@@ -212,7 +229,7 @@ pub fn validate_dns_name(name: &str) -> Result<(), &'static str> {
         }
     }
     if bare.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err("IP addresses are not supported; use a DNS name");
+        return Err("is neither a DNS name nor an IP address");
     }
     Ok(())
 }
@@ -236,12 +253,12 @@ pub fn name_covers(cert_name: &str, domain: &str) -> bool {
 pub enum ConfigError {
     /// No names were given.
     NoDomains,
-    /// A name is not a valid DNS name.
+    /// A name is neither a valid DNS name nor an IP address.
     InvalidDomain {
         /// The name as configured.
         domain: String,
         /// What is wrong with it.
-        problem: &'static str,
+        problem: String,
     },
     /// A name appears twice (case-insensitively).
     DuplicateDomain(String),
@@ -305,7 +322,11 @@ mod tests {
         let policy = Policy::default();
         let hours = |h: u64| Duration::from_secs(h * 3600);
         assert_eq!(policy.renewal_threshold(hours(160)), hours(80));
-        assert_eq!(policy.renewal_threshold(hours(240)), hours(120), "ten days is short");
+        assert_eq!(
+            policy.renewal_threshold(hours(240)),
+            hours(120),
+            "ten days is short"
+        );
         assert_eq!(policy.renewal_threshold(hours(45 * 24)), hours(15 * 24));
         assert_eq!(policy.renewal_threshold(hours(90 * 24)), hours(30 * 24));
         let just_over = hours(240) + Duration::from_millis(3);
@@ -330,7 +351,10 @@ mod tests {
             "-a.com",
             "a_b.com",
             "a.com.",
-            "127.0.0.1",
+            "127.0.0.01",
+            "1.2.3",
+            "2001:DB8::1",
+            "*.127.0.0.1",
             "*.",
             "a.*.com",
         ] {
@@ -340,6 +364,13 @@ mod tests {
             CertConfig::new(["a.com", "A.com"], 0),
             Err(ConfigError::DuplicateDomain("A.com".into()))
         );
+        // IP addresses (RFC 8738), in the form certificates and clients use.
+        assert!(CertConfig::new(["192.0.2.1", "2001:db8::1", "example.com"], 0).is_ok());
+        assert_eq!(
+            validate_name("2001:DB8:0::1"),
+            Err("write this IP address as 2001:db8::1".into())
+        );
+        assert!(is_ip_address("::1") && !is_ip_address("example.com"));
     }
 
     #[test]

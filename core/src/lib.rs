@@ -51,7 +51,9 @@ mod rng;
 mod status;
 mod time;
 
-pub use config::{CertConfig, ConfigError, Policy, Ratio, name_covers, validate_dns_name};
+pub use config::{
+    CertConfig, ConfigError, Policy, Ratio, is_ip_address, name_covers, validate_name,
+};
 pub use event::{
     Action, CachedCert, CertBundle, CertInfo, CertProblem, Certificate, Event, FailureKind, Level,
     Notice, OrderError, OrderId, RenewalInfo, RequestId, RetryState, Serving, StartupFailure,

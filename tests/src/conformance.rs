@@ -555,3 +555,52 @@ pub fn key_types_are_issued_and_served<A: Adapter>(a: &A) {
         stop(handle, &cache);
     }
 }
+
+/// An IP address certificate (RFC 8738) with each challenge: ordered as an `ip` identifier,
+/// validated on the address (TLS-ALPN-01 with the reverse-DNS name as SNI), and served to a
+/// client that sends no SNI (as clients of an address do) alongside a DNS-named certificate.
+pub fn issues_ip_address_certificates<A: Adapter>(a: &A) {
+    for challenge in [ChallengeKind::TlsAlpn01, ChallengeKind::Http01] {
+        let pebble = Pebble::start();
+        let cache = pebble.scratch("cache");
+        let config = config(&pebble, &["name.certloop.test"], &cache)
+            .certificate(["127.0.0.1"])
+            .challenge(challenge);
+        let handle = a.launch(config).expect("launch");
+        a.serve_http01(pebble.http_port, &handle);
+        a.serve_tls(pebble.tls_port, &handle);
+        a.block_on(handle.ready())
+            .unwrap_or_else(|e| panic!("{}: {challenge:?}: {e}\n{}", A::NAME, pebble.log()));
+        let root = pebble.issuing_root_pem();
+        // A client of 127.0.0.1 verifies the address against an iPAddress entry, sends no SNI.
+        let (leaf, response) = fetch_verified(pebble.tls_port, "127.0.0.1", &root)
+            .unwrap_or_else(|e| panic!("{challenge:?}: {e}"));
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("leaf");
+        let san = parsed
+            .subject_alternative_name()
+            .expect("SAN")
+            .expect("SAN");
+        assert!(
+            matches!(
+                san.value.general_names.as_slice(),
+                [x509_parser::extensions::GeneralName::IPAddress([
+                    127, 0, 0, 1
+                ])]
+            ),
+            "{:?}",
+            san.value
+        );
+        fetch_verified(pebble.tls_port, "name.certloop.test", &root).expect("the DNS name");
+        let status = handle.status();
+        assert_eq!(
+            status[1].served.as_ref().expect("served").names,
+            ["127.0.0.1"]
+        );
+        assert_eq!(orders(&pebble), 2);
+        assert!(
+            pebble.log().contains("127.0.0.1"),
+            "Pebble validated the address"
+        );
+    }
+}

@@ -32,4 +32,5 @@ conformance!(
     ari_window_triggers_a_renewal,
     profile_is_checked_at_launch_and_sent_with_orders,
     key_types_are_issued_and_served,
+    issues_ip_address_certificates,
 );
