@@ -16,7 +16,9 @@ impl AcmeConfig {
     /// leaves its fields empty. Orders since launch are not persisted and read as zero.
     pub fn cached_status(&self, now: UnixTime) -> Result<Vec<CertStatus>, StartError> {
         let resolved = self.resolve()?;
-        let url = self.directory.url();
+        let urls: Vec<String> = (self.issuers().iter())
+            .map(|i| i.directory_url().to_owned())
+            .collect();
         let policy = std::sync::Arc::new(self.policy.clone());
         let statuses = self
             .certs
@@ -24,14 +26,19 @@ impl AcmeConfig {
             .zip(&resolved.certs)
             .map(|(domains, core)| {
                 let mut status = CertStatus::new(domains.clone());
-                let name = cert_file_name(core.domains(), url);
-                let cached = std::fs::read(self.cache_dir.join(&name))
-                    .ok()
-                    .and_then(|bytes| {
-                        let file = decode_cert_file(&bytes).ok()?;
-                        let served = ServedCert::from_leaf(file.chain.first()?).ok()?;
-                        Some((served, file.info, bytes))
-                    });
+                // Each issuer caches under its own directory URL; a launch serves the newest.
+                let read = |url: &String| {
+                    let bytes =
+                        std::fs::read(self.cache_dir.join(cert_file_name(core.domains(), url)))
+                            .ok()?;
+                    let file = decode_cert_file(&bytes).ok()?;
+                    let served = ServedCert::from_leaf(file.chain.first()?).ok()?;
+                    Some((served, file.info, bytes, url.clone()))
+                };
+                let cached =
+                    (urls.iter().filter_map(read)).max_by_key(|(_, info, _, _)| info.not_after);
+                // The preferred issuer's file keeps the retry state.
+                let name = cert_file_name(core.domains(), &urls[0]);
                 let retry = std::fs::read(self.cache_dir.join(format!("{name}.retry")))
                     .ok()
                     .and_then(|bytes| decode_retry_state(&String::from_utf8_lossy(&bytes)).ok());
@@ -40,7 +47,8 @@ impl AcmeConfig {
                     status.last_error = retry.last_error.as_ref().map(ToString::to_string);
                     status.next_order_at = retry.next_attempt_at;
                 }
-                if let Some((served, info, bytes)) = cached {
+                if let Some((served, info, bytes, url)) = cached {
+                    status.issued_by = Some(url);
                     // The renewal point exactly as a launch draws it: the same policy and seed.
                     if info.is_valid_at(now)
                         && let Ok(mut lifecycle) = CertLifecycle::new(policy.clone(), core, now)

@@ -53,6 +53,63 @@ impl Directory {
     }
 }
 
+/// A fallback CA (see [`AcmeConfig::fallback_issuer`]): its directory, account contacts,
+/// External Account Binding and profile, as [`AcmeConfig`] has them for the preferred CA.
+/// `Debug` never prints the EAB key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Issuer {
+    pub(crate) directory: Directory,
+    pub(crate) contacts: Vec<String>,
+    pub(crate) eab: Option<(String, String)>,
+    pub(crate) profile: Option<String>,
+}
+
+impl Issuer {
+    /// The CA at `directory`, with no contact, EAB or profile.
+    pub fn new(directory: Directory) -> Self {
+        Self {
+            directory,
+            contacts: Vec::new(),
+            eab: None,
+            profile: None,
+        }
+    }
+
+    /// Adds an account contact, e.g. `mailto:ops@example.com`.
+    pub fn contact(mut self, contact: impl Into<String>) -> Self {
+        self.contacts.push(contact.into());
+        self
+    }
+
+    /// Uses External Account Binding with this CA (as [`AcmeConfig::eab`]).
+    pub fn eab(mut self, kid: impl Into<String>, hmac_key_base64url: impl Into<String>) -> Self {
+        self.eab = Some((kid.into(), hmac_key_base64url.into()));
+        self
+    }
+
+    /// Orders with this ACME profile from this CA (as [`AcmeConfig::profile`]).
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// The directory URL.
+    pub fn directory_url(&self) -> &str {
+        self.directory.url()
+    }
+}
+
+impl fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issuer")
+            .field("directory", &self.directory)
+            .field("contacts", &self.contacts)
+            .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
 /// What to manage: built with [`AcmeConfig::new`] and the methods that follow it, checked as a
 /// whole by [`AcmeConfig::check`] (and again by `launch`). Nothing fails in the middle of the
 /// chain: files are read and keys decoded when the configuration is checked, and each error
@@ -70,6 +127,7 @@ pub struct AcmeConfig {
     pub(crate) extra_roots_files: Vec<PathBuf>,
     pub(crate) eab: Option<(String, String)>,
     pub(crate) profile: Option<String>,
+    pub(crate) fallbacks: Vec<Issuer>,
     pub(crate) key_type: KeyType,
     pub(crate) policy: Policy,
     pub(crate) retry_now: bool,
@@ -86,6 +144,7 @@ impl fmt::Debug for AcmeConfig {
             .field("extra_roots_files", &self.extra_roots_files)
             .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
             .field("profile", &self.profile)
+            .field("fallbacks", &self.fallbacks)
             .field("key_type", &self.key_type)
             .field("policy", &self.policy)
             .field("retry_now", &self.retry_now)
@@ -98,8 +157,12 @@ pub(crate) struct Resolved {
     /// The core's configuration of each certificate, in configuration order.
     pub(crate) certs: Vec<CertConfig>,
     pub(crate) extra_roots: Vec<CertificateDer<'static>>,
-    pub(crate) eab: Option<ExternalAccount>,
+    /// Each issuer's EAB, in [`AcmeConfig::issuers`] order.
+    pub(crate) eabs: Vec<Option<ExternalAccount>>,
 }
+
+/// The most CAs a certificate can be ordered from.
+const MAX_ISSUERS: usize = 8;
 
 impl AcmeConfig {
     /// One certificate covering `domains` (more with [`AcmeConfig::certificate`]), cached in
@@ -118,6 +181,7 @@ impl AcmeConfig {
             extra_roots_files: Vec::new(),
             eab: None,
             profile: None,
+            fallbacks: Vec::new(),
             key_type: KeyType::EcdsaP256,
             policy: Policy::default(),
             retry_now: false,
@@ -183,6 +247,40 @@ impl AcmeConfig {
         self
     }
 
+    /// Orders from this CA first: its directory, contacts, EAB and profile replace what
+    /// [`AcmeConfig::directory`], [`AcmeConfig::contact`], [`AcmeConfig::eab`] and
+    /// [`AcmeConfig::profile`] set.
+    pub fn preferred_issuer(mut self, issuer: Issuer) -> Self {
+        self.directory = issuer.directory;
+        self.contacts = issuer.contacts;
+        self.eab = issuer.eab;
+        self.profile = issuer.profile;
+        self
+    }
+
+    /// Falls back to this CA when the ones before it fail an order for a reason that is not the
+    /// request's fault (unreachable, a server error, a rate limit); call it again for more, in
+    /// order of preference. Each certificate is then cached under the directory of the CA that
+    /// issued it (a launch serves the newest), and every renewal asks the preferred CA first.
+    pub fn fallback_issuer(mut self, issuer: Issuer) -> Self {
+        self.fallbacks.push(issuer);
+        self
+    }
+
+    /// Every CA in order of preference: the one [`AcmeConfig::directory`] and its neighbours
+    /// configure, then the fallbacks.
+    pub fn issuers(&self) -> Vec<Issuer> {
+        let preferred = Issuer {
+            directory: self.directory.clone(),
+            contacts: self.contacts.clone(),
+            eab: self.eab.clone(),
+            profile: self.profile.clone(),
+        };
+        std::iter::once(preferred)
+            .chain(self.fallbacks.iter().cloned())
+            .collect()
+    }
+
     /// Generates certificate keys of this type (default: ECDSA P-256, which rustls-acme can
     /// read back; RSA cannot be). A change applies from the next order: the cached certificate
     /// is served until its renewal.
@@ -216,40 +314,63 @@ impl AcmeConfig {
     }
 
     pub(crate) fn resolve(&self) -> Result<Resolved, StartError> {
-        let certs = cert_configs(&self.certs, self.challenge).map_err(|p| invalid("domains", p))?;
-        if let Directory::Url(url) = &self.directory {
-            Directory::parse(url).map_err(|problem| invalid("directory", problem))?;
+        let issuers = self.issuers();
+        if issuers.len() > MAX_ISSUERS {
+            let problem = format!("{} issuers; at most {MAX_ISSUERS}", issuers.len());
+            return Err(invalid("fallback_issuer", problem));
         }
-        if let Some(bad) = self.contacts.iter().find(|c| !c.starts_with("mailto:")) {
-            let problem = format!("{bad:?} is not a mailto: URI (e.g. mailto:ops@example.com)");
-            return Err(invalid("contact", problem));
-        }
+        let certs = cert_configs(&self.certs, self.challenge)
+            .map_err(|p| invalid("domains", p))?
+            .into_iter()
+            .map(|cert| cert.with_issuers(issuers.len()))
+            .collect();
         self.policy
             .validate()
             .map_err(|e| invalid("policy", e.to_string()))?;
-        if let Some(profile) = &self.profile {
-            let printable = |b: u8| b.is_ascii_graphic() && b != b'"';
-            if profile.is_empty() || profile.len() > 64 || !profile.bytes().all(printable) {
-                let problem =
-                    format!("{profile:?} is not a profile name (1 to 64 visible characters)");
-                return Err(invalid("profile", problem));
-            }
-        }
         let mut extra_roots = Vec::new();
         for path in &self.extra_roots_files {
             extra_roots.extend(read_roots(path).map_err(|e| invalid("extra_roots_pem", e))?);
         }
-        let eab = match &self.eab {
-            Some((kid, key)) => Some(ExternalAccount {
-                kid: kid.clone(),
-                hmac_key: decode_hmac_key(key).map_err(|e| invalid("eab", e))?,
-            }),
-            None => None,
-        };
+        let mut eabs = Vec::new();
+        for (i, issuer) in issuers.iter().enumerate() {
+            // The preferred CA's errors name its own methods; a fallback's, the fallback.
+            let field = |own: &'static str| if i == 0 { own } else { "fallback_issuer" };
+            let which = if i == 0 {
+                String::new()
+            } else {
+                format!("issuer {} ({}): ", i + 1, issuer.directory.url())
+            };
+            if let Directory::Url(url) = &issuer.directory {
+                Directory::parse(url)
+                    .map_err(|problem| invalid(field("directory"), format!("{which}{problem}")))?;
+            }
+            if let Some(bad) = issuer.contacts.iter().find(|c| !c.starts_with("mailto:")) {
+                let problem =
+                    format!("{which}{bad:?} is not a mailto: URI (e.g. mailto:ops@example.com)");
+                return Err(invalid(field("contact"), problem));
+            }
+            if let Some(profile) = &issuer.profile {
+                let printable = |b: u8| b.is_ascii_graphic() && b != b'"';
+                if profile.is_empty() || profile.len() > 64 || !profile.bytes().all(printable) {
+                    let problem = format!(
+                        "{which}{profile:?} is not a profile name (1 to 64 visible characters)"
+                    );
+                    return Err(invalid(field("profile"), problem));
+                }
+            }
+            eabs.push(match &issuer.eab {
+                Some((kid, key)) => Some(ExternalAccount {
+                    kid: kid.clone(),
+                    hmac_key: decode_hmac_key(key)
+                        .map_err(|e| invalid(field("eab"), format!("{which}{e}")))?,
+                }),
+                None => None,
+            });
+        }
         Ok(Resolved {
             certs,
             extra_roots,
-            eab,
+            eabs,
         })
     }
 }

@@ -71,8 +71,13 @@ struct Managed {
     /// Closed when the latest order task has ended (its challenge answers removed): the next
     /// one waits for it, so two never overlap.
     order_ended: Option<async_channel::Receiver<()>>,
-    /// The cached certificate as loading prepared it, for the install that follows.
-    prepared: Option<PreparedCert>,
+    /// The cached certificate as loading prepared it (and the issuer whose file held it), for
+    /// the install that follows.
+    prepared: Option<(PreparedCert, usize)>,
+    /// The issuer the latest order went to.
+    ordered_from: usize,
+    /// The issuer of the served certificate (0 until one is served).
+    issued_by: usize,
 }
 
 /// Ends an order task's life: tells the observer, then lets the next task for the certificate
@@ -94,8 +99,9 @@ impl Drop for OrderTaskLife {
 
 enum Wake {
     Event(CertId, Event),
-    /// Loading prepared the cached certificate to serve; its `CacheLoaded` follows.
-    Prepared(CertId, PreparedCert),
+    /// Loading prepared the cached certificate (from this issuer's file) to serve; its
+    /// `CacheLoaded` follows.
+    Prepared(CertId, PreparedCert, usize),
     AriSupported(CertId),
     Timer,
     /// [`AcmeHandle::stop`], or the runtime winding down: on purpose.
@@ -137,16 +143,19 @@ pub async fn launch_with<R: Runtime>(
         ),
     };
     let (dir, fs) = (config.cache_dir.clone(), seams.fs);
-    let directory_url = config.directory.url().to_owned();
+    let issuers = config.issuers();
+    let urls: Vec<String> = (issuers.iter())
+        .map(|i| i.directory_url().to_owned())
+        .collect();
     // The names exactly as the orders will use them (their records are keyed by them).
     let certs: Vec<Vec<String>> = (cert_configs.iter())
         .map(|c| c.domains().to_vec())
         .collect();
-    let url = directory_url.clone();
+    let kept_urls = urls.clone();
     let store = rt
         .unblock(Box::new(move || {
             let store = DirStore::open_with(dir, fs)?;
-            store.remove_orphaned_pending_orders(&certs, &url);
+            store.remove_orphaned_pending_orders(&certs, &kept_urls);
             Ok(store)
         }))
         .await
@@ -164,34 +173,43 @@ pub async fn launch_with<R: Runtime>(
                 .collect(),
         ),
         durations: Arc::new(RequestDurations::default()),
-        directory_url: directory_url.clone(),
+        directory_url: urls[0].clone(),
         outcome: Mutex::new(None),
         outcome_set,
         ended: std::sync::atomic::AtomicBool::new(false),
     });
-    let context = Arc::new(AcmeContext {
-        rt: rt.clone(),
-        directory_url: directory_url.clone(),
-        contacts: config.contacts.clone(),
-        transport,
-        eab: resolved.eab,
-        profile: config.profile.clone(),
-        key_type: config.key_type,
-        store,
-        resolver: shared.resolver.clone(),
-        tokens: shared.tokens.clone(),
-        challenge: config.challenge,
-        retry_after: RetryAfterSlot::default(),
-        request_timeout: request_timeout(policy.startup_timeout),
-        account: async_lock::Mutex::new(None),
-        durations: shared.durations.clone(),
-    });
-    if let Some(profile) = &config.profile {
-        match check_profile(&context.http_client(), &directory_url, profile).await {
+    let retry_after = RetryAfterSlot::default();
+    // One context per issuer: its own directory, account, EAB and profile; the rest shared.
+    let contexts: Vec<Arc<AcmeContext<R>>> = (issuers.iter().zip(resolved.eabs))
+        .map(|(issuer, eab)| {
+            Arc::new(AcmeContext {
+                rt: rt.clone(),
+                directory_url: issuer.directory_url().to_owned(),
+                contacts: issuer.contacts.clone(),
+                transport: transport.clone(),
+                eab,
+                profile: issuer.profile.clone(),
+                key_type: config.key_type,
+                store: store.clone(),
+                resolver: shared.resolver.clone(),
+                tokens: shared.tokens.clone(),
+                challenge: config.challenge,
+                retry_after: retry_after.clone(),
+                request_timeout: request_timeout(policy.startup_timeout),
+                account: async_lock::Mutex::new(None),
+                durations: shared.durations.clone(),
+            })
+        })
+        .collect();
+    for (i, context) in contexts.iter().enumerate() {
+        let Some(profile) = &context.profile else {
+            continue;
+        };
+        match check_profile(&context.http_client(), &context.directory_url, profile).await {
             Ok(None) => {}
             Ok(Some(problem)) => {
                 return Err(StartError::Config {
-                    field: "profile",
+                    field: if i == 0 { "profile" } else { "fallback_issuer" },
                     problem,
                 });
             }
@@ -214,6 +232,8 @@ pub async fn launch_with<R: Runtime>(
             order_task: None,
             order_ended: None,
             prepared: None,
+            ordered_from: 0,
+            issued_by: 0,
         })
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
@@ -226,7 +246,8 @@ pub async fn launch_with<R: Runtime>(
     let driver = Driver {
         rt: rt.clone(),
         shared,
-        context,
+        contexts,
+        urls,
         managed,
         events_tx,
         started: Some(outcome_tx),
@@ -285,7 +306,10 @@ fn sleep_slice(next_wake: Option<UnixTime>, now: UnixTime) -> Duration {
 struct Driver<R: Runtime> {
     rt: R,
     shared: Arc<Shared>,
-    context: Arc<AcmeContext<R>>,
+    /// One per issuer, in order of preference.
+    contexts: Vec<Arc<AcmeContext<R>>>,
+    /// Each issuer's directory URL, in the same order.
+    urls: Vec<String>,
     managed: Vec<Managed>,
     events_tx: async_channel::Sender<Wake>,
     /// Dropped (closing the channel) once the startup outcome is recorded.
@@ -353,9 +377,9 @@ impl<R: Runtime> Driver<R> {
                     touched.push(id);
                     fleet.handle(self.rt.wall_clock(), id, event);
                 }
-                Wake::Prepared(id, prepared) => {
+                Wake::Prepared(id, prepared, issuer) => {
                     if let Some(at) = self.index_of(id) {
-                        self.managed[at].prepared = Some(prepared);
+                        self.managed[at].prepared = Some((prepared, issuer));
                     }
                 }
                 Wake::AriSupported(id) => {
@@ -387,21 +411,18 @@ impl<R: Runtime> Driver<R> {
     fn dispatch_loads(&mut self) {
         let loads = std::mem::take(&mut self.loads);
         for batch in loads.chunks(LOAD_BATCH) {
-            let (store, url) = (
-                self.context.store.clone(),
-                self.context.directory_url.clone(),
-            );
+            let (store, urls) = (self.contexts[0].store.clone(), self.urls.clone());
             let batch = batch.to_vec();
             let work = self.rt.unblock(Box::new(move || {
                 (batch.into_iter())
-                    .map(|(id, domains)| (id, store.load_prepared_cert(&domains, &url)))
+                    .map(|(id, domains)| (id, store.load_prepared_cert_from(&domains, &urls)))
                     .collect::<Vec<_>>()
             }));
             let (events, retry_now) = (self.events_tx.clone(), self.retry_now);
             self.rt.spawn(Box::pin(async move {
-                for (id, (cert, mut retry, prepared)) in work.await {
+                for (id, (cert, mut retry, prepared, issuer)) in work.await {
                     if let Some(prepared) = prepared {
-                        let _ = events.send(Wake::Prepared(id, prepared)).await;
+                        let _ = events.send(Wake::Prepared(id, prepared, issuer)).await;
                     }
                     if retry_now {
                         lift_backoff(&mut retry);
@@ -464,7 +485,9 @@ impl<R: Runtime> Driver<R> {
             return Ok(());
         };
         let domains = self.managed[index].domains.clone();
-        let url = self.context.directory_url.clone();
+        // The preferred CA's file keeps the retry state; each certificate is cached under the
+        // CA that issued it.
+        let preferred_url = self.urls[0].clone();
         if let Some(observer) = &self.observer {
             observer.action(index, &action);
         }
@@ -476,10 +499,15 @@ impl<R: Runtime> Driver<R> {
                 domains: names,
                 replacing,
                 attempt,
+                issuer,
             } => {
-                tracing::debug!(domains = %names.join(","), attempt, "starting ACME order");
-                let context = self.context.clone();
-                let replacing = replacing.filter(|_| self.managed[index].ari_supported);
+                let issuer = issuer.min(self.contexts.len() - 1);
+                let context = self.contexts[issuer].clone();
+                tracing::debug!(domains = %names.join(","), attempt, directory = %context.directory_url, "starting ACME order");
+                // ARI `replaces` names a certificate of the CA asked, which supports ARI.
+                let same_ca = self.managed[index].issued_by == issuer;
+                let replacing = replacing.filter(|_| same_ca && self.managed[index].ari_supported);
+                self.managed[index].ordered_from = issuer;
                 // One order task per certificate: replacing the sender cancels the previous
                 // task (its challenge answers go with it), and the new one begins once the
                 // previous one has ended. The core's watchdog, on the wall clock, decides when
@@ -526,12 +554,21 @@ impl<R: Runtime> Driver<R> {
             }
             Action::InstallCert(cert) => {
                 // Prepared when loaded from the cache; an ordered certificate is parsed here.
-                let prepared = (self.managed[index].prepared.take())
-                    .filter(|prepared| prepared.bundle.is_same(&cert.bundle))
-                    .map_or_else(
-                        || prepare(cert.bundle.bytes().to_vec()).map(|(_, prepared)| prepared),
-                        Ok,
-                    );
+                let managed = &mut self.managed[index];
+                let (prepared, issuer) = match (managed.prepared.take())
+                    .filter(|(prepared, _)| prepared.bundle.is_same(&cert.bundle))
+                {
+                    Some((prepared, issuer)) => (Ok(prepared), issuer),
+                    None => (
+                        prepare(cert.bundle.bytes().to_vec()).map(|(_, prepared)| prepared),
+                        managed.ordered_from,
+                    ),
+                };
+                if managed.issued_by != issuer {
+                    // Whether this CA offers ARI is learnt anew.
+                    managed.ari_supported = false;
+                }
+                managed.issued_by = issuer;
                 match prepared {
                     Ok(prepared) => {
                         self.shared.resolver.install(&domains, prepared.key);
@@ -541,6 +578,7 @@ impl<R: Runtime> Driver<R> {
                                     self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
                                 if let Some(slot) = status.get_mut(index) {
                                     slot.served = Some(served);
+                                    slot.issued_by = Some(self.urls[issuer].clone());
                                 }
                             }
                             None => tracing::warn!(
@@ -555,7 +593,9 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             Action::StoreCert { request, cert } => {
-                let store = self.context.store.clone();
+                let store = self.contexts[0].store.clone();
+                // Only the served certificate is ever stored: its issuer's file.
+                let url = self.urls[self.managed[index].issued_by].clone();
                 let order = store.next_write();
                 let work = self.rt.unblock(Box::new(move || {
                     store.store_cert(&domains, &url, cert.bundle.bytes(), order)
@@ -568,11 +608,11 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Action::PersistRetryState(state) => {
-                let store = self.context.store.clone();
+                let store = self.contexts[0].store.clone();
                 // Taken now: the write runs on a blocking thread, maybe after a newer one.
                 let order = store.next_write();
                 let work = self.rt.unblock(Box::new(move || {
-                    store.store_retry(&domains, &url, &state, order)
+                    store.store_retry(&domains, &preferred_url, &state, order)
                 }));
                 // Awaited before the driver ends (a failed startup exits right after).
                 let (done, finished) = async_channel::bounded::<()>(1);
@@ -588,7 +628,8 @@ impl<R: Runtime> Driver<R> {
                 }));
             }
             Action::FetchRenewalInfo { request, cert } => {
-                let context = self.context.clone();
+                // The CA that issued the served certificate knows its renewal window.
+                let context = self.contexts[self.managed[index].issued_by].clone();
                 let events = self.events_tx.clone();
                 self.reply(id, async move {
                     let info = renewal_info(&context, cert.bytes()).await;
@@ -604,7 +645,10 @@ impl<R: Runtime> Driver<R> {
                     let slot = &mut status[index];
                     match &notice {
                         Notice::CertIssued { .. } => slot.orders.issued += 1,
-                        Notice::OrderFailed { error, .. } => slot.orders.count_failure(error.kind),
+                        Notice::OrderFailed { error, .. }
+                        | Notice::IssuerFallback { error, .. } => {
+                            slot.orders.count_failure(error.kind)
+                        }
                         _ => {}
                     }
                     slot.served.as_ref().map(|s| s.not_after)
@@ -618,10 +662,11 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             Action::FailStartup(failure) => {
-                tracing::error!(domains = %domains.join(","), directory = %url, "{failure}");
+                let directory = self.urls.join(", then ");
+                tracing::error!(domains = %domains.join(","), %directory, "{failure}");
                 return Err(StartError::NoCertificate {
                     domains,
-                    directory: url,
+                    directory,
                     reason: failure.to_string(),
                     blocked_until: failure.blocked_until,
                 });

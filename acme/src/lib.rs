@@ -34,7 +34,7 @@ mod store;
 mod tls;
 
 pub use config::{
-    AcmeConfig, Directory, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
+    AcmeConfig, Directory, Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
 };
 pub use handle::{AcmeHandle, LifecycleEvent, LifecycleEvents};
 pub use http01::{
@@ -55,8 +55,8 @@ pub use tls::{CertResolver, TlsAlpn01, server_config};
 pub mod embedding {
     pub use crate::{
         AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus, ChallengeKind,
-        DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens, KeyType,
-        LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
+        DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens, Issuer,
+        KeyType, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
         MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
         RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, ServedCert, StartError, StoreError,
         TlsAlpn01, server_config,

@@ -18,6 +18,9 @@ pub struct CertStatus {
     pub domains: Vec<String>,
     /// The served certificate, once one is served.
     pub served: Option<ServedCert>,
+    /// The directory URL of the CA that issued the served certificate (one of the configured
+    /// issuers: the preferred one unless it failed and a fallback issued).
+    pub issued_by: Option<String>,
     /// When the served certificate is renewed, absent failures.
     pub renew_at: Option<UnixTime>,
     /// The CA's suggested renewal window (ARI), once it gave one.
@@ -41,6 +44,7 @@ impl CertStatus {
         Self {
             domains,
             served: None,
+            issued_by: None,
             renew_at: None,
             ari_window: None,
             next_order_at: None,

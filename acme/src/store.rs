@@ -213,16 +213,6 @@ impl DirStore {
         (cert, retry)
     }
 
-    /// [`DirStore::load_cert`], with the found certificate ready to serve. Meant for launch:
-    /// files missing when the directory was opened are not looked for again.
-    pub(crate) fn load_prepared_cert(
-        &self,
-        domains: &[String],
-        directory_url: &str,
-    ) -> (CachedCert, Option<RetryState>, Option<PreparedCert>) {
-        self.load(domains, directory_url, true)
-    }
-
     fn load(
         &self,
         domains: &[String],
@@ -279,6 +269,32 @@ impl DirStore {
             },
         };
         (cert, retry, prepared)
+    }
+
+    /// [`DirStore::load_cert`], with the found certificate ready to serve, for a certificate
+    /// ordered from one or more CAs, each caching under its own directory URL
+    /// (`directory_urls`, in order of preference): the newest certificate found, with the index
+    /// of the CA whose file held it, and the retry state, which the preferred CA's file keeps.
+    /// Meant for launch: files missing when the directory was opened are not looked for again.
+    pub(crate) fn load_prepared_cert_from(
+        &self,
+        domains: &[String],
+        directory_urls: &[String],
+    ) -> (CachedCert, Option<RetryState>, Option<PreparedCert>, usize) {
+        let (mut cert, retry, mut prepared) = self.load(domains, &directory_urls[0], true);
+        let mut issuer = 0;
+        for (i, url) in directory_urls.iter().enumerate().skip(1) {
+            let (other, _, other_prepared) = self.load(domains, url, true);
+            let newer = match (&other, &cert) {
+                (CachedCert::Found(o), CachedCert::Found(c)) => o.info.not_after > c.info.not_after,
+                (CachedCert::Found(_), _) => true,
+                _ => false,
+            };
+            if newer {
+                (cert, prepared, issuer) = (other, other_prepared, i);
+            }
+        }
+        (cert, retry, prepared, issuer)
     }
 
     /// Writes a certificate file (key PEM, newline, chain PEM) atomically, unless a write
@@ -364,7 +380,11 @@ impl DirStore {
     /// `directory_url`) will ever read: its names or its CA changed since the record was made.
     /// Each holds the private key of an order this configuration never collects, so it does not
     /// stay behind; if the old configuration comes back, it orders anew.
-    pub fn remove_orphaned_pending_orders(&self, configured: &[Vec<String>], directory_url: &str) {
+    pub fn remove_orphaned_pending_orders(
+        &self,
+        configured: &[Vec<String>],
+        directory_urls: &[String],
+    ) {
         let names = match self.fs.list(&self.dir) {
             Ok(names) => names,
             Err(e) => {
@@ -372,8 +392,11 @@ impl DirStore {
                 return tracing::warn!("cannot list {dir} for stale pending-order records: {e}");
             }
         };
-        let wanted: Vec<String> = (configured.iter())
-            .map(|domains| format!("{}.pending-order", cert_file_name(domains, directory_url)))
+        let wanted: HashSet<String> = (configured.iter())
+            .flat_map(|domains| {
+                (directory_urls.iter())
+                    .map(|url| format!("{}.pending-order", cert_file_name(domains, url)))
+            })
             .collect();
         let orphans =
             (names.into_iter()).filter(|n| n.ends_with(".pending-order") && !wanted.contains(n));
@@ -548,7 +571,7 @@ mod tests {
                 .store_pending_order(domains, ca, "https://ca.test/order/1", "KEY")
                 .unwrap();
         }
-        store.remove_orphaned_pending_orders(std::slice::from_ref(&kept), url);
+        store.remove_orphaned_pending_orders(std::slice::from_ref(&kept), &[url.to_owned()]);
         let pending: Vec<String> = (fs::read_dir(&dir).unwrap())
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| n.ends_with(".pending-order"))

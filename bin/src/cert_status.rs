@@ -33,6 +33,9 @@ pub(crate) struct CertRow {
     /// `acme` or `manual`.
     pub(crate) source: String,
     pub(crate) issuer: Option<String>,
+    /// The directory URL of the CA that issued it (ACME; one of the listener's issuers).
+    #[serde(default)]
+    pub(crate) issued_by: Option<String>,
     pub(crate) serial: Option<String>,
     pub(crate) key_type: Option<String>,
     pub(crate) not_before: Option<u64>,
@@ -84,6 +87,7 @@ impl CertRow {
             ordering: status.ordering,
             failures: status.failures,
             last_error: status.last_error.clone(),
+            issued_by: status.issued_by.clone(),
             orders: (status.orders.by_result().into_iter())
                 .map(|(result, n)| (result.to_owned(), n))
                 .collect(),

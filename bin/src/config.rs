@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, KeyType, Policy, StartError};
+use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, Issuer, KeyType, Policy, StartError};
 use hyper::Uri;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
@@ -57,6 +57,18 @@ struct RawCertificate {
     domains: Spanned<Vec<Spanned<String>>>,
 }
 
+/// One CA of `[[listeners.acme_issuers]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    directory: Spanned<String>,
+    contact: Option<Vec<String>>,
+    profile: Option<String>,
+    directory_ca: Option<Spanned<PathBuf>>,
+    eab_kid: Option<String>,
+    eab_hmac_key_file: Option<Spanned<PathBuf>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessLog {
@@ -91,6 +103,7 @@ struct RawListener {
     acme_startup_timeout: Option<Spanned<String>>,
     acme_profile: Option<Spanned<String>>,
     acme_key_type: Option<Spanned<String>>,
+    acme_issuers: Option<Spanned<Vec<Spanned<RawIssuer>>>>,
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
 }
@@ -603,6 +616,82 @@ fn relative(src: &Source<'_>, path: &Path) -> PathBuf {
     }
 }
 
+/// `[[listeners.acme_issuers]]`: every CA in order of preference (the first one in place of
+/// `acme_directory`, `acme_contact` and `acme_profile`, which are its short form and cannot be
+/// mixed with it), each with its own EAB, whose HMAC key is read from a file here and never
+/// shown.
+fn with_issuers(
+    src: &Source<'_>,
+    l: &RawListener,
+    key: &dyn Fn(&str) -> String,
+    issuers: &Spanned<Vec<Spanned<RawIssuer>>>,
+    mut config: AcmeConfig,
+) -> Result<AcmeConfig, ConfigError> {
+    let short_form = [
+        (l.acme_directory.is_some(), "acme_directory"),
+        (l.acme_contact.is_some(), "acme_contact"),
+        (l.acme_profile.is_some(), "acme_profile"),
+    ];
+    if let Some((_, name)) = short_form.iter().find(|(set, _)| *set) {
+        return Err(src.error(
+            Some(issuers.span()),
+            key("acme_issuers"),
+            format!(
+                "acme_issuers lists every CA, the preferred one first; move {name} into its first \
+                 entry"
+            ),
+        ));
+    }
+    if issuers.get_ref().is_empty() {
+        return Err(src.error(
+            Some(issuers.span()),
+            key("acme_issuers"),
+            "must list at least one CA",
+        ));
+    }
+    for (i, raw) in issuers.get_ref().iter().enumerate() {
+        let at = |field: &str| key(&format!("acme_issuers[{i}].{field}"));
+        let raw = raw.get_ref();
+        let directory = Directory::parse(raw.directory.get_ref())
+            .map_err(|m| src.error(Some(raw.directory.span()), at("directory"), m))?;
+        let mut issuer = Issuer::new(directory);
+        for contact in raw.contact.iter().flatten() {
+            issuer = issuer.contact(contact.clone());
+        }
+        if let Some(profile) = &raw.profile {
+            issuer = issuer.profile(profile.clone());
+        }
+        match (&raw.eab_kid, &raw.eab_hmac_key_file) {
+            (Some(kid), Some(file)) => {
+                let path = relative(src, file.get_ref());
+                // The error names the file, never its content.
+                let hmac_key = std::fs::read_to_string(&path).map_err(|e| {
+                    let problem = format!("cannot read {}: {e}", path.display());
+                    src.error(Some(file.span()), at("eab_hmac_key_file"), problem)
+                })?;
+                issuer = issuer.eab(kid.clone(), hmac_key.trim().to_owned());
+            }
+            (None, None) => {}
+            _ => {
+                return Err(src.error(
+                    Some(issuers.span()),
+                    at("eab_kid"),
+                    "eab_kid and eab_hmac_key_file go together",
+                ));
+            }
+        }
+        if let Some(ca) = &raw.directory_ca {
+            config = config.extra_roots_pem(relative(src, ca.get_ref()));
+        }
+        config = if i == 0 {
+            config.preferred_issuer(issuer)
+        } else {
+            config.fallback_issuer(issuer)
+        };
+    }
+    Ok(config)
+}
+
 /// Rejects keys that belong to the other `tls_mode`, naming the first one present.
 fn only_for_mode(
     src: &Source<'_>,
@@ -637,6 +726,7 @@ fn manual(
             (l.acme_directory.is_some(), "acme_directory"),
             (l.acme_profile.is_some(), "acme_profile"),
             (l.acme_key_type.is_some(), "acme_key_type"),
+            (l.acme_issuers.is_some(), "acme_issuers"),
         ],
     )?;
     let (Some(cert), Some(private_key)) = (&l.tls_cert, &l.tls_key) else {
@@ -790,6 +880,9 @@ fn acme(
     if let Some(ca) = &l.acme_directory_ca {
         config = config.extra_roots_pem(relative(src, ca.get_ref()));
     }
+    if let Some(issuers) = &l.acme_issuers {
+        config = with_issuers(src, l, key, issuers, config)?;
+    }
     // The library's own check (it reads the CA file), reported at the key that set the input.
     if let Err(StartError::Config { field, problem }) = config.check() {
         let (span, name) = match field {
@@ -802,6 +895,9 @@ fn acme(
                 "acme_startup_timeout",
             ),
             "contact" => (l.acme_contact.as_ref().map(|c| c.span()), "acme_contact"),
+            "profile" | "fallback_issuer" | "eab" if l.acme_issuers.is_some() => {
+                (l.acme_issuers.as_ref().map(|i| i.span()), "acme_issuers")
+            }
             "profile" => (l.acme_profile.as_ref().map(|p| p.span()), "acme_profile"),
             "directory" => (
                 l.acme_directory.as_ref().map(|d| d.span()),
@@ -1142,6 +1238,50 @@ mod tests {
         let TlsMode::Acme(acme) = &parsed.listeners[0].tls else {
             panic!("not ACME")
         };
+        let mixed = err(&format!(
+            "{ACME}acme_directory = \"staging\"\n[[listeners.acme_issuers]]\ndirectory = \"production\"\n"
+        ));
+        assert!(
+            mixed.contains("listeners[0].acme_issuers") && mixed.contains("move acme_directory"),
+            "{mixed}"
+        );
+        let half_eab = err(&format!(
+            "{ACME}[[listeners.acme_issuers]]\ndirectory = \"production\"\neab_kid = \"k\"\n"
+        ));
+        assert!(
+            half_eab.contains("acme_issuers[0].eab_kid") && half_eab.contains("go together"),
+            "{half_eab}"
+        );
+        let no_key_file = err(&format!(
+            "{ACME}[[listeners.acme_issuers]]\ndirectory = \"production\"\neab_kid = \"k\"\n\
+             eab_hmac_key_file = \"/nonexistent/hmac\"\n"
+        ));
+        assert!(
+            no_key_file.contains("acme_issuers[0].eab_hmac_key_file")
+                && no_key_file.contains("/nonexistent/hmac"),
+            "{no_key_file}"
+        );
+        let two = parse(
+            Path::new("/etc/certloop.toml"),
+            &format!(
+                "{ACME}[[listeners.acme_issuers]]\ndirectory = \"staging\"\nprofile = \"shortlived\"\n\
+                 [[listeners.acme_issuers]]\ndirectory = \"https://acme.zerossl.com/v2/DV90\"\n"
+            ),
+        )
+        .expect("valid");
+        let TlsMode::Acme(two) = &two.listeners[0].tls else {
+            panic!("not ACME")
+        };
+        let issuers = two.issuers();
+        assert_eq!(issuers.len(), 2);
+        assert_eq!(
+            issuers[0].directory_url(),
+            certloop_tokio::LETS_ENCRYPT_STAGING
+        );
+        assert_eq!(
+            issuers[1].directory_url(),
+            "https://acme.zerossl.com/v2/DV90"
+        );
         let printed = format!("{:?}", acme.as_ref());
         assert!(
             printed.contains("key_type: Rsa2048") && printed.contains("Some(\"shortlived\")"),

@@ -741,3 +741,63 @@ fn an_acme_profile_the_ca_lacks_exits_2_naming_the_listener_and_what_it_offers()
         "{sent:?}"
     );
 }
+
+#[test]
+fn with_the_preferred_ca_down_the_fallback_issuer_issues_and_a_restart_serves_its_certificate() {
+    let mut preferred = Pebble::start();
+    let fallback = Pebble::start_with(&certloop_tests::pebble::PebbleOptions {
+        validation_ports: Some((preferred.tls_port, preferred.http_port)),
+        ..Default::default()
+    });
+    preferred.stop_ca();
+    let domain = "fallback.certloop.test";
+    let config = preferred.scratch("fallback.toml");
+    let body = format!(
+        "state_dir = \"{}\"\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\n\
+         upstream = \"http://127.0.0.1:{}\"\ntls_mode = \"acme\"\nacme_domains = [\"{domain}\"]\n\
+         acme_startup_timeout = \"20s\"\n\
+         [[listeners.acme_issuers]]\ndirectory = \"{}\"\ndirectory_ca = \"{}\"\n\
+         contact = [\"mailto:ops@example.com\"]\n\
+         [[listeners.acme_issuers]]\ndirectory = \"{}\"\ndirectory_ca = \"{}\"\n",
+        preferred.scratch("state").display(),
+        preferred.tls_port,
+        upstream(),
+        preferred.directory_url,
+        preferred.directory_ca.display(),
+        fallback.directory_url,
+        fallback.directory_ca.display(),
+    );
+    std::fs::write(&config, body).expect("config");
+    let mut first = Certloop::start(&config, &[], None);
+    first.wait_ready();
+    let root = fallback.issuing_root_pem();
+    fetch_verified(preferred.tls_port, domain, &root).expect("issued by the fallback");
+    let log = first.log();
+    assert!(
+        log.contains("issuer 1 failed the order") && log.contains("ordering from issuer 2"),
+        "{log}"
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_certloop"))
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("certloop status");
+    let json = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        json.contains(&format!("\"issued_by\": \"{}\"", fallback.directory_url)),
+        "{json}"
+    );
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), 0);
+    // A restart serves the fallback's certificate from its cache file, without ordering.
+    let orders_before = fallback.log().matches("POST /order-plz").count();
+    let mut second = Certloop::start(&config, &[], None);
+    second.wait_ready();
+    fetch_verified(preferred.tls_port, domain, &root).expect("served after the restart");
+    assert_eq!(
+        fallback.log().matches("POST /order-plz").count(),
+        orders_before
+    );
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), 0);
+}

@@ -146,6 +146,7 @@ impl Policy {
 pub struct CertConfig {
     domains: Arc<[String]>,
     seed: u64,
+    issuers: usize,
 }
 
 impl CertConfig {
@@ -175,7 +176,21 @@ impl CertConfig {
         Ok(Self {
             domains: domains.into(),
             seed,
+            issuers: 1,
         })
+    }
+
+    /// Orders from `issuers` CAs in order of preference (at least one; default 1): when one
+    /// fails an order for a reason that is not the request's fault, the next is asked at once;
+    /// every new streak of orders starts with the first.
+    pub fn with_issuers(mut self, issuers: usize) -> Self {
+        self.issuers = issuers.max(1);
+        self
+    }
+
+    /// How many issuers the certificate is ordered from.
+    pub fn issuers(&self) -> usize {
+        self.issuers
     }
 
     /// The names, in configured order.

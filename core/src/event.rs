@@ -227,6 +227,10 @@ pub enum Action {
         attempt: u32,
         /// The certificate this one replaces (for ARI `replaces`), if any.
         replacing: Option<CertBundle>,
+        /// Which of the certificate's issuers (CAs, in order of preference; see
+        /// [`crate::CertConfig::with_issuers`]) to order from: 0 unless the preferred one just
+        /// failed for a reason that was not the request's fault.
+        issuer: usize,
     },
     /// Serve this certificate from now on.
     InstallCert(Certificate),
@@ -420,6 +424,16 @@ pub enum Notice {
         /// What is served meanwhile.
         serving: Serving,
     },
+    /// An issuer failed an order for a reason that was not the request's fault (unreachable,
+    /// server error, rate limited): the next issuer is asked at once.
+    IssuerFallback {
+        /// The issuer that failed (0 is the preferred one).
+        failed: usize,
+        /// The issuer asked next.
+        next: usize,
+        /// Why the failed one failed.
+        error: OrderError,
+    },
     /// The served certificate expired; it is still served while renewal is retried.
     CertExpired {
         /// Its end of validity.
@@ -470,6 +484,7 @@ impl Notice {
             | Self::CachedCertUnusable(_)
             | Self::StoreFailed { .. }
             | Self::ClockWentBackwards { .. }
+            | Self::IssuerFallback { .. }
             | Self::RetryStateRestored { .. } => Level::Warn,
             Self::CacheMissing
             | Self::CachedCertAdopted { .. }
@@ -533,6 +548,16 @@ impl fmt::Display for Notice {
                     }
                 }
             }
+            Self::IssuerFallback {
+                failed,
+                next,
+                error,
+            } => write!(
+                f,
+                "issuer {} failed the order: {error}; ordering from issuer {} at once",
+                failed + 1,
+                next + 1
+            ),
             Self::CertExpired { not_after } => write!(
                 f,
                 "served certificate expired at {not_after}; still serving it while renewal is retried"

@@ -604,3 +604,57 @@ pub fn issues_ip_address_certificates<A: Adapter>(a: &A) {
         );
     }
 }
+
+/// Issuer fallback: the preferred CA answers errors, so the fallback issues (and the status
+/// says so); once the preferred CA recovers, the renewal comes from it again. Two Pebbles
+/// validating on the same ports; the preferred one behind the fault proxy.
+pub fn falls_back_to_the_next_issuer_and_renews_from_the_preferred_one<A: Adapter>(a: &A) {
+    let preferred = Pebble::start();
+    let fallback = Pebble::start_with(&PebbleOptions {
+        validity_secs: Some(16),
+        validation_ports: Some((preferred.tls_port, preferred.http_port)),
+        ..Default::default()
+    });
+    let proxy = crate::fault_proxy::FaultProxy::start(&preferred);
+    proxy.set(Some(crate::fault_proxy::FaultPlan {
+        path: crate::fault_proxy::Path::All,
+        fault: crate::fault_proxy::Fault::Status {
+            status: 503,
+            retry_after: None,
+            problem: Some("serverInternal"),
+        },
+        times: None,
+    }));
+    let cache = preferred.scratch("cache");
+    let names = ["fallback.certloop.test"];
+    let config = config(&preferred, &names, &cache)
+        .directory_url(&proxy.directory_url)
+        .extra_roots_pem(&fallback.directory_ca)
+        .fallback_issuer(
+            certloop_acme::Issuer::new(Directory::Url(fallback.directory_url.clone()))
+                .contact("mailto:ops@example.com"),
+        );
+    let handle = start_serving(a, &preferred, config)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, fallback.log()));
+    fetch_verified(preferred.tls_port, names[0], &fallback.issuing_root_pem())
+        .expect("issued by the fallback");
+    assert_eq!((orders(&preferred), orders(&fallback)), (0, 1));
+    let status = handle.status();
+    assert_eq!(
+        status[0].issued_by.as_deref(),
+        Some(fallback.directory_url.as_str())
+    );
+    assert_eq!(status[0].orders.server_error, 1, "{:?}", status[0].orders);
+    // The preferred CA recovers: the renewal (due within seconds) is its.
+    proxy.set(None);
+    wait_for_event(a, &handle, Duration::from_secs(40), |e| {
+        matches!(e, LifecycleEvent::Renewed { .. })
+    });
+    fetch_verified(preferred.tls_port, names[0], &preferred.issuing_root_pem())
+        .expect("renewed by the preferred CA");
+    assert_eq!(orders(&preferred), 1);
+    assert_eq!(
+        handle.status()[0].issued_by.as_deref(),
+        Some(proxy.directory_url.as_str())
+    );
+}

@@ -15,6 +15,9 @@ pub struct PebbleOptions {
     pub validity_secs: Option<u64>,
     /// Require External Account Binding with this key id and base64url HMAC key.
     pub eab: Option<(String, String)>,
+    /// Validate on these TLS-ALPN-01 and HTTP-01 ports (another Pebble's) instead of fresh
+    /// ones: two CAs validating the same server.
+    pub validation_ports: Option<(u16, u16)>,
 }
 
 /// A running Pebble and its challenge DNS server; both are killed on drop.
@@ -116,6 +119,7 @@ impl Pebble {
             tls_port,
             http_port,
         ] = [(); 6].map(|_| free_port());
+        let (tls_port, http_port) = options.validation_ports.unwrap_or((tls_port, http_port));
         let challtest = Command::new(challtest_bin)
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])

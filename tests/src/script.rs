@@ -36,6 +36,16 @@ impl Script {
     /// A lifecycle with a specific policy.
     pub fn with_policy(domains: &[&str], policy: Policy) -> Self {
         let config = CertConfig::new(domains.iter().copied(), 7).expect("valid names");
+        Self::with_config(domains, config, policy)
+    }
+
+    /// A lifecycle ordering from `issuers` CAs, in order of preference.
+    pub fn with_issuers(domains: &[&str], issuers: usize) -> Self {
+        let config = CertConfig::new(domains.iter().copied(), 7).expect("valid names");
+        Self::with_config(domains, config.with_issuers(issuers), Policy::default())
+    }
+
+    fn with_config(domains: &[&str], config: CertConfig, policy: Policy) -> Self {
         let lifecycle =
             CertLifecycle::new(Arc::new(policy), &config, SCRIPT_START).expect("valid policy");
         let mut script = Self {

@@ -28,9 +28,12 @@ const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 /// Simulated runs start here (2027-01-15).
 const START: u64 = 1_800_000_000 * SECOND;
-/// Orders that reach the CA, per certificate, in any rolling hour, across restarts: the
-/// core's own budget plus a few from restarts whose last order failed to reach the CA.
-pub const MAX_CA_ORDERS_PER_HOUR: usize = certloop_core::ORDER_BUDGET + 4;
+/// Orders that reach one CA, per certificate, in any rolling hour, across restarts: the core's
+/// own budget (per process: it is not persisted) plus what a restart loop adds in the hour
+/// before. Each restart honours the persisted streak's wait, which doubles from a minute
+/// (1 + 2 + 4 + 8 + 16 + 32 minutes pass the hour: six orders at most), plus one from a restart
+/// whose last order failed to reach the CA (not persisted against it).
+pub const MAX_CA_ORDERS_PER_HOUR: usize = certloop_core::ORDER_BUDGET + 7;
 /// After healing, every certificate must have converged within this long.
 const CONVERGE_WITHIN: u64 = 4 * DAY;
 
@@ -110,6 +113,9 @@ pub struct SimConfig {
     pub certs: Vec<CertSpec>,
     /// Fault rates.
     pub rates: Rates,
+    /// How many CAs each certificate is ordered from (the fake CA answers for all of them with
+    /// the same faults: every fallback fails as often as the preferred CA).
+    pub issuers: usize,
     /// Which family of runs this is.
     pub kind: SimKind,
 }
@@ -201,6 +207,7 @@ impl SimConfig {
             heal_day,
             certs,
             rates,
+            issuers: 1 + rng.up_to(1) as usize,
             kind: SimKind::Swarm,
         }
     }
@@ -245,6 +252,7 @@ impl SimConfig {
             heal_day: days.saturating_sub(15).max(days * 2 / 3),
             certs,
             rates,
+            issuers: 1,
             kind: SimKind::ShortLivedOutages,
         }
     }
@@ -255,11 +263,12 @@ impl fmt::Display for SimConfig {
         let r = &self.rates;
         write!(
             f,
-            "SEED={}{} days={} heal_day={} certs=[",
+            "SEED={}{} days={} heal_day={} issuers={} certs=[",
             self.seed,
             self.kind.flag(),
             self.days,
-            self.heal_day
+            self.heal_day,
+            self.issuers
         )?;
         for (i, c) in self.certs.iter().enumerate() {
             let sep = if i == 0 { "" } else { " " };
@@ -394,8 +403,8 @@ struct Track {
     // The "disk": survives restarts.
     stored: Option<Certificate>,
     retry: Option<RetryState>,
-    /// True times of the orders that reached the CA since the clock last jumped.
-    ca_orders: VecDeque<UnixTime>,
+    /// True times of the orders that reached a CA since the clock last jumped, and which.
+    ca_orders: VecDeque<(UnixTime, usize)>,
     // Per instance.
     started_true: u64,
     /// The wall clock jumped since this instance started.
@@ -482,7 +491,8 @@ impl Sim {
             .enumerate()
             .map(|(i, spec)| {
                 let config = CertConfig::new(spec.domains.clone(), cfg.seed.wrapping_add(i as u64))
-                    .expect("simulated names are valid");
+                    .expect("simulated names are valid")
+                    .with_issuers(cfg.issuers);
                 let lifetime = spec.lifetime.as_millis() as u64;
                 let stored = initial_cache(spec, lifetime, i);
                 Track {
@@ -788,10 +798,15 @@ impl Sim {
                 };
                 self.push(self.now + 1, SimEvent::Deliver { cert, id, event });
             }
-            Action::StartOrder { order, domains, .. } => {
+            Action::StartOrder {
+                order,
+                domains,
+                issuer,
+                ..
+            } => {
                 self.report.orders += 1;
                 self.tracks[cert].retry_due_by = None;
-                self.order(cert, id, order, &domains)?;
+                self.order(cert, id, order, &domains, issuer)?;
             }
             Action::InstallCert(_) => {
                 self.report.installs += 1;
@@ -845,6 +860,7 @@ impl Sim {
         id: CertId,
         order: OrderId,
         domains: &[String],
+        issuer: usize,
     ) -> Result<(), String> {
         let rates = self.cfg.rates.clone();
         let faulty = !self.healed;
@@ -867,7 +883,7 @@ impl Sim {
             self.push(at, SimEvent::Deliver { cert, id, event });
             return Ok(());
         }
-        self.count_ca_order(cert)?;
+        self.count_ca_order(cert, issuer)?;
         let slow = fault(&mut self.rng, rates.slow);
         let latency = if slow {
             self.rng.up_to(9 * MINUTE)
@@ -954,21 +970,26 @@ impl Sim {
         }
     }
 
-    fn count_ca_order(&mut self, cert: usize) -> Result<(), String> {
+    /// Rate limits are per CA: each issuer's orders are counted on their own.
+    fn count_ca_order(&mut self, cert: usize, issuer: usize) -> Result<(), String> {
         let track = &mut self.tracks[cert];
         let now = UnixTime::from_millis(self.now);
-        track.ca_orders.push_back(now);
+        track.ca_orders.push_back((now, issuer));
         while track
             .ca_orders
             .front()
-            .is_some_and(|t| now.saturating_since(*t) >= Duration::from_secs(3600))
+            .is_some_and(|(t, _)| now.saturating_since(*t) >= Duration::from_secs(3600))
         {
             track.ca_orders.pop_front();
         }
-        if track.ca_orders.len() > MAX_CA_ORDERS_PER_HOUR {
+        let at_this_ca = (track.ca_orders.iter())
+            .filter(|(_, i)| *i == issuer)
+            .count();
+        if at_this_ca > MAX_CA_ORDERS_PER_HOUR {
             return Err(format!(
-                "cert{cert}: {} orders reached the CA within an hour (limit {MAX_CA_ORDERS_PER_HOUR})",
-                track.ca_orders.len()
+                "cert{cert}: {at_this_ca} orders reached issuer {} within an hour (limit \
+                 {MAX_CA_ORDERS_PER_HOUR})",
+                issuer + 1
             ));
         }
         Ok(())
@@ -1235,10 +1256,16 @@ pub fn describe_action(action: &Action) -> String {
             order,
             attempt,
             replacing,
+            issuer,
             ..
         } => format!(
-            "StartOrder#{} attempt {attempt}{}",
+            "StartOrder#{} attempt {attempt}{}{}",
             order.0,
+            if *issuer > 0 {
+                format!(" from issuer {}", issuer + 1)
+            } else {
+                String::new()
+            },
             if replacing.is_some() {
                 " (replacing)"
             } else {

@@ -33,4 +33,5 @@ conformance!(
     profile_is_checked_at_launch_and_sent_with_orders,
     key_types_are_issued_and_served,
     issues_ip_address_certificates,
+    falls_back_to_the_next_issuer_and_renews_from_the_preferred_one,
 );

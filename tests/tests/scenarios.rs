@@ -457,3 +457,53 @@ fn the_status_snapshot_tells_what_is_served_and_what_comes_next() {
     assert_eq!((status.failures, status.last_error), (0, None));
     assert!(status.serving.unwrap().not_after > not_after);
 }
+
+/// The issuer each `StartOrder` so far went to, in order.
+fn issuers_asked(script: &Script) -> Vec<usize> {
+    (script.actions.iter())
+        .filter_map(|a| match a {
+            Action::StartOrder { issuer, .. } => Some(*issuer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failing_issuer_falls_back_to_the_next_at_once_and_renewals_prefer_the_first_again() {
+    let mut s = Script::with_issuers(NAMES, 2);
+    // First start: the preferred CA is down; the fallback is asked at once, and issues.
+    s.cache_missing();
+    let started = s.now();
+    s.order_fails(FailureKind::Unreachable, "connection refused");
+    assert_eq!(issuers_asked(&s), [0, 1]);
+    assert_eq!(s.now(), started, "no wait before the fallback");
+    s.order_succeeds(90 * DAY).store_finishes(Ok(()));
+    assert!(s.lifecycle().is_ready());
+    // The renewal asks the preferred CA first again.
+    s.renewal_info(RenewalInfo::Unsupported).until_wake();
+    assert_eq!(issuers_asked(&s), [0, 1, 0]);
+    // A rate limit there also falls back; a failure of the last issuer backs off as usual
+    // and the next round starts with the preferred one.
+    s.order_fails(
+        FailureKind::RateLimited {
+            retry_after: Some(HOUR),
+        },
+        "urn:ietf:params:acme:error:rateLimited: too many certificates",
+    );
+    assert_eq!(issuers_asked(&s), [0, 1, 0, 1]);
+    let failed_at = s.now();
+    s.order_fails(FailureKind::ServerError, "HTTP 500");
+    s.until_wake();
+    assert_eq!(issuers_asked(&s), [0, 1, 0, 1, 0]);
+    assert!(
+        s.now().saturating_since(failed_at) >= HOUR,
+        "the round waits for the Retry-After the first issuer asked for"
+    );
+    // A rejection is the request's fault: no fallback, the usual wait.
+    s.order_fails(
+        FailureKind::Rejected,
+        "urn:ietf:params:acme:error:rejectedIdentifier",
+    );
+    assert_eq!(issuers_asked(&s), [0, 1, 0, 1, 0]);
+    insta::assert_snapshot!(s.trace());
+}

@@ -62,6 +62,12 @@ pub(crate) struct Machine {
     failures: u32,
     startup_attempts: u32,
     last_error: Option<OrderError>,
+    /// How many issuers there are, and which one the next order goes to.
+    issuers: usize,
+    issuer: usize,
+    /// The latest time an issuer asked not to be asked before (a rate limit's Retry-After)
+    /// during the current round of issuers: the round's retry honours it.
+    round_not_before: Option<UnixTime>,
     store: StoreWriteBack,
     ari: AriPoll,
     next_id: u64,
@@ -91,6 +97,9 @@ impl Machine {
             failures: 0,
             startup_attempts: 0,
             last_error: None,
+            issuers: cert.issuers(),
+            issuer: 0,
+            round_not_before: None,
             store: StoreWriteBack::default(),
             ari: AriPoll::default(),
             next_id: 1,
@@ -212,6 +221,7 @@ impl Machine {
             back(&mut self.started_at);
             back(&mut self.order_deadline);
             self.retry_at.as_mut().map(back);
+            self.round_not_before.as_mut().map(back);
             self.store.shift_back(by);
             self.ari.shift_back(by);
             self.budget.shift_back(by);
@@ -414,6 +424,7 @@ impl Machine {
             domains: self.domains.clone(),
             attempt,
             replacing: self.serving.as_ref().map(|s| s.cert.bundle.clone()),
+            issuer: self.issuer,
         });
     }
 
@@ -449,6 +460,9 @@ impl Machine {
         out(Action::Log(Notice::CertIssued { not_after, renewal }));
         self.retry_at = None;
         self.last_error = None;
+        // The next renewal asks the preferred issuer first again.
+        self.issuer = 0;
+        self.round_not_before = None;
         if self.failures > 0 {
             self.failures = 0;
             out(Action::PersistRetryState(RetryState::default()));
@@ -471,6 +485,31 @@ impl Machine {
     }
 
     fn order_failed(&mut self, now: UnixTime, error: OrderError, out: &mut impl FnMut(Action)) {
+        let not_the_requests_fault = matches!(
+            error.kind,
+            FailureKind::Unreachable | FailureKind::ServerError | FailureKind::RateLimited { .. }
+        );
+        if not_the_requests_fault && self.issuer + 1 < self.issuers {
+            // The next issuer at once (the order budget still applies); the streak counts one
+            // failure per round of issuers, so more issuers never mean a faster backoff.
+            let failed = self.issuer;
+            self.issuer += 1;
+            if let FailureKind::RateLimited {
+                retry_after: Some(wait),
+            } = error.kind
+            {
+                let until = now.saturating_add(wait.min(self.policy.retry_after_max));
+                self.round_not_before = Some(self.round_not_before.map_or(until, |t| t.max(until)));
+            }
+            self.last_error = Some(error.clone());
+            out(Action::Log(Notice::IssuerFallback {
+                failed,
+                next: self.issuer,
+                error,
+            }));
+            return;
+        }
+        self.issuer = 0;
         self.failures = self.failures.saturating_add(1);
         let attempt = self.failures;
         let served = self
@@ -514,6 +553,8 @@ impl Machine {
             _ => delay,
         };
         let retry_at = now.saturating_add(delay);
+        // An issuer of this round asked for a longer wait: the next round starts with it.
+        let retry_at = retry_at.max(self.round_not_before.take().unwrap_or(retry_at));
         self.last_error = Some(error.clone());
         out(Action::PersistRetryState(RetryState {
             failures: self.failures,
