@@ -3,9 +3,11 @@
 set -euo pipefail
 need=()
 for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime cc:gcc \
-    prlimit:util-linux mount:mount getconf:libc-bin chromium:chromium; do
+    prlimit:util-linux mount:mount getconf:libc-bin chromium:chromium kdig:knot-dnsutils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
+# The DNS-01 tests' authoritative server (in /usr/sbin, which may not be on PATH).
+[ -x /usr/sbin/knotd ] || command -v knotd >/dev/null 2>&1 || need+=(knot)
 # The tests signal the proxy with the kill program (not the shell builtin).
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
 if ! command -v cargo >/dev/null 2>&1; then

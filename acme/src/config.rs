@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use certloop_core::{CertConfig, Policy, UnixTime};
 use rustls_pki_types::CertificateDer;
 
+use crate::dns_wire::TsigKey;
+use crate::dns01::{Rfc2136Settings, in_zone};
 use crate::key_type::KeyType;
 use crate::order::{ChallengeKind, ExternalAccount};
 use crate::store::StoreError;
@@ -128,6 +130,7 @@ pub struct AcmeConfig {
     pub(crate) eab: Option<(String, String)>,
     pub(crate) profile: Option<String>,
     pub(crate) fallbacks: Vec<Issuer>,
+    pub(crate) dns01: Option<Rfc2136Settings>,
     pub(crate) key_type: KeyType,
     pub(crate) policy: Policy,
     pub(crate) retry_now: bool,
@@ -145,6 +148,7 @@ impl fmt::Debug for AcmeConfig {
             .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
             .field("profile", &self.profile)
             .field("fallbacks", &self.fallbacks)
+            .field("dns01", &self.dns01)
             .field("key_type", &self.key_type)
             .field("policy", &self.policy)
             .field("retry_now", &self.retry_now)
@@ -159,6 +163,8 @@ pub(crate) struct Resolved {
     pub(crate) extra_roots: Vec<CertificateDer<'static>>,
     /// Each issuer's EAB, in [`AcmeConfig::issuers`] order.
     pub(crate) eabs: Vec<Option<ExternalAccount>>,
+    /// The TSIG key DNS-01 signs its updates with.
+    pub(crate) dns_key: Option<TsigKey>,
 }
 
 /// The most CAs a certificate can be ordered from.
@@ -182,6 +188,7 @@ impl AcmeConfig {
             eab: None,
             profile: None,
             fallbacks: Vec::new(),
+            dns01: None,
             key_type: KeyType::EcdsaP256,
             policy: Policy::default(),
             retry_now: false,
@@ -244,6 +251,16 @@ impl AcmeConfig {
     /// [`StartError::Config`] (field `profile`, naming what the CA offers) when it is missing.
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
         self.profile = Some(profile.into());
+        self
+    }
+
+    /// Proves control of the names with DNS-01, publishing the TXT records by RFC 2136 dynamic
+    /// updates signed with TSIG (and so can obtain wildcard names such as `*.example.com`).
+    /// Every name must be inside `settings.zone`; the secret file is read when the
+    /// configuration is checked, and never printed.
+    pub fn dns01_rfc2136(mut self, settings: Rfc2136Settings) -> Self {
+        self.challenge = ChallengeKind::Dns01;
+        self.dns01 = Some(settings);
         self
     }
 
@@ -319,6 +336,31 @@ impl AcmeConfig {
             let problem = format!("{} issuers; at most {MAX_ISSUERS}", issuers.len());
             return Err(invalid("fallback_issuer", problem));
         }
+        let dns_key = match (self.challenge, &self.dns01) {
+            (ChallengeKind::Dns01, Some(settings)) => {
+                let key = settings
+                    .read_key()
+                    .map_err(|e| invalid("dns01_rfc2136", e))?;
+                let outside = self
+                    .certs
+                    .iter()
+                    .flatten()
+                    .find(|n| !in_zone(n, &settings.zone));
+                if let Some(name) = outside {
+                    let problem = format!(
+                        "{name:?} is not in the zone {:?} that DNS-01 updates",
+                        settings.zone
+                    );
+                    return Err(invalid("domains", problem));
+                }
+                Some(key)
+            }
+            (ChallengeKind::Dns01, None) => {
+                let problem = "dns-01 needs the DNS server to update: call dns01_rfc2136";
+                return Err(invalid("challenge", problem));
+            }
+            _ => None,
+        };
         let certs = cert_configs(&self.certs, self.challenge)
             .map_err(|p| invalid("domains", p))?
             .into_iter()
@@ -371,6 +413,7 @@ impl AcmeConfig {
             certs,
             extra_roots,
             eabs,
+            dns_key,
         })
     }
 }
@@ -394,7 +437,13 @@ fn cert_configs(
         return Err("a certificate needs at least one name".into());
     }
     for name in certs.iter().flatten() {
-        if name.starts_with("*.") {
+        if challenge == ChallengeKind::Dns01 && certloop_core::is_ip_address(name) {
+            return Err(format!(
+                "{name:?}: an IP address cannot be validated with DNS-01; use tls-alpn-01 or \
+                 http-01"
+            ));
+        }
+        if name.starts_with("*.") && challenge != ChallengeKind::Dns01 {
             return Err(format!(
                 "{name:?}: a wildcard name can only be validated with DNS-01, and {} cannot \
                  obtain it; list the names you serve instead",

@@ -15,6 +15,7 @@ use instant_acme::CertificateIdentifier;
 use crate::cache::decode_cert_file;
 use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
+use crate::dns01::{DnsProvider, Rfc2136};
 use crate::handle::{AcmeHandle, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
@@ -179,6 +180,13 @@ pub async fn launch_with<R: Runtime>(
         ended: std::sync::atomic::AtomicBool::new(false),
     });
     let retry_after = RetryAfterSlot::default();
+    let dns: Option<Arc<dyn DnsProvider>> = match (config.dns01.clone(), resolved.dns_key) {
+        (Some(settings), Some(key)) => {
+            Some(Arc::new(Arc::new(Rfc2136::new(rt.clone(), settings, key))))
+        }
+        _ => None,
+    };
+    let dns_propagation = (config.dns01.as_ref()).map_or(Duration::ZERO, |s| s.propagation_timeout);
     // One context per issuer: its own directory, account, EAB and profile; the rest shared.
     let contexts: Vec<Arc<AcmeContext<R>>> = (issuers.iter().zip(resolved.eabs))
         .map(|(issuer, eab)| {
@@ -189,6 +197,8 @@ pub async fn launch_with<R: Runtime>(
                 transport: transport.clone(),
                 eab,
                 profile: issuer.profile.clone(),
+                dns: dns.clone(),
+                dns_propagation,
                 key_type: config.key_type,
                 store: store.clone(),
                 resolver: shared.resolver.clone(),

@@ -16,6 +16,8 @@ mod cache;
 mod cache_fs;
 mod cached_status;
 mod config;
+mod dns01;
+mod dns_wire;
 mod driver;
 #[doc(hidden)]
 pub mod example;
@@ -36,6 +38,7 @@ mod tls;
 pub use config::{
     AcmeConfig, Directory, Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
 };
+pub use dns01::Rfc2136Settings;
 pub use handle::{AcmeHandle, LifecycleEvent, LifecycleEvents};
 pub use http01::{
     Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
@@ -58,8 +61,8 @@ pub mod embedding {
         DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens, Issuer,
         KeyType, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
         MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
-        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, ServedCert, StartError, StoreError,
-        TlsAlpn01, server_config,
+        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, Rfc2136Settings, ServedCert,
+        StartError, StoreError, TlsAlpn01, server_config,
     };
     pub use certloop_core::{Policy, Ratio, UnixTime};
 }

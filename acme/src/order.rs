@@ -14,6 +14,7 @@ use instant_acme::{
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::cache::{decode_cert_file, encode_cert_file};
+use crate::dns01::{DnsProvider, record_name, wait_until_visible};
 use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
 use crate::ip_identifier::{identifier_of, reverse_dns_name};
@@ -33,6 +34,9 @@ pub enum ChallengeKind {
     TlsAlpn01,
     /// HTTP-01 on port 80.
     Http01,
+    /// DNS-01: a TXT record, published through [`crate::AcmeConfig::dns01_rfc2136`]. The only
+    /// challenge that can obtain wildcard names.
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -41,6 +45,7 @@ impl ChallengeKind {
         match self {
             Self::TlsAlpn01 => "tls-alpn-01",
             Self::Http01 => "http-01",
+            Self::Dns01 => "dns-01",
         }
     }
 }
@@ -77,6 +82,10 @@ pub(crate) struct AcmeContext<R: Runtime> {
     pub eab: Option<ExternalAccount>,
     /// The ACME profile orders ask for, if any.
     pub profile: Option<String>,
+    /// Where DNS-01 records are published, when that is the challenge.
+    pub dns: Option<Arc<dyn DnsProvider>>,
+    /// How long a DNS-01 record may take to reach every authoritative server.
+    pub dns_propagation: Duration,
     /// The type of the certificate keys generated.
     pub key_type: KeyType,
     /// The cache directory.
@@ -234,13 +243,36 @@ impl<R: Runtime> AcmeContext<R> {
     }
 
     /// Runs one order to a certificate for `domains`, publishing its challenge answers as
-    /// `owner` (they are removed when the order ends, however it ends). `replacing` (sent as
-    /// ARI `replaces`) must only be given when the directory supports ARI.
+    /// `owner` (they are removed when the order ends, however it ends; DNS-01 records once it
+    /// ends, unless the task is cancelled first). `replacing` (sent as ARI `replaces`) must
+    /// only be given when the directory supports ARI.
     pub(crate) async fn order(
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
         owner: ChallengeOwner,
+    ) -> Result<Certificate, OrderError> {
+        let mut published = Vec::new();
+        let result = self
+            .order_publishing(domains, replacing, owner, &mut published)
+            .await;
+        if let Some(dns) = &self.dns {
+            for (name, value) in published {
+                if let Err(e) = dns.remove(name.clone(), value).await {
+                    tracing::warn!("DNS-01: cannot remove the TXT record {name}: {e}");
+                }
+            }
+        }
+        result
+    }
+
+    /// [`AcmeContext::order`], noting each DNS-01 record it publishes in `published`.
+    async fn order_publishing(
+        &self,
+        domains: &[String],
+        replacing: Option<&CertBundle>,
+        owner: ChallengeOwner,
+        published: &mut Vec<(String, String)>,
     ) -> Result<Certificate, OrderError> {
         let account = self.account().await?;
         if let Some(profile) = &self.profile {
@@ -309,6 +341,7 @@ impl<R: Runtime> AcmeContext<R> {
             let kind = match self.challenge {
                 ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
                 ChallengeKind::Http01 => ChallengeType::Http01,
+                ChallengeKind::Dns01 => ChallengeType::Dns01,
             };
             let wanted = format!("{kind:?}");
             let mut challenge = authz.challenge(kind).ok_or_else(|| OrderError {
@@ -344,6 +377,26 @@ impl<R: Runtime> AcmeContext<R> {
                         &challenge.token,
                         key_authorization.as_str(),
                     );
+                }
+                ChallengeKind::Dns01 => {
+                    // Published, then seen on every authoritative server, before the CA looks.
+                    // A DNS failure is not the CA's: no other issuer would do better.
+                    let dns_failed = |detail: String| OrderError {
+                        kind: FailureKind::Rejected,
+                        detail: format!("DNS-01: {detail}"),
+                    };
+                    let dns = self.dns.as_ref().ok_or_else(|| {
+                        dns_failed("no DNS server is configured to publish the record".into())
+                    })?;
+                    let (record, value) = (record_name(&name), key_authorization.dns_value());
+                    dns.publish(record.clone(), value.clone())
+                        .await
+                        .map_err(dns_failed)?;
+                    published.push((record.clone(), value.clone()));
+                    let within = self.dns_propagation;
+                    wait_until_visible(&self.rt, dns.as_ref(), &record, &value, within)
+                        .await
+                        .map_err(dns_failed)?;
                 }
             }
             // Each name is set ready as soon as its answer is in place: the CA validates them

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_tokio::{AcmeConfig, ChallengeKind, Directory, Issuer, KeyType, Policy, StartError};
+use certloop_tokio::{
+    AcmeConfig, ChallengeKind, Directory, Issuer, KeyType, Policy, Rfc2136Settings, StartError,
+};
 use hyper::Uri;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
@@ -104,6 +106,11 @@ struct RawListener {
     acme_profile: Option<Spanned<String>>,
     acme_key_type: Option<Spanned<String>>,
     acme_issuers: Option<Spanned<Vec<Spanned<RawIssuer>>>>,
+    acme_dns_server: Option<Spanned<String>>,
+    acme_dns_zone: Option<Spanned<String>>,
+    acme_dns_key_name: Option<Spanned<String>>,
+    acme_dns_key_file: Option<Spanned<PathBuf>>,
+    acme_dns_propagation_timeout: Option<Spanned<String>>,
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
 }
@@ -616,6 +623,83 @@ fn relative(src: &Source<'_>, path: &Path) -> PathBuf {
     }
 }
 
+/// The DNS-01 keys: all four with `acme_challenge = "dns-01"`, none without it.
+fn dns01(
+    src: &Source<'_>,
+    l: &RawListener,
+    key: &dyn Fn(&str) -> String,
+    challenge: ChallengeKind,
+) -> Result<Option<Rfc2136Settings>, ConfigError> {
+    let keys = [
+        (
+            l.acme_dns_server.as_ref().map(Spanned::span),
+            "acme_dns_server",
+        ),
+        (l.acme_dns_zone.as_ref().map(Spanned::span), "acme_dns_zone"),
+        (
+            l.acme_dns_key_name.as_ref().map(Spanned::span),
+            "acme_dns_key_name",
+        ),
+        (
+            l.acme_dns_key_file.as_ref().map(Spanned::span),
+            "acme_dns_key_file",
+        ),
+        (
+            l.acme_dns_propagation_timeout.as_ref().map(Spanned::span),
+            "acme_dns_propagation_timeout",
+        ),
+    ];
+    if challenge != ChallengeKind::Dns01 {
+        if let Some((span, name)) = keys.iter().find(|(span, _)| span.is_some()) {
+            return Err(src.error(
+                span.clone(),
+                key(name),
+                "only used with acme_challenge = \"dns-01\"",
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(server), Some(zone), Some(key_name), Some(key_file)) = (
+        &l.acme_dns_server,
+        &l.acme_dns_zone,
+        &l.acme_dns_key_name,
+        &l.acme_dns_key_file,
+    ) else {
+        let missing = keys[..4]
+            .iter()
+            .find(|(span, _)| span.is_none())
+            .map_or("", |k| k.1);
+        return Err(src.error(
+            l.acme_challenge.as_ref().map(Spanned::span),
+            key("acme_challenge"),
+            format!(
+                "dns-01 needs acme_dns_server, acme_dns_zone, acme_dns_key_name and \
+                 acme_dns_key_file (the TSIG secret); {missing} is missing"
+            ),
+        ));
+    };
+    let address = server.get_ref().parse().map_err(|_| {
+        src.error(
+            Some(server.span()),
+            key("acme_dns_server"),
+            format!(
+                "{:?} is not an address:port such as 192.0.2.53:53",
+                server.get_ref()
+            ),
+        )
+    })?;
+    let mut settings = Rfc2136Settings::new(
+        address,
+        zone.get_ref().clone(),
+        key_name.get_ref().clone(),
+        relative(src, key_file.get_ref()),
+    );
+    if let Some(t) = &l.acme_dns_propagation_timeout {
+        settings.propagation_timeout = duration(src, t, &key("acme_dns_propagation_timeout"))?;
+    }
+    Ok(Some(settings))
+}
+
 /// `[[listeners.acme_issuers]]`: every CA in order of preference (the first one in place of
 /// `acme_directory`, `acme_contact` and `acme_profile`, which are its short form and cannot be
 /// mixed with it), each with its own EAB, whose HMAC key is read from a file here and never
@@ -727,6 +811,10 @@ fn manual(
             (l.acme_profile.is_some(), "acme_profile"),
             (l.acme_key_type.is_some(), "acme_key_type"),
             (l.acme_issuers.is_some(), "acme_issuers"),
+            (l.acme_dns_server.is_some(), "acme_dns_server"),
+            (l.acme_dns_zone.is_some(), "acme_dns_zone"),
+            (l.acme_dns_key_name.is_some(), "acme_dns_key_name"),
+            (l.acme_dns_key_file.is_some(), "acme_dns_key_file"),
         ],
     )?;
     let (Some(cert), Some(private_key)) = (&l.tls_cert, &l.tls_key) else {
@@ -836,11 +924,12 @@ fn acme(
                     "http-01 needs an [http] listener on port 80",
                 ));
             }
+            "dns-01" => ChallengeKind::Dns01,
             other => {
                 return Err(src.error(
                     Some(c.span()),
                     key("acme_challenge"),
-                    format!("{other:?} is not \"tls-alpn-01\" or \"http-01\""),
+                    format!("{other:?} is not \"tls-alpn-01\", \"http-01\" or \"dns-01\""),
                 ));
             }
         },
@@ -883,6 +972,9 @@ fn acme(
     if let Some(issuers) = &l.acme_issuers {
         config = with_issuers(src, l, key, issuers, config)?;
     }
+    if let Some(settings) = dns01(src, l, key, challenge)? {
+        config = config.dns01_rfc2136(settings);
+    }
     // The library's own check (it reads the CA file), reported at the key that set the input.
     if let Err(StartError::Config { field, problem }) = config.check() {
         let (span, name) = match field {
@@ -895,6 +987,10 @@ fn acme(
                 "acme_startup_timeout",
             ),
             "contact" => (l.acme_contact.as_ref().map(|c| c.span()), "acme_contact"),
+            "dns01_rfc2136" => (
+                l.acme_dns_key_file.as_ref().map(|k| k.span()),
+                "acme_dns_key_file",
+            ),
             "profile" | "fallback_issuer" | "eab" if l.acme_issuers.is_some() => {
                 (l.acme_issuers.as_ref().map(|i| i.span()), "acme_issuers")
             }
@@ -1282,6 +1378,29 @@ mod tests {
             issuers[1].directory_url(),
             "https://acme.zerossl.com/v2/DV90"
         );
+        let dns_without_keys = err(&format!("{ACME}acme_challenge = \"dns-01\"\n"));
+        assert!(
+            dns_without_keys.contains(":7: listeners[0].acme_challenge")
+                && dns_without_keys.contains("acme_dns_server is missing"),
+            "{dns_without_keys}"
+        );
+        let dns_keys_alone = err(&format!("{ACME}acme_dns_zone = \"example.com\"\n"));
+        assert!(
+            dns_keys_alone.contains("acme_dns_zone") && dns_keys_alone.contains("only used with"),
+            "{dns_keys_alone}"
+        );
+        let no_secret = err(&format!(
+            "{ACME}acme_challenge = \"dns-01\"\nacme_dns_server = \"127.0.0.1:53\"\n\
+             acme_dns_zone = \"example.com\"\nacme_dns_key_name = \"k\"\n\
+             acme_dns_key_file = \"/nonexistent/tsig.key\"\n"
+        ));
+        assert!(
+            no_secret.contains(":11: listeners[0].acme_dns_key_file")
+                && no_secret.contains("/nonexistent/tsig.key"),
+            "{no_secret}"
+        );
+        let wildcard_http = err(&ACME.replace("\"example.com\"", "\"*.example.com\""));
+        assert!(wildcard_http.contains("DNS-01"), "{wildcard_http}");
         let printed = format!("{:?}", acme.as_ref());
         assert!(
             printed.contains("key_type: Rsa2048") && printed.contains("Some(\"shortlived\")"),

@@ -537,3 +537,49 @@ fn one_listener_serves_several_certificates_by_name() {
         "one certificate for both blog names"
     );
 }
+
+#[test]
+fn a_wildcard_listener_gets_its_certificate_by_dns_01_through_knot() {
+    let knot = certloop_tests::knot::Knot::start("certloop.test", "");
+    let pebble = Pebble::start_with(&certloop_tests::pebble::PebbleOptions {
+        dns_server: Some(knot.addr),
+        ..Default::default()
+    });
+    let extra = format!(
+        "acme_challenge = \"dns-01\"\nacme_dns_server = \"{}\"\nacme_dns_zone = \"{}\"\n\
+         acme_dns_key_name = \"{}\"\nacme_dns_key_file = \"{}\"\n",
+        knot.addr,
+        knot.zone,
+        knot.key_name,
+        knot.key_file.display()
+    );
+    let body = format!(
+        "state_dir = \"{}\"\n{}",
+        pebble.scratch("state").display(),
+        acme_listener(
+            &pebble,
+            "apps",
+            pebble.tls_port,
+            &["*.certloop.test", "certloop.test"],
+            &extra
+        )
+    );
+    let config = write_config(&pebble, "wildcard", &body);
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    for name in ["certloop.test", "shop.certloop.test"] {
+        let (_, response) = fetch_verified(pebble.tls_port, name, &root)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", certloop.log()));
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    let log = certloop.log();
+    let secret = std::fs::read_to_string(&knot.key_file).expect("key");
+    assert!(
+        !log.contains(secret.trim()),
+        "the TSIG secret never reaches the log"
+    );
+    assert!(knot.txt("_acme-challenge.certloop.test").is_empty());
+    certloop.signal("TERM");
+    assert_eq!(certloop.wait_exit(Duration::from_secs(10)), 0);
+}

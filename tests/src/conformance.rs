@@ -658,3 +658,67 @@ pub fn falls_back_to_the_next_issuer_and_renews_from_the_preferred_one<A: Adapte
         Some(proxy.directory_url.as_str())
     );
 }
+
+/// DNS-01 through a real authoritative server (knot), for a wildcard and its parent: the
+/// records are published by signed dynamic updates, seen on every authoritative server before
+/// the CA looks, and removed afterwards; any name under the wildcard gets the certificate. A
+/// zone with an authoritative server that never answers fails with a clear error in time.
+pub fn dns_01_issues_a_wildcard_certificate_through_knot<A: Adapter>(a: &A) {
+    let knot = crate::knot::Knot::start("certloop.test", "");
+    let pebble = Pebble::start_with(&PebbleOptions {
+        dns_server: Some(knot.addr),
+        ..Default::default()
+    });
+    let cache = pebble.scratch("cache");
+    let settings =
+        certloop_acme::Rfc2136Settings::new(knot.addr, &knot.zone, &knot.key_name, &knot.key_file);
+    let names = ["*.certloop.test", "certloop.test"];
+    let wildcard = config(&pebble, &names, &cache).dns01_rfc2136(settings);
+    let handle = start_serving(a, &pebble, wildcard)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}\n{}", A::NAME, pebble.log(), knot.log()));
+    let root = pebble.issuing_root_pem();
+    for name in [
+        "certloop.test",
+        "www.certloop.test",
+        "anything.certloop.test",
+    ] {
+        fetch_verified(pebble.tls_port, name, &root).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(
+        knot.txt("_acme-challenge.certloop.test").is_empty(),
+        "the records are removed once the order ends"
+    );
+    assert!(knot.log().contains("DDNS"), "updates went through knot");
+    drop(handle);
+    // An authoritative server that never answers: the order fails, saying which and why.
+    let broken = crate::knot::Knot::start("certloop.test", "@ NS ns2.elsewhere.invalid.");
+    let cache = pebble.scratch("cache-broken");
+    let settings = certloop_acme::Rfc2136Settings {
+        propagation_timeout: Duration::from_secs(2),
+        ..certloop_acme::Rfc2136Settings::new(
+            broken.addr,
+            &broken.zone,
+            &broken.key_name,
+            &broken.key_file,
+        )
+    };
+    let policy = Policy {
+        startup_timeout: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    let never = config(&pebble, &["never.certloop.test"], &cache)
+        .dns01_rfc2136(settings)
+        .policy(policy);
+    match a.launch(never).map(|handle| a.block_on(handle.ready())) {
+        Ok(Err(StartError::NoCertificate { reason, .. })) => assert!(
+            reason.contains("did not reach every authoritative server within 2s")
+                && reason.contains("ns2.elsewhere.invalid"),
+            "{reason}"
+        ),
+        other => panic!("started without a visible record: {other:?}"),
+    }
+    assert!(
+        broken.txt("_acme-challenge.never.certloop.test").is_empty(),
+        "removed"
+    );
+}

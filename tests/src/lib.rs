@@ -16,6 +16,7 @@ pub mod driver_sim;
 pub mod fault_proxy;
 pub mod fuzz_bodies;
 pub mod invariants;
+pub mod knot;
 pub mod pebble;
 pub mod rustls_acme_fixture;
 pub mod script;

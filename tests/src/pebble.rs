@@ -18,6 +18,9 @@ pub struct PebbleOptions {
     /// Validate on these TLS-ALPN-01 and HTTP-01 ports (another Pebble's) instead of fresh
     /// ones: two CAs validating the same server.
     pub validation_ports: Option<(u16, u16)>,
+    /// Resolve names (and DNS-01 records) with this DNS server instead of
+    /// `pebble-challtestsrv`.
+    pub dns_server: Option<SocketAddr>,
 }
 
 /// A running Pebble and its challenge DNS server; both are killed on drop.
@@ -84,15 +87,15 @@ fn listening(port: u16) -> bool {
     .is_ok()
 }
 
-fn binary(name: &str) -> PathBuf {
+/// The path of `name` on `PATH`; a test fails naming the package when it is missing.
+pub fn binary(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("{name} not found on PATH: run scripts/setup.sh (Debian package `pebble`)")
-    })
+    found.unwrap_or_else(|| panic!("{name} not found on PATH (or /usr/sbin): run scripts/setup.sh"))
 }
 
 impl Pebble {
@@ -160,7 +163,10 @@ impl Pebble {
         let pebble_process = Command::new(pebble_bin)
             .arg("-config")
             .arg(pebble.dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args([
+                "-dnsserver",
+                &(options.dns_server).map_or(format!("127.0.0.1:{dns_port}"), |a| a.to_string()),
+            ])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdout(log_file(&pebble.dir, "pebble.log"))

@@ -34,4 +34,5 @@ conformance!(
     key_types_are_issued_and_served,
     issues_ip_address_certificates,
     falls_back_to_the_next_issuer_and_renews_from_the_preferred_one,
+    dns_01_issues_a_wildcard_certificate_through_knot,
 );
