@@ -233,6 +233,11 @@ impl AcmeConfig {
         self
     }
 
+    /// The challenge that proves control of the names.
+    pub fn challenge_kind(&self) -> ChallengeKind {
+        self.challenge
+    }
+
     /// The cache directory.
     pub fn cache_dir(&self) -> &Path {
         &self.cache_dir

@@ -16,7 +16,7 @@ use crate::cache::decode_cert_file;
 use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
 use crate::dns01::{DnsProvider, Rfc2136};
-use crate::handle::{AcmeHandle, LifecycleEvent, Shared};
+use crate::handle::{AcmeHandle, Command, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
 use crate::order::AcmeContext;
@@ -104,6 +104,8 @@ enum Wake {
     /// `CacheLoaded` follows.
     Prepared(CertId, PreparedCert, usize),
     AriSupported(CertId),
+    /// An operator's request through the handle.
+    Command(Command),
     Timer,
     /// [`AcmeHandle::stop`], or the runtime winding down: on purpose.
     Stop,
@@ -248,10 +250,12 @@ pub async fn launch_with<R: Runtime>(
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let (commands_tx, commands_rx) = async_channel::unbounded::<Command>();
 
     let handle = AcmeHandle {
         shared: shared.clone(),
         stop: Arc::new(stop_tx),
+        commands: Arc::new(commands_tx),
     };
     let driver = Driver {
         rt: rt.clone(),
@@ -270,7 +274,7 @@ pub async fn launch_with<R: Runtime>(
     };
     let ending = driver.shared.clone();
     rt.spawn(Box::pin(async move {
-        driver.run(fleet, events_rx, stop_rx).await;
+        driver.run(fleet, events_rx, stop_rx, commands_rx).await;
         ending.end_subscriptions();
     }));
     Ok(handle)
@@ -346,6 +350,7 @@ impl<R: Runtime> Driver<R> {
         mut fleet: CertFleet,
         events: async_channel::Receiver<Wake>,
         stop: async_channel::Receiver<()>,
+        commands: async_channel::Receiver<Command>,
     ) {
         // The certificates whose status may have changed since it was last published.
         let mut touched: Vec<CertId> = self.managed.iter().map(|m| m.id).collect();
@@ -376,10 +381,19 @@ impl<R: Runtime> Driver<R> {
                         }
                     },
                 ),
-                async {
-                    timer.await;
-                    Wake::Timer
-                },
+                futures_lite::future::or(
+                    async {
+                        match commands.recv().await {
+                            Ok(command) => Wake::Command(command),
+                            // Every handle is gone: the stop channel says so.
+                            Err(_) => std::future::pending().await,
+                        }
+                    },
+                    async {
+                        timer.await;
+                        Wake::Timer
+                    },
+                ),
             )
             .await;
             match wake {
@@ -399,6 +413,7 @@ impl<R: Runtime> Driver<R> {
                 }
                 // The timer may fire early or late: the fleet compares the clock itself.
                 Wake::Timer => fleet.handle_timeout(self.rt.wall_clock()),
+                Wake::Command(command) => self.carry_out(command),
                 Wake::Stop => return self.finish_retry_writes().await,
                 Wake::HandlesDropped => {
                     let names: Vec<String> =
@@ -441,6 +456,49 @@ impl<R: Runtime> Driver<R> {
                     let _ = events.send(Wake::Event(id, loaded)).await;
                 }
             }));
+        }
+    }
+
+    /// Runs an operator's request in the background; a revocation then asks the fleet for a
+    /// replacement of each revoked certificate.
+    fn carry_out(&self, command: Command) {
+        let preferred = self.contexts[0].clone();
+        match command {
+            Command::Account(reply) => self.rt.spawn(Box::pin(async move {
+                let _ = reply.send(preferred.account_info().await).await;
+            })),
+            Command::RolloverAccountKey(reply) => self.rt.spawn(Box::pin(async move {
+                let _ = reply.send(preferred.rollover_account_key().await).await;
+            })),
+            Command::Revoke(reason, reply) => {
+                // Each served certificate, with the CA that issued it.
+                let served: Vec<_> = (self.managed.iter())
+                    .filter_map(|m| {
+                        let key = self.shared.resolver.served(&m.domains)?;
+                        let leaf = key.cert.first()?.clone();
+                        Some((
+                            m.id,
+                            leaf,
+                            self.contexts[m.issued_by].clone(),
+                            m.domains.join(","),
+                        ))
+                    })
+                    .collect();
+                let events = self.events_tx.clone();
+                self.rt.spawn(Box::pin(async move {
+                    let mut revoked = 0;
+                    for (id, leaf, context, names) in served {
+                        if let Err(e) = context.revoke(&leaf, reason).await {
+                            let _ = reply.send(Err(format!("{names}: {e}"))).await;
+                            return;
+                        }
+                        tracing::warn!(domains = %names, ?reason, "certificate revoked; ordering its replacement");
+                        let _ = events.send(Wake::Event(id, Event::RenewNow)).await;
+                        revoked += 1;
+                    }
+                    let _ = reply.send(Ok(revoked)).await;
+                }));
+            }
         }
     }
 

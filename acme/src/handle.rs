@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use certloop_core::UnixTime;
 use rustls::ServerConfig;
 
+use crate::account::{AccountInfo, RevocationReason};
 use crate::config::StartError;
 use crate::http01::Http01Tokens;
 use crate::status::{AcmeOperation, CertStatus, DurationHistogram, RequestDurations};
@@ -136,6 +137,17 @@ impl Shared {
 pub struct AcmeHandle {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stop: Arc<async_channel::Sender<()>>,
+    pub(crate) commands: Arc<async_channel::Sender<Command>>,
+}
+
+/// What an operator asks of the running driver, each with where the answer goes.
+pub(crate) enum Command {
+    Account(async_channel::Sender<Result<AccountInfo, String>>),
+    RolloverAccountKey(async_channel::Sender<Result<AccountInfo, String>>),
+    Revoke(
+        RevocationReason,
+        async_channel::Sender<Result<usize, String>>,
+    ),
 }
 
 impl fmt::Debug for AcmeHandle {
@@ -216,6 +228,38 @@ impl AcmeHandle {
     /// directory's lock.
     pub fn stop(self) {
         let _ = self.stop.try_send(());
+    }
+
+    /// The ACME account of the preferred CA, as stored in the cache directory (an error until
+    /// the first order registered one).
+    pub async fn account(&self) -> Result<AccountInfo, String> {
+        self.ask(Command::Account).await
+    }
+
+    /// Replaces the account's key with a new one (RFC 8555 key change), keeping the old
+    /// credentials beside the new ones until a request signed with the new key succeeded.
+    pub async fn rollover_account_key(&self) -> Result<AccountInfo, String> {
+        self.ask(Command::RolloverAccountKey).await
+    }
+
+    /// Revokes every served certificate of this handle with the CA that issued it, then
+    /// orders a replacement at once (the revoked one is served until it is installed). The
+    /// answer is how many were revoked; the first refusal ends it with an error.
+    pub async fn revoke(&self, reason: RevocationReason) -> Result<usize, String> {
+        self.ask(|reply| Command::Revoke(reason, reply)).await
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(async_channel::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
+        let (reply, answer) = async_channel::bounded(1);
+        let stopped = || "certificate management has stopped".to_owned();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.recv().await.map_err(|_| stopped())?
     }
 
     /// The directory URL in use.

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod accept;
+mod account;
 mod cache;
 mod cache_fs;
 mod cached_status;
@@ -35,6 +36,7 @@ mod status;
 mod store;
 mod tls;
 
+pub use account::{AccountInfo, RevocationReason};
 pub use config::{
     AcmeConfig, Directory, Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
 };
@@ -57,12 +59,13 @@ pub use tls::{CertResolver, TlsAlpn01, server_config};
 #[doc(hidden)]
 pub mod embedding {
     pub use crate::{
-        AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus, ChallengeKind,
-        DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT, Http01Tokens, Issuer,
-        KeyType, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
-        MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
-        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, Rfc2136Settings, ServedCert,
-        StartError, StoreError, TlsAlpn01, server_config,
+        AccountInfo, AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus,
+        ChallengeKind, DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT,
+        Http01Tokens, Issuer, KeyType, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
+        LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally,
+        READY_QUEUE, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
+        RevocationReason, Rfc2136Settings, ServedCert, StartError, StoreError, TlsAlpn01,
+        server_config,
     };
     pub use certloop_core::{Policy, Ratio, UnixTime};
 }

@@ -204,7 +204,7 @@ impl<R: Runtime> AcmeContext<R> {
         Ok(account)
     }
 
-    async fn persist_account(&self, credentials: &AccountCredentials) {
+    pub(crate) async fn persist_account(&self, credentials: &AccountCredentials) {
         let json = match serde_json::to_vec(credentials) {
             Ok(json) => json,
             Err(e) => return tracing::error!("cannot serialise ACME account credentials: {e}"),
@@ -601,7 +601,7 @@ impl<R: Runtime> AcmeContext<R> {
 
     /// Runs `work` on the cache directory (with this context's directory URL) off the async
     /// threads.
-    async fn with_store<T: Send + 'static>(
+    pub(crate) async fn with_store<T: Send + 'static>(
         &self,
         work: impl FnOnce(&DirStore, &str) -> T + Send + 'static,
     ) -> T {

@@ -476,6 +476,43 @@ impl DirStore {
         write(&name, pkcs8_der)
     }
 
+    /// Copies the account's current files aside (`<name>.previous` and
+    /// `<name>.previous.credentials.json`, 0600) before its key is rolled over.
+    pub(crate) fn keep_previous_account(
+        &self,
+        contacts: &[String],
+        directory_url: &str,
+    ) -> Result<(), String> {
+        let name = account_file_name(contacts, directory_url);
+        let current = self.load_account(contacts, directory_url)?;
+        let order = self.next_write();
+        for (suffix, bytes) in [
+            ("", current.pkcs8_der),
+            (".credentials.json", current.credentials_json),
+        ] {
+            let Some(bytes) = bytes else { continue };
+            let file = format!("{name}.previous{suffix}");
+            self.write_atomic(&file, &bytes, order)
+                .map_err(|e| format!("{}: {e}", self.dir.join(&file).display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the copy [`DirStore::keep_previous_account`] made, once the new key is
+    /// confirmed.
+    pub(crate) fn drop_previous_account(&self, contacts: &[String], directory_url: &str) {
+        let name = account_file_name(contacts, directory_url);
+        for suffix in ["", ".credentials.json"] {
+            let path = self.dir.join(format!("{name}.previous{suffix}"));
+            if let Err(e) = self.fs.remove(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+        let _ = self.fs.sync_dir(&self.dir);
+    }
+
     /// Moves an unusable file aside as `<name>.corrupt-<unix seconds>` (plus `-<n>` when that
     /// name is taken) and says so.
     fn set_aside(&self, name: &str, problem: &str) -> String {

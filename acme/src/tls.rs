@@ -243,6 +243,12 @@ impl CertResolver {
         }
     }
 
+    /// The certificate served for exactly these names (the certificate configured with them).
+    pub(crate) fn served(&self, names: &[String]) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+        certs.key(certs.slot_of(names).as_ref()).cloned()
+    }
+
     /// Answers TLS-ALPN-01 validation for `domain` with `key`, on behalf of `owner`, until
     /// `owner`'s answers are removed or another owner's replaces it.
     pub(crate) fn add_challenge(

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod account_command;
 mod admin;
 mod admission;
 mod cert_status;
@@ -53,6 +54,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use certloop_tokio::RevocationReason;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::task::TaskTracker;
 
@@ -63,12 +65,19 @@ use crate::server::{ListenerContext, TokenLists};
 use crate::supervisor::{StartFailure, Supervisor};
 
 /// What to do.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Command {
     Run,
     Check,
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
     Reload,
+    /// `account ... show|rollover` and `revoke`, on the listener named here.
+    Account {
+        listener: String,
+        operation: account_command::Operation,
+    },
 }
 
 struct Args {
@@ -80,17 +89,29 @@ struct Args {
 }
 
 const USAGE: &str = "usage: certloop [check | status [--json] | reload] --config PATH \
-                     [--log-format text|json] [--log-level FILTER] [--retry-now]";
+                     [--log-format text|json] [--log-level FILTER] [--retry-now]\n       \
+                     certloop account --config PATH --listener NAME show|rollover\n       \
+                     certloop revoke --config PATH --listener NAME [--reason keyCompromise]";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = std::env::args().skip(1).peekable();
-    let subcommand = args.next_if(|a| ["check", "status", "reload"].contains(&a.as_str()));
+    let subcommands = ["check", "status", "reload", "account", "revoke"];
+    let subcommand = args.next_if(|a| subcommands.contains(&a.as_str()));
     let mut command = match subcommand.as_deref() {
         Some("check") => Command::Check,
         Some("status") => Command::Status { json: false },
-        Some(_) => Command::Reload,
+        Some("reload") => Command::Reload,
+        Some("account") => Command::Account {
+            listener: String::new(),
+            operation: account_command::Operation::Show,
+        },
+        Some(_) => Command::Account {
+            listener: String::new(),
+            operation: account_command::Operation::Revoke(RevocationReason::Unspecified),
+        },
         None => Command::Run,
     };
+    let mut account_operation = None;
     let (mut config, mut json_logs, mut log_level, mut retry_now) = (None, false, None, false);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -112,10 +133,49 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--json" if matches!(command, Command::Status { .. }) => {
                 command = Command::Status { json: true };
             }
+            "--listener" if matches!(command, Command::Account { .. }) => {
+                let name = value()?;
+                if let Command::Account { listener, .. } = &mut command {
+                    *listener = name;
+                }
+            }
+            "--reason" if subcommand.as_deref() == Some("revoke") => {
+                let reason =
+                    RevocationReason::parse(&value()?).map_err(|e| format!("--reason {e}"))?;
+                command = match command {
+                    Command::Account { listener, .. } => Command::Account {
+                        listener,
+                        operation: account_command::Operation::Revoke(reason),
+                    },
+                    other => other,
+                };
+            }
+            "show" | "rollover"
+                if subcommand.as_deref() == Some("account") && account_operation.is_none() =>
+            {
+                account_operation = Some(if arg == "show" {
+                    account_command::Operation::Show
+                } else {
+                    account_command::Operation::Rollover
+                });
+            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     let config = config.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
+    if let Command::Account {
+        listener,
+        operation,
+    } = &mut command
+    {
+        if listener.is_empty() {
+            return Err(format!("--listener is required\n{USAGE}"));
+        }
+        if subcommand.as_deref() == Some("account") {
+            *operation = account_operation
+                .ok_or_else(|| format!("account needs show or rollover\n{USAGE}"))?;
+        }
+    }
     Ok(Some(Args {
         command,
         config,
@@ -188,6 +248,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Status { json } => return status_command::run(&config, json),
+        Command::Account {
+            listener,
+            operation,
+        } => return account_command::run(&config, &listener, operation),
         Command::Reload => {
             return match pid_file::signal_reload(&config.state_dir) {
                 Ok(pid) => {

@@ -583,3 +583,72 @@ fn a_wildcard_listener_gets_its_certificate_by_dns_01_through_knot() {
     certloop.signal("TERM");
     assert_eq!(certloop.wait_exit(Duration::from_secs(10)), 0);
 }
+
+fn certloop_command(args: &[&str], config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_certloop"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run certloop");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn account_show_rollover_and_revoke_from_the_command_line() {
+    let pebble = Pebble::start();
+    let domain = "account.certloop.test";
+    let config = single_listener_config(
+        &pebble,
+        "web",
+        domain,
+        "acme_contact = [\"mailto:ops@example.com\"]",
+    );
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    let (first_leaf, _) = fetch_verified(pebble.tls_port, domain, &root).expect("served");
+    // Show works while certloop runs; the others need the cache directory, and say so.
+    let (code, shown) = certloop_command(&["account", "--listener", "web", "show"], &config);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("account   https://127.0.0.1:") && shown.contains("mailto:ops@example.com"),
+        "{shown}"
+    );
+    let (code, busy) = certloop_command(&["account", "--listener", "web", "rollover"], &config);
+    assert_eq!(code, 1, "{busy}");
+    assert!(busy.contains("stop it"), "{busy}");
+    let (code, unknown) = certloop_command(&["revoke", "--listener", "nope"], &config);
+    assert_eq!(code, 2, "{unknown}");
+    assert!(unknown.contains("there are: web"), "{unknown}");
+    certloop.signal("TERM");
+    assert_eq!(certloop.wait_exit(Duration::from_secs(10)), 0);
+    let (code, rolled) = certloop_command(&["account", "--listener", "web", "rollover"], &config);
+    assert_eq!(code, 0, "{rolled}");
+    assert!(
+        pebble.log().contains("/rollover-account-key"),
+        "{}",
+        pebble.log()
+    );
+    let (code, revoked) = certloop_command(
+        &["revoke", "--listener", "web", "--reason", "keyCompromise"],
+        &config,
+    );
+    assert_eq!(code, 0, "{revoked}");
+    assert!(revoked.contains("revoked 1 certificate(s)"), "{revoked}");
+    // The next start serves the replacement from the cache, without ordering again.
+    let orders = pebble.log().matches("POST /order-plz").count();
+    assert_eq!(orders, 2);
+    let mut again = Certloop::start(&config, &[], None);
+    again.wait_ready();
+    let (leaf, _) = fetch_verified(pebble.tls_port, domain, &root).expect("served");
+    assert_ne!(leaf, first_leaf, "the replacement is served");
+    assert_eq!(pebble.log().matches("POST /order-plz").count(), orders);
+    again.signal("TERM");
+    assert_eq!(again.wait_exit(Duration::from_secs(10)), 0);
+}

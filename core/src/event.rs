@@ -170,6 +170,10 @@ pub enum RenewalInfo {
 pub enum Event {
     /// Time passed; nothing else happened. Early, repeated or late ticks are harmless.
     Tick,
+    /// Renew the served certificate now (it was revoked, or an operator asks): the next order
+    /// starts at once, within the order budget and any failure streak's wait. Ignored while
+    /// nothing is served or an order is in flight.
+    RenewNow,
     /// The answer to [`Action::LoadCache`].
     CacheLoaded {
         /// The cached certificate, if any.

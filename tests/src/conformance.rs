@@ -722,3 +722,63 @@ pub fn dns_01_issues_a_wildcard_certificate_through_knot<A: Adapter>(a: &A) {
         "removed"
     );
 }
+
+/// The account: shown from the cache, its key rolled over (the old key kept aside only until
+/// the new one is confirmed), and a revocation that orders the replacement at once, signed
+/// with the new key.
+pub fn account_rollover_and_revocation<A: Adapter>(a: &A) {
+    let pebble = Pebble::start();
+    let cache = pebble.scratch("cache");
+    let names = ["revoke.certloop.test"];
+    let handle = start_serving(a, &pebble, config(&pebble, &names, &cache))
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
+    let shown = a.block_on(handle.account()).expect("account");
+    assert!(shown.url.starts_with("https://127.0.0.1:"), "{shown:?}");
+    assert_eq!(shown.contacts, ["mailto:ops@example.com"]);
+    assert_eq!(shown.key_type, "ecdsa-p256");
+    let key_files = || {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&cache)
+            .expect("cache")
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("cached_account_")
+            })
+            .map(|e| {
+                let bytes = std::fs::read(e.path()).expect("read");
+                (e.file_name().to_string_lossy().into_owned(), bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = key_files();
+    let rolled = a.block_on(handle.rollover_account_key()).expect("rollover");
+    assert_eq!(rolled.url, shown.url, "the same account");
+    let after = key_files();
+    assert_eq!(
+        before.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        after.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        "the previous key was removed once the new one was confirmed"
+    );
+    assert_ne!(before, after, "a new key is stored");
+    assert!(
+        pebble.log().contains("/rollover-account-key"),
+        "{}",
+        pebble.log()
+    );
+    let root = pebble.issuing_root_pem();
+    let (revoked_leaf, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("served");
+    let events = handle.subscribe();
+    let revoked = a.block_on(handle.revoke(certloop_acme::RevocationReason::KeyCompromise));
+    assert_eq!(revoked, Ok(1));
+    assert!(pebble.log().contains("/revoke-cert"), "{}", pebble.log());
+    drop(events);
+    wait_for_event(a, &handle, Duration::from_secs(30), |e| {
+        matches!(e, LifecycleEvent::Renewed { .. })
+    });
+    let (replacement, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("served");
+    assert_ne!(replacement, revoked_leaf, "the replacement is served");
+    assert_eq!(orders(&pebble), 2, "ordered with the new account key");
+}

@@ -1207,6 +1207,7 @@ fn initial_cache(spec: &CertSpec, lifetime: u64, index: usize) -> Option<Certifi
 pub fn describe_event(event: &Event) -> String {
     match event {
         Event::Tick => "Tick".into(),
+        Event::RenewNow => "RenewNow".into(),
         Event::CacheLoaded { cert, retry } => {
             let cert = match cert {
                 CachedCert::Missing => "missing".to_owned(),

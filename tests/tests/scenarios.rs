@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use certloop_core::{
-    Action, FailureKind, Level, Notice, Policy, RenewalInfo, RetryState, UnixTime,
+    Action, Event, FailureKind, Level, Notice, Policy, RenewalInfo, RetryState, UnixTime,
 };
 use certloop_tests::script::{SCRIPT_START, Script};
 
@@ -341,11 +341,10 @@ fn stale_duplicate_and_early_events_are_harmless() {
     s.cache_missing();
     let before = s.actions.len();
     // Early ticks, a duplicate cache answer, and a clock that goes backwards.
-    s.event(certloop_core::Event::Tick)
-        .event(certloop_core::Event::Tick);
+    s.event(Event::Tick).event(Event::Tick);
     s.cache_missing();
     s.set_now(SCRIPT_START.saturating_sub(HOUR))
-        .event(certloop_core::Event::Tick);
+        .event(Event::Tick);
     assert_eq!(count(&s, is_order), 1);
     s.set_now(SCRIPT_START.saturating_add(Duration::from_secs(1)))
         .order_succeeds(90 * DAY);
@@ -434,7 +433,7 @@ fn the_status_snapshot_tells_what_is_served_and_what_comes_next() {
         "moved into the window"
     );
     s.set_now(renew_at);
-    s.event(certloop_core::Event::Tick);
+    s.event(Event::Tick);
     assert!(s.lifecycle().status().ordering);
     s.order_fails(
         FailureKind::ServerError,
@@ -451,7 +450,7 @@ fn the_status_snapshot_tells_what_is_served_and_what_comes_next() {
         s.now()
     );
     s.set_now(retry_at);
-    s.event(certloop_core::Event::Tick);
+    s.event(Event::Tick);
     s.order_succeeds(90 * DAY).store_finishes(Ok(()));
     let status = s.lifecycle().status();
     assert_eq!((status.failures, status.last_error), (0, None));
@@ -506,4 +505,29 @@ fn a_failing_issuer_falls_back_to_the_next_at_once_and_renewals_prefer_the_first
     );
     assert_eq!(issuers_asked(&s), [0, 1, 0, 1, 0]);
     insta::assert_snapshot!(s.trace());
+}
+
+#[test]
+fn renew_now_orders_at_once_and_keeps_serving_until_the_new_one_is_installed() {
+    let mut s = Script::new(NAMES);
+    s.event(Event::RenewNow);
+    assert_eq!(count(&s, is_order), 0, "ignored while loading the cache");
+    s.cache_missing()
+        .order_succeeds(90 * DAY)
+        .store_finishes(Ok(()));
+    s.renewal_info(RenewalInfo::Unsupported);
+    let served = s.lifecycle().serving().unwrap().not_after;
+    let at = s.now();
+    s.event(Event::RenewNow);
+    if s.lifecycle().order_in_flight().is_none() {
+        s.until_wake();
+    }
+    assert_eq!(s.now(), at, "no wait");
+    assert_eq!(count(&s, is_order), 2);
+    // A duplicate while the order runs is a no-op; the old certificate is served meanwhile.
+    s.event(Event::RenewNow);
+    assert_eq!(count(&s, is_order), 2);
+    assert_eq!(s.lifecycle().serving().unwrap().not_after, served);
+    s.wait(HOUR).order_succeeds(90 * DAY);
+    assert!(s.lifecycle().serving().unwrap().not_after > served);
 }

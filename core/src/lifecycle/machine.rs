@@ -68,6 +68,9 @@ pub(crate) struct Machine {
     /// The latest time an issuer asked not to be asked before (a rate limit's Retry-After)
     /// during the current round of issuers: the round's retry honours it.
     round_not_before: Option<UnixTime>,
+    /// [`Event::RenewNow`] asked to replace the served certificate (revoked, perhaps): its
+    /// replacement is installed even if it does not expire later.
+    replace_served: bool,
     store: StoreWriteBack,
     ari: AriPoll,
     next_id: u64,
@@ -100,6 +103,7 @@ impl Machine {
             issuers: cert.issuers(),
             issuer: 0,
             round_not_before: None,
+            replace_served: false,
             store: StoreWriteBack::default(),
             ari: AriPoll::default(),
             next_id: 1,
@@ -120,6 +124,14 @@ impl Machine {
         let now = self.observe_clock(now, out);
         match event {
             Event::Tick => {}
+            Event::RenewNow => {
+                if let Some(served) = &mut self.serving
+                    && self.phase == Phase::Running
+                {
+                    served.renew_at = served.renew_at.min(now);
+                    self.replace_served = true;
+                }
+            }
             Event::CacheLoaded { cert, retry } => self.on_cache_loaded(now, cert, retry, out),
             Event::OrderSucceeded { order, cert } => self.on_order_succeeded(now, order, cert, out),
             Event::OrderFailed { order, error } => self.on_order_failed(now, order, error, out),
@@ -456,6 +468,7 @@ impl Machine {
         }
         let renewal = self.serving.is_some();
         let not_after = cert.info.not_after;
+        self.replace_served = false;
         self.install(now, cert, out);
         out(Action::Log(Notice::CertIssued { not_after, renewal }));
         self.retry_at = None;
@@ -635,7 +648,9 @@ impl Machine {
             return Err(CertProblem::MissingNames(missing));
         }
         match &self.serving {
-            Some(served) if info.not_after <= served.cert.info.not_after => {
+            Some(served)
+                if !self.replace_served && info.not_after <= served.cert.info.not_after =>
+            {
                 Err(CertProblem::NotNewer {
                     not_after: info.not_after,
                     serving_until: served.cert.info.not_after,
