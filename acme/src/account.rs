@@ -38,6 +38,9 @@ impl fmt::Display for AccountInfo {
     }
 }
 
+/// The type of every account key: instant-acme generates ECDSA P-256 keys.
+const ACCOUNT_KEY_TYPE: &str = "ecdsa-p256";
+
 /// Why a certificate is revoked (RFC 5280 §5.3.1; the reasons a subscriber may give).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -128,7 +131,7 @@ fn stored_account(
         url,
         directory: directory.to_owned(),
         contacts: contacts.to_vec(),
-        key_type: "ecdsa-p256",
+        key_type: ACCOUNT_KEY_TYPE,
     })
 }
 
@@ -147,7 +150,7 @@ impl<R: Runtime> AcmeContext<R> {
             url,
             directory: self.directory_url.clone(),
             contacts: self.contacts.clone(),
-            key_type: "ecdsa-p256",
+            key_type: ACCOUNT_KEY_TYPE,
         }
     }
 
@@ -156,17 +159,38 @@ impl<R: Runtime> AcmeContext<R> {
     /// request signed by it, and only then is the copy removed. A failure before the CA
     /// accepted leaves the old key in use; after, the copy says which key the account had.
     pub(crate) async fn rollover_account_key(&self) -> Result<AccountInfo, String> {
-        let mut account = self.account().await.map_err(|e| e.detail)?;
+        self.account().await.map_err(|e| e.detail)?;
+        // Held throughout: no order signs with a key that is being replaced, and two rollovers
+        // cannot interleave.
+        let mut slot = self.account.lock().await;
+        let Some(mut account) = slot.clone() else {
+            return Err("the account is not loaded".into());
+        };
         let contacts = self.contacts.clone();
         self.with_store(move |store, url| store.keep_previous_account(&contacts, url))
             .await?;
-        let credentials: AccountCredentials = account.update_key().await.map_err(|e| {
+        let drop_previous = || {
+            let contacts = self.contacts.clone();
+            self.with_store(move |store, url| store.drop_previous_account(&contacts, url))
+        };
+        let credentials: AccountCredentials = match account.update_key().await {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                drop_previous().await;
+                let detail = self.classify(&e).detail;
+                return Err(format!(
+                    "the CA refused the key change; the key is unchanged: {detail}"
+                ));
+            }
+        };
+        // The CA now knows only the new key: use it from here on, whatever follows.
+        *slot = Some(account.clone());
+        self.persist_account(&credentials).await.map_err(|e| {
             format!(
-                "the CA refused the key change: {}",
-                self.classify(&e).detail
+                "the CA accepted the new key but it could not be stored ({e}); the previous \
+                 credentials are kept beside the account files"
             )
         })?;
-        self.persist_account(&credentials).await;
         // Confirmed: a request signed with the new key (the contacts, unchanged).
         let contacts: Vec<&str> = self.contacts.iter().map(String::as_str).collect();
         account.update_contacts(&contacts).await.map_err(|e| {
@@ -176,10 +200,7 @@ impl<R: Runtime> AcmeContext<R> {
                 self.classify(&e).detail
             )
         })?;
-        *self.account.lock().await = Some(account.clone());
-        let contacts = self.contacts.clone();
-        self.with_store(move |store, url| store.drop_previous_account(&contacts, url))
-            .await;
+        drop_previous().await;
         tracing::info!(account = account.id(), "ACME account key rolled over");
         Ok(self.info(account.id().to_owned()))
     }
@@ -227,7 +248,7 @@ mod tests {
             url: "https://ca.test/acct/7".into(),
             directory: "https://ca.test/dir".into(),
             contacts: vec![],
-            key_type: "ecdsa-p256",
+            key_type: ACCOUNT_KEY_TYPE,
         };
         assert!(info.to_string().contains("contact   (none)"));
     }

@@ -69,25 +69,46 @@ impl Rfc2136Settings {
         }
     }
 
-    /// Reads the secret: base64, a line of it (a `secret: ...` or BIND `secret "...";` line
-    /// works too). The error names the file, never its content.
+    /// Reads the secret: the file holds the base64 secret alone, or a knot (`secret: ...`) or
+    /// BIND (`secret "...";`) key definition, whose algorithm must then be hmac-sha256. The
+    /// error names the file, never its content.
     pub(crate) fn read_key(&self) -> Result<TsigKey, String> {
-        use base64::Engine;
         let path = self.secret_file.display();
         let text = std::fs::read_to_string(&self.secret_file)
             .map_err(|e| format!("{path}: cannot be read: {e}"))?;
-        let secret = text
-            .split(|c: char| c.is_whitespace() || c == '"' || c == ';')
-            .filter(|word| word.len() >= 16)
-            .find_map(|word| base64::engine::general_purpose::STANDARD.decode(word).ok())
-            .ok_or_else(|| {
-                format!("{path}: holds no base64 TSIG secret (its content is not shown)")
-            })?;
+        let secret = secret_in(&text).map_err(|problem| format!("{path}: {problem}"))?;
         Ok(TsigKey {
             name: self.key_name.clone(),
             secret,
         })
     }
+}
+
+/// The HMAC-SHA256 secret in a key file's `text` (see [`Rfc2136Settings::read_key`]).
+fn secret_in(text: &str) -> Result<Vec<u8>, &'static str> {
+    use base64::Engine;
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ';' || c == '{' || c == '}')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let secret = match words.as_slice() {
+        [only] => *only,
+        _ => {
+            let algorithm = words
+                .windows(2)
+                .find(|w| matches!(w[0], "algorithm" | "algorithm:"));
+            if algorithm.is_some_and(|w| !w[1].eq_ignore_ascii_case("hmac-sha256")) {
+                return Err("names an algorithm other than hmac-sha256");
+            }
+            (words.windows(2))
+                .find(|w| matches!(w[0], "secret" | "secret:"))
+                .map(|w| w[1])
+                .ok_or("holds no TSIG secret (its content is not shown)")?
+        }
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .map_err(|_| "the TSIG secret is not base64 (its content is not shown)")
 }
 
 /// The record name for a name being validated (`*.example.com` is validated as `example.com`).
@@ -101,6 +122,7 @@ pub(crate) fn record_name(name: &str) -> String {
 /// Whether `name` is `zone` or inside it.
 pub(crate) fn in_zone(name: &str, zone: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name).to_ascii_lowercase();
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
     name == zone || name.ends_with(&format!(".{zone}"))
 }
 
@@ -319,6 +341,7 @@ mod tests {
         assert!(in_zone("*.example.test", "example.test"));
         assert!(in_zone("A.Example.test", "example.test"));
         assert!(!in_zone("badexample.test", "example.test"));
+        assert!(in_zone("a.example.test", "Example.Test."));
     }
 
     #[test]
@@ -342,6 +365,12 @@ mod tests {
                 format!("key \"k\" {{ algorithm hmac-sha256; secret \"{secret}\"; }};\n"),
             ),
             ("knot", format!("  secret: {secret}\n")),
+            (
+                "long-name",
+                format!(
+                    "key \"acmeupdatekey123\" {{ algorithm hmac-sha256; secret \"{secret}\"; }};\n"
+                ),
+            ),
         ] {
             std::fs::write(dir.join(file), text).unwrap();
             let key = settings(file).read_key().unwrap();
@@ -349,7 +378,14 @@ mod tests {
         }
         std::fs::write(dir.join("bad"), "not a secret").unwrap();
         let problem = settings("bad").read_key().unwrap_err();
-        assert!(problem.contains("holds no base64") && !problem.contains("not a secret"));
+        assert!(problem.contains("holds no TSIG secret") && !problem.contains("not a secret"));
+        std::fs::write(
+            dir.join("md5"),
+            format!("algorithm: hmac-md5\nsecret: {secret}\n"),
+        )
+        .unwrap();
+        let problem = settings("md5").read_key().unwrap_err();
+        assert!(problem.contains("other than hmac-sha256"), "{problem}");
         assert!(
             settings("missing")
                 .read_key()

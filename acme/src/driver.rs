@@ -103,7 +103,8 @@ enum Wake {
     /// Loading prepared the cached certificate (from this issuer's file) to serve; its
     /// `CacheLoaded` follows.
     Prepared(CertId, PreparedCert, usize),
-    AriSupported(CertId),
+    /// This issuer answered with a renewal window for the certificate it issued.
+    AriSupported(CertId, usize),
     /// An operator's request through the handle.
     Command(Command),
     Timer,
@@ -406,8 +407,11 @@ impl<R: Runtime> Driver<R> {
                         self.managed[at].prepared = Some((prepared, issuer));
                     }
                 }
-                Wake::AriSupported(id) => {
-                    if let Some(m) = self.index_of(id).map(|at| &mut self.managed[at]) {
+                Wake::AriSupported(id, issuer) => {
+                    // Only if the served certificate is still that CA's.
+                    if let Some(m) = self.index_of(id).map(|at| &mut self.managed[at])
+                        && m.issued_by == issuer
+                    {
                         m.ari_supported = true;
                     }
                 }
@@ -480,19 +484,24 @@ impl<R: Runtime> Driver<R> {
                             m.id,
                             leaf,
                             self.contexts[m.issued_by].clone(),
-                            m.domains.join(","),
+                            m.domains.clone(),
                         ))
                     })
                     .collect();
                 let events = self.events_tx.clone();
                 self.rt.spawn(Box::pin(async move {
                     let mut revoked = 0;
-                    for (id, leaf, context, names) in served {
+                    for (id, leaf, context, domains) in served {
+                        let names = domains.join(",");
                         if let Err(e) = context.revoke(&leaf, reason).await {
                             let _ = reply.send(Err(format!("{names}: {e}"))).await;
                             return;
                         }
-                        tracing::warn!(domains = %names, ?reason, "certificate revoked; ordering its replacement");
+                        // No later start may serve it, whatever happens to the replacement.
+                        let moved = context
+                            .with_store(move |store, url| store.set_aside_revoked(&domains, url))
+                            .await;
+                        tracing::warn!(domains = %names, ?reason, "certificate revoked ({moved}); ordering its replacement");
                         let _ = events.send(Wake::Event(id, Event::RenewNow)).await;
                         revoked += 1;
                     }
@@ -697,12 +706,13 @@ impl<R: Runtime> Driver<R> {
             }
             Action::FetchRenewalInfo { request, cert } => {
                 // The CA that issued the served certificate knows its renewal window.
-                let context = self.contexts[self.managed[index].issued_by].clone();
+                let issuer = self.managed[index].issued_by;
+                let context = self.contexts[issuer].clone();
                 let events = self.events_tx.clone();
                 self.reply(id, async move {
                     let info = renewal_info(&context, cert.bytes()).await;
                     if matches!(info, RenewalInfo::Window { .. }) {
-                        let _ = events.send(Wake::AriSupported(id)).await;
+                        let _ = events.send(Wake::AriSupported(id, issuer)).await;
                     }
                     Event::RenewalInfo { request, info }
                 });

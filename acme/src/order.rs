@@ -173,7 +173,7 @@ impl<R: Runtime> AcmeContext<R> {
                     )
                     .await
                     .map_err(|e| self.classify(&e))?;
-                self.persist_account(&credentials).await;
+                let _ = self.persist_account(&credentials).await;
                 account
             }
             (None, None) => {
@@ -196,7 +196,7 @@ impl<R: Runtime> AcmeContext<R> {
                     .await
                     .map_err(|e| self.classify(&e))?;
                 tracing::info!(directory = %self.directory_url, account = account.id(), "registered ACME account");
-                self.persist_account(&credentials).await;
+                let _ = self.persist_account(&credentials).await;
                 account
             }
         };
@@ -204,19 +204,22 @@ impl<R: Runtime> AcmeContext<R> {
         Ok(account)
     }
 
-    pub(crate) async fn persist_account(&self, credentials: &AccountCredentials) {
-        let json = match serde_json::to_vec(credentials) {
-            Ok(json) => json,
-            Err(e) => return tracing::error!("cannot serialise ACME account credentials: {e}"),
-        };
+    /// Stores the account's credentials; an error (logged) leaves the files as they were.
+    pub(crate) async fn persist_account(
+        &self,
+        credentials: &AccountCredentials,
+    ) -> Result<(), String> {
+        let json = serde_json::to_vec(credentials)
+            .map_err(|e| format!("cannot serialise ACME account credentials: {e}"))?;
         let der = credentials.private_key().secret_pkcs8_der().to_vec();
         let contacts = self.contacts.clone();
         let result = self
             .with_store(move |store, url| store.store_account(&contacts, url, &json, &der))
             .await;
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("cannot store ACME account; a restart will register again: {e}");
         }
+        result
     }
 
     /// Classifies an instant-acme error for the core, with the CA's problem type and detail.

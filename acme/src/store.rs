@@ -516,6 +516,19 @@ impl DirStore {
     /// Moves an unusable file aside as `<name>.corrupt-<unix seconds>` (plus `-<n>` when that
     /// name is taken) and says so.
     fn set_aside(&self, name: &str, problem: &str) -> String {
+        self.move_aside(name, "corrupt", problem)
+    }
+
+    /// Moves a revoked certificate's file aside as `<name>.revoked-<unix seconds>`, so that no
+    /// later start serves it; the running process serves it until its replacement is
+    /// installed (which is then written under the usual name).
+    pub(crate) fn set_aside_revoked(&self, domains: &[String], directory_url: &str) -> String {
+        let name = cert_file_name(domains, directory_url);
+        self.move_aside(&name, "revoked", "revoked at the CA")
+    }
+
+    /// Renames `name` to `<name>.<label>-<unix seconds>` and says so.
+    fn move_aside(&self, name: &str, label: &str, problem: &str) -> String {
         let from = self.dir.join(name);
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -523,8 +536,8 @@ impl DirStore {
         // Never over an earlier set-aside file (two in one second would share a name).
         let to = (0..)
             .map(|n| match n {
-                0 => self.dir.join(format!("{name}.corrupt-{secs}")),
-                n => self.dir.join(format!("{name}.corrupt-{secs}-{n}")),
+                0 => self.dir.join(format!("{name}.{label}-{secs}")),
+                n => self.dir.join(format!("{name}.{label}-{secs}-{n}")),
             })
             .find(|candidate| !self.fs.exists(candidate))
             .expect("an unused name");

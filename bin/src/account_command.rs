@@ -158,8 +158,9 @@ async fn launched(
                             Some(LifecycleEvent::Renewed { .. }) => renewed += 1,
                             Some(LifecycleEvent::RenewalFailed { error, .. }) => {
                                 return Err(format!(
-                                    "ordering the replacement failed: {error}; the next start of \
-                                     certloop retries"
+                                    "ordering the replacement failed: {error}; the revoked \
+                                     certificate was moved aside, so the next start of certloop \
+                                     orders one (and does not start without it)"
                                 ));
                             }
                             Some(_) => {}
@@ -188,7 +189,8 @@ async fn launched(
                     Ok(Err(e)) => Err(format!("revoked {revoked} certificate(s), then: {e}")),
                     Err(_) => Err(format!(
                         "revoked {revoked} certificate(s), but no replacement was stored within \
-                         {}s; starting certloop orders one",
+                         {}s; the revoked certificate was moved aside, so starting certloop \
+                         orders one",
                         REPLACEMENT_WITHIN.as_secs()
                     )),
                 }

@@ -170,9 +170,10 @@ pub enum RenewalInfo {
 pub enum Event {
     /// Time passed; nothing else happened. Early, repeated or late ticks are harmless.
     Tick,
-    /// Renew the served certificate now (it was revoked, or an operator asks): the next order
-    /// starts at once, within the order budget and any failure streak's wait. Ignored while
-    /// nothing is served or an order is in flight.
+    /// Replace the served certificate now (it was revoked, or an operator asks): the next
+    /// order starts at once, within the order budget and any failure streak's wait (an order
+    /// already in flight is the replacement), and its certificate is installed even if it does
+    /// not expire later. Ignored while nothing is served.
     RenewNow,
     /// The answer to [`Action::LoadCache`].
     CacheLoaded {

@@ -774,6 +774,14 @@ pub fn account_rollover_and_revocation<A: Adapter>(a: &A) {
     let revoked = a.block_on(handle.revoke(certloop_acme::RevocationReason::KeyCompromise));
     assert_eq!(revoked, Ok(1));
     assert!(pebble.log().contains("/revoke-cert"), "{}", pebble.log());
+    let set_aside = std::fs::read_dir(&cache)
+        .expect("cache")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(".revoked-"));
+    assert!(
+        set_aside,
+        "no later start may serve the revoked certificate"
+    );
     drop(events);
     wait_for_event(a, &handle, Duration::from_secs(30), |e| {
         matches!(e, LifecycleEvent::Renewed { .. })

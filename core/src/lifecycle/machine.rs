@@ -502,7 +502,9 @@ impl Machine {
             error.kind,
             FailureKind::Unreachable | FailureKind::ServerError | FailureKind::RateLimited { .. }
         );
-        if not_the_requests_fault && self.issuer + 1 < self.issuers {
+        // Past the startup deadline nothing more is ordered: the round ends here.
+        let out_of_time = matches!(self.phase, Phase::Starting { deadline, .. } if now >= deadline);
+        if not_the_requests_fault && self.issuer + 1 < self.issuers && !out_of_time {
             // The next issuer at once (the order budget still applies); the streak counts one
             // failure per round of issuers, so more issuers never mean a faster backoff.
             let failed = self.issuer;
