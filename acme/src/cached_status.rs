@@ -35,8 +35,15 @@ impl AcmeConfig {
                     let served = ServedCert::from_leaf(file.chain.first()?).ok()?;
                     Some((served, file.info, bytes, url.clone()))
                 };
-                let cached =
-                    (urls.iter().filter_map(read)).max_by_key(|(_, info, _, _)| info.not_after);
+                // As a launch picks (`DirStore::load_prepared_cert_from`): the newest, the more
+                // preferred issuer's on a tie.
+                let cached = (urls.iter().filter_map(read)).reduce(|best, next| {
+                    if next.1.not_after > best.1.not_after {
+                        next
+                    } else {
+                        best
+                    }
+                });
                 // The preferred issuer's file keeps the retry state.
                 let name = cert_file_name(core.domains(), &urls[0]);
                 let retry = std::fs::read(self.cache_dir.join(format!("{name}.retry")))

@@ -246,26 +246,24 @@ impl<R: Runtime> AcmeContext<R> {
     }
 
     /// Runs one order to a certificate for `domains`, publishing its challenge answers as
-    /// `owner` (they are removed when the order ends, however it ends; DNS-01 records once it
-    /// ends, unless the task is cancelled first). `replacing` (sent as ARI `replaces`) must
-    /// only be given when the directory supports ARI.
+    /// `owner` (they are removed when the order ends, however it ends: DNS-01 records too, in
+    /// the background when the order task is cancelled). `replacing` (sent as ARI `replaces`)
+    /// must only be given when the directory supports ARI.
     pub(crate) async fn order(
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
         owner: ChallengeOwner,
     ) -> Result<Certificate, OrderError> {
-        let mut published = Vec::new();
+        let mut published = PublishedRecords {
+            rt: self.rt.clone(),
+            dns: self.dns.clone(),
+            records: Vec::new(),
+        };
         let result = self
-            .order_publishing(domains, replacing, owner, &mut published)
+            .order_publishing(domains, replacing, owner, &mut published.records)
             .await;
-        if let Some(dns) = &self.dns {
-            for (name, value) in published {
-                if let Err(e) = dns.remove(name.clone(), value).await {
-                    tracing::warn!("DNS-01: cannot remove the TXT record {name}: {e}");
-                }
-            }
-        }
+        published.remove().await;
         result
     }
 
@@ -659,6 +657,43 @@ fn with_profile<'a>(order: NewOrder<'a>, profile: Option<&'a str>) -> NewOrder<'
     }
 }
 
+/// The DNS-01 records an order published. Removed (and awaited) when the order ends; if the
+/// order task is cancelled first, dropping this removes them in the background.
+struct PublishedRecords<R: Runtime> {
+    rt: R,
+    dns: Option<Arc<dyn DnsProvider>>,
+    records: Vec<(String, String)>,
+}
+
+impl<R: Runtime> PublishedRecords<R> {
+    async fn remove(&mut self) {
+        if let Some(dns) = &self.dns {
+            remove_records(dns.as_ref(), std::mem::take(&mut self.records)).await;
+        }
+    }
+}
+
+impl<R: Runtime> Drop for PublishedRecords<R> {
+    fn drop(&mut self) {
+        let (Some(dns), records) = (self.dns.clone(), std::mem::take(&mut self.records)) else {
+            return;
+        };
+        if !records.is_empty() {
+            self.rt.spawn(Box::pin(async move {
+                remove_records(dns.as_ref(), records).await;
+            }));
+        }
+    }
+}
+
+async fn remove_records(dns: &dyn DnsProvider, records: Vec<(String, String)>) {
+    for (name, value) in records {
+        if let Err(e) = dns.remove(name.clone(), value).await {
+            tracing::warn!("DNS-01: cannot remove the TXT record {name}: {e}");
+        }
+    }
+}
+
 /// Removes challenge answers when an order ends, however it ends.
 struct ChallengeGuard<'a> {
     resolver: &'a CertResolver,
@@ -746,6 +781,93 @@ pub(crate) fn classify_problem(problem: &Problem, retry_after: Option<Duration>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A runtime of plain threads, for what needs only `spawn`.
+    #[derive(Clone)]
+    struct Threads;
+
+    impl Runtime for Threads {
+        type Tcp = futures_lite::io::Cursor<Vec<u8>>;
+
+        fn connect(
+            &self,
+            _: String,
+            _: u16,
+        ) -> crate::runtime::BoxFuture<std::io::Result<Self::Tcp>> {
+            Box::pin(async { Err(std::io::Error::other("no network here")) })
+        }
+
+        fn sleep(&self, duration: Duration) -> crate::runtime::BoxFuture<()> {
+            Box::pin(async move { std::thread::sleep(duration) })
+        }
+
+        fn spawn(&self, future: crate::runtime::BoxFuture<()>) {
+            std::thread::spawn(move || futures_lite::future::block_on(future));
+        }
+
+        fn unblock<T: Send + 'static>(
+            &self,
+            work: Box<dyn FnOnce() -> T + Send>,
+        ) -> crate::runtime::BoxFuture<T> {
+            Box::pin(async move { work() })
+        }
+    }
+
+    /// Remembers what was removed.
+    #[derive(Default)]
+    struct Removals(std::sync::Mutex<Vec<String>>);
+
+    impl DnsProvider for Arc<Removals> {
+        fn publish(&self, _: String, _: String) -> crate::runtime::BoxFuture<Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn remove(
+            &self,
+            name: String,
+            value: String,
+        ) -> crate::runtime::BoxFuture<Result<(), String>> {
+            let this = self.clone();
+            Box::pin(async move {
+                this.0.lock().unwrap().push(format!("{name}={value}"));
+                Ok(())
+            })
+        }
+
+        fn check_visible(
+            &self,
+            _: String,
+            _: String,
+        ) -> crate::runtime::BoxFuture<Result<Option<String>, String>> {
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    #[test]
+    fn dns_records_are_removed_when_the_order_ends_or_its_task_is_cancelled() {
+        let removals = Arc::new(Removals::default());
+        let published = |records: &[&str]| PublishedRecords {
+            rt: Threads,
+            dns: Some(Arc::new(removals.clone()) as Arc<dyn DnsProvider>),
+            records: records
+                .iter()
+                .map(|r| ((*r).to_owned(), "v".to_owned()))
+                .collect(),
+        };
+        // Ended: removed before the order returns, once.
+        let mut ended = published(&["_acme-challenge.a.test"]);
+        futures_lite::future::block_on(ended.remove());
+        drop(ended);
+        assert_eq!(*removals.0.lock().unwrap(), ["_acme-challenge.a.test=v"]);
+        // Cancelled (the order future dropped mid-way): removed in the background.
+        drop(published(&["_acme-challenge.b.test"]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while removals.0.lock().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "not removed");
+            std::thread::yield_now();
+        }
+        assert_eq!(removals.0.lock().unwrap()[1], "_acme-challenge.b.test=v");
+    }
 
     #[test]
     fn polling_never_comes_sooner_than_the_ca_asked() {
