@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Certloop, curl, faketime_wrapper, manual_pair, open_tunnel, stdout, upstream};
+use common::{
+    Certloop, certloop_command, curl, faketime_wrapper, manual_pair, open_tunnel, stdout, upstream,
+};
 
 use certloop_tests::conformance::fetch_verified;
 use certloop_tests::pebble::{Pebble, free_port, wait_until};
@@ -582,21 +584,6 @@ fn a_wildcard_listener_gets_its_certificate_by_dns_01_through_knot() {
     assert!(knot.txt("_acme-challenge.certloop.test").is_empty());
     certloop.signal("TERM");
     assert_eq!(certloop.wait_exit(Duration::from_secs(10)), 0);
-}
-
-fn certloop_command(args: &[&str], config: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_certloop"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run certloop");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use certloop_tests::conformance::fetch_verified;
 use certloop_tests::fault_proxy::{Fault, FaultPlan, FaultProxy, Path};
 use certloop_tests::pebble::Pebble;
-use common::{Certloop, faketime_wrapper, upstream};
+use common::{Certloop, certloop_command, faketime_wrapper, upstream};
 
 /// A configuration for one ACME listener through `proxy`. `startup` is `acme_startup_timeout`:
 /// short where a start must fail, generous where it must succeed on a loaded machine.
@@ -777,12 +777,8 @@ fn with_the_preferred_ca_down_the_fallback_issuer_issues_and_a_restart_serves_it
         log.contains("issuer 1 failed the order") && log.contains("ordering from issuer 2"),
         "{log}"
     );
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_certloop"))
-        .args(["status", "--json", "--config"])
-        .arg(&config)
-        .output()
-        .expect("certloop status");
-    let json = String::from_utf8_lossy(&status.stdout);
+    let (code, json) = certloop_command(&["status", "--json"], &config);
+    assert_eq!(code, 0, "{json}");
     assert!(
         json.contains(&format!("\"issued_by\": \"{}\"", fallback.directory_url)),
         "{json}"

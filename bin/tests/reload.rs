@@ -3,14 +3,13 @@
 //! no new order for a certificate whose names did not change, and a broken file refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 mod common;
 
-use common::{Certloop, upstream};
+use common::{Certloop, certloop_command, upstream};
 
 use certloop_tests::conformance::fetch_verified;
 use certloop_tests::pebble::{Pebble, free_port, wait_until};
@@ -41,21 +40,6 @@ fn head(pebble: &Pebble) -> String {
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
     std::fs::write(path, text).expect("write config");
-}
-
-/// `certloop reload --config PATH`: exit code, stdout and stderr.
-fn reload_command(config: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_certloop"))
-        .args(["reload", "--config"])
-        .arg(config)
-        .output()
-        .expect("run certloop reload");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// How many times `what` appears in certloop's log.
@@ -118,7 +102,7 @@ fn reload_adds_removes_and_changes_listeners_without_failing_a_request() {
             listener(&pebble, "new", new_port, &first)
         ),
     );
-    let (code, said) = reload_command(&config);
+    let (code, said) = certloop_command(&["reload"], &config);
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("sent SIGHUP"), "{said}");
     wait_until("the reload", Duration::from_secs(20), || {
@@ -171,7 +155,7 @@ fn reload_adds_removes_and_changes_listeners_without_failing_a_request() {
             "upstream = \"ftp://127.0.0.1",
         ),
     );
-    let (code, said) = reload_command(&config);
+    let (code, said) = certloop_command(&["reload"], &config);
     assert_eq!(code, 2, "{said}");
     assert!(
         said.contains(&format!("{}:", config.display())) && said.contains("upstream"),
@@ -201,7 +185,7 @@ fn reload_adds_removes_and_changes_listeners_without_failing_a_request() {
         listener(&pebble, "late", free_port(), &moved)
     );
     write(&config, &impossible);
-    let (code, said) = reload_command(&config);
+    let (code, said) = certloop_command(&["reload"], &config);
     assert_eq!(code, 2, "{said}");
     assert!(
         said.contains("listener late: cache directory /dev/null/cache"),

@@ -92,6 +92,22 @@ impl Drop for Certloop {
     }
 }
 
+/// `certloop ARGS --config CONFIG`, run to its end: its exit code, and stdout then stderr.
+pub fn certloop_command(args: &[&str], config: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_certloop"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run certloop");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 pub fn curl(args: &[&str]) -> Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "20"])
