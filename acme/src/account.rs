@@ -98,7 +98,12 @@ impl crate::AcmeConfig {
     /// The preferred CA's account as the cache directory holds it, read without launching or
     /// locking (it works while certloop runs); an error when none is registered yet.
     pub fn cached_account(&self) -> Result<AccountInfo, String> {
-        stored_account(&self.cache_dir, &self.contacts, self.directory.url())
+        let preferred = &self.preferred;
+        stored_account(
+            &self.cache_dir,
+            &preferred.contacts,
+            preferred.directory_url(),
+        )
     }
 }
 

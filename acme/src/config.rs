@@ -122,13 +122,11 @@ impl fmt::Debug for Issuer {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AcmeConfig {
     pub(crate) certs: Vec<Vec<String>>,
-    pub(crate) directory: Directory,
-    pub(crate) contacts: Vec<String>,
+    /// The CA asked first: directory, contacts, EAB, profile.
+    pub(crate) preferred: Issuer,
     pub(crate) cache_dir: PathBuf,
     pub(crate) challenge: ChallengeKind,
     pub(crate) extra_roots_files: Vec<PathBuf>,
-    pub(crate) eab: Option<(String, String)>,
-    pub(crate) profile: Option<String>,
     pub(crate) fallbacks: Vec<Issuer>,
     pub(crate) dns01: Option<Rfc2136Settings>,
     pub(crate) key_type: KeyType,
@@ -140,13 +138,10 @@ impl fmt::Debug for AcmeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcmeConfig")
             .field("certs", &self.certs)
-            .field("directory", &self.directory)
-            .field("contacts", &self.contacts)
+            .field("preferred", &self.preferred)
             .field("cache_dir", &self.cache_dir)
             .field("challenge", &self.challenge)
             .field("extra_roots_files", &self.extra_roots_files)
-            .field("eab_kid", &self.eab.as_ref().map(|(kid, _)| kid))
-            .field("profile", &self.profile)
             .field("fallbacks", &self.fallbacks)
             .field("dns01", &self.dns01)
             .field("key_type", &self.key_type)
@@ -180,13 +175,10 @@ impl AcmeConfig {
     ) -> Self {
         Self {
             certs: vec![domains.into_iter().map(Into::into).collect()],
-            directory: Directory::Production,
-            contacts: Vec::new(),
+            preferred: Issuer::new(Directory::Production),
             cache_dir: cache_dir.as_ref().to_owned(),
             challenge: ChallengeKind::TlsAlpn01,
             extra_roots_files: Vec::new(),
-            eab: None,
-            profile: None,
             fallbacks: Vec::new(),
             dns01: None,
             key_type: KeyType::EcdsaP256,
@@ -205,7 +197,7 @@ impl AcmeConfig {
 
     /// Uses this ACME directory (default: Let's Encrypt production).
     pub fn directory(mut self, directory: Directory) -> Self {
-        self.directory = directory;
+        self.preferred.directory = directory;
         self
     }
 
@@ -216,7 +208,7 @@ impl AcmeConfig {
 
     /// Adds an account contact, e.g. `mailto:ops@example.com`.
     pub fn contact(mut self, contact: impl Into<String>) -> Self {
-        self.contacts.push(contact.into());
+        self.preferred = self.preferred.contact(contact);
         self
     }
 
@@ -246,7 +238,7 @@ impl AcmeConfig {
     /// Uses External Account Binding with the CA's key id and its base64url HMAC key. The key
     /// is decoded when the configuration is checked, and never printed.
     pub fn eab(mut self, kid: impl Into<String>, hmac_key_base64url: impl Into<String>) -> Self {
-        self.eab = Some((kid.into(), hmac_key_base64url.into()));
+        self.preferred = self.preferred.eab(kid, hmac_key_base64url);
         self
     }
 
@@ -255,7 +247,7 @@ impl AcmeConfig {
     /// it against the directory's `meta.profiles` when the CA answers, and fails with
     /// [`StartError::Config`] (field `profile`, naming what the CA offers) when it is missing.
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.profile = Some(profile.into());
+        self.preferred = self.preferred.profile(profile);
         self
     }
 
@@ -273,10 +265,7 @@ impl AcmeConfig {
     /// [`AcmeConfig::directory`], [`AcmeConfig::contact`], [`AcmeConfig::eab`] and
     /// [`AcmeConfig::profile`] set.
     pub fn preferred_issuer(mut self, issuer: Issuer) -> Self {
-        self.directory = issuer.directory;
-        self.contacts = issuer.contacts;
-        self.eab = issuer.eab;
-        self.profile = issuer.profile;
+        self.preferred = issuer;
         self
     }
 
@@ -292,14 +281,9 @@ impl AcmeConfig {
     /// Every CA in order of preference: the one [`AcmeConfig::directory`] and its neighbours
     /// configure, then the fallbacks.
     pub fn issuers(&self) -> Vec<Issuer> {
-        let preferred = Issuer {
-            directory: self.directory.clone(),
-            contacts: self.contacts.clone(),
-            eab: self.eab.clone(),
-            profile: self.profile.clone(),
-        };
-        std::iter::once(preferred)
-            .chain(self.fallbacks.iter().cloned())
+        std::iter::once(&self.preferred)
+            .chain(&self.fallbacks)
+            .cloned()
             .collect()
     }
 
