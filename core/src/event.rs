@@ -175,6 +175,14 @@ pub enum Event {
     /// already in flight is the replacement), and its certificate is installed even if it does
     /// not expire later. Ignored while nothing is served.
     RenewNow,
+    /// Another instance sharing this certificate's storage (a fleet) stored a new certificate
+    /// for it. Installed at once if it is valid, covers the names and expires later than the
+    /// served one; an order in flight is then no longer needed and its completion is ignored.
+    /// Ignored while the cache is still loading (the load reads shared storage too).
+    SharedCertArrived {
+        /// The certificate the other instance stored.
+        cert: Certificate,
+    },
     /// The answer to [`Action::LoadCache`].
     CacheLoaded {
         /// The cached certificate, if any.
@@ -402,6 +410,11 @@ pub enum Notice {
     },
     /// The cached certificate cannot be served.
     CachedCertUnusable(CertProblem),
+    /// Serving a certificate another instance of the fleet stored.
+    SharedCertAdopted {
+        /// Its end of validity.
+        not_after: UnixTime,
+    },
     /// An order was started.
     OrderStarted {
         /// The order.
@@ -493,6 +506,7 @@ impl Notice {
             | Self::RetryStateRestored { .. } => Level::Warn,
             Self::CacheMissing
             | Self::CachedCertAdopted { .. }
+            | Self::SharedCertAdopted { .. }
             | Self::OrderStarted { .. }
             | Self::CertIssued { .. }
             | Self::RenewalMovedEarlier { .. } => Level::Info,
@@ -515,6 +529,10 @@ impl fmt::Display for Notice {
                 write!(f, "serving cached certificate valid until {not_after}")
             }
             Self::CachedCertUnusable(p) => write!(f, "cached certificate {p}; ordering a new one"),
+            Self::SharedCertAdopted { not_after } => write!(
+                f,
+                "serving the certificate another instance stored, valid until {not_after}"
+            ),
             Self::OrderStarted { order, attempt } => {
                 write!(
                     f,

@@ -32,7 +32,7 @@ pub fn event_sequence(data: &[u8]) {
         let unit: i64 = [1, 1000, 60_000, 3_600_000][usize::from(c % 4)];
         now = now.saturating_add_signed(step.saturating_mul(unit));
         let t = UnixTime::from_millis(now);
-        let event = match kind % 7 {
+        let event = match kind % 8 {
             0 => Event::Tick,
             1 => Event::CacheLoaded {
                 cert: cached(a, b, t),
@@ -57,6 +57,9 @@ pub fn event_sequence(data: &[u8]) {
             5 => Event::RenewalInfo {
                 request: checker.ari_ref(c),
                 info: renewal_info(a, b, t),
+            },
+            6 => Event::SharedCertArrived {
+                cert: issued(a, b, t),
             },
             _ => match checker.next_wake {
                 // Jump to the wake the core asked for.

@@ -1231,6 +1231,12 @@ pub fn describe_event(event: &Event) -> String {
             cert.info.not_after
         ),
         Event::OrderFailed { order, error } => format!("OrderFailed#{} {error}", order.0),
+        Event::SharedCertArrived { cert } => format!(
+            "SharedCertArrived [{}] {}..{}",
+            cert.info.names.join(","),
+            cert.info.not_before,
+            cert.info.not_after
+        ),
         Event::StoreFinished { request, result } => {
             format!("StoreFinished#{} {result:?}", request.0)
         }

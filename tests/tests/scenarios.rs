@@ -531,3 +531,55 @@ fn renew_now_orders_at_once_and_keeps_serving_until_the_new_one_is_installed() {
     s.wait(HOUR).order_succeeds(90 * DAY);
     assert!(s.lifecycle().serving().unwrap().not_after > served);
 }
+
+#[test]
+fn a_certificate_another_instance_stored_is_served_and_ends_the_renewal_here() {
+    let mut s = Script::new(NAMES);
+    let early = s.cert(s.now(), 90 * DAY);
+    s.event(Event::SharedCertArrived {
+        cert: early.clone(),
+    });
+    assert!(
+        s.lifecycle().serving().is_none(),
+        "ignored while loading the cache"
+    );
+    s.cache_missing()
+        .order_succeeds(90 * DAY)
+        .store_finishes(Ok(()));
+    s.renewal_info(RenewalInfo::Unsupported);
+    let served = s.lifecycle().serving().unwrap().not_after;
+    // Renewal comes due and an order starts; another instance stores its renewal first.
+    s.until_wake();
+    assert_eq!(count(&s, is_order), 2);
+    assert!(s.lifecycle().order_in_flight().is_some());
+    let renewed = s.cert(s.now(), 90 * DAY);
+    s.event(Event::SharedCertArrived {
+        cert: renewed.clone(),
+    });
+    assert_eq!(
+        s.lifecycle().serving().unwrap().not_after,
+        renewed.info.not_after
+    );
+    assert!(s.lifecycle().serving().unwrap().not_after > served);
+    assert!(
+        s.lifecycle().order_in_flight().is_none(),
+        "the order is no longer needed"
+    );
+    assert!(
+        s.actions
+            .iter()
+            .any(|a| matches!(a, Action::StoreCert { cert, .. } if *cert == renewed)),
+        "the local copy is written"
+    );
+    // Its late completion, a duplicate, or an older certificate change nothing.
+    s.order_returns(renewed.clone());
+    s.event(Event::SharedCertArrived {
+        cert: renewed.clone(),
+    });
+    s.event(Event::SharedCertArrived { cert: early });
+    assert_eq!(
+        s.lifecycle().serving().unwrap().not_after,
+        renewed.info.not_after
+    );
+    assert_eq!(count(&s, is_order), 2, "no new order");
+}

@@ -132,6 +132,7 @@ impl Machine {
                     self.replace_served = true;
                 }
             }
+            Event::SharedCertArrived { cert } => self.on_shared_cert(now, cert, out),
             Event::CacheLoaded { cert, retry } => self.on_cache_loaded(now, cert, retry, out),
             Event::OrderSucceeded { order, cert } => self.on_order_succeeded(now, order, cert, out),
             Event::OrderFailed { order, error } => self.on_order_failed(now, order, error, out),
@@ -468,9 +469,21 @@ impl Machine {
         }
         let renewal = self.serving.is_some();
         let not_after = cert.info.not_after;
+        self.adopt_new(now, cert, Notice::CertIssued { not_after, renewal }, out);
+    }
+
+    /// Serves a new certificate (ordered here, or by another instance), ends any failure
+    /// streak and stores it.
+    fn adopt_new(
+        &mut self,
+        now: UnixTime,
+        cert: Certificate,
+        notice: Notice,
+        out: &mut impl FnMut(Action),
+    ) {
         self.replace_served = false;
         self.install(now, cert, out);
-        out(Action::Log(Notice::CertIssued { not_after, renewal }));
+        out(Action::Log(notice));
         self.retry_at = None;
         self.last_error = None;
         // The next renewal asks the preferred issuer first again.
@@ -481,6 +494,20 @@ impl Machine {
             out(Action::PersistRetryState(RetryState::default()));
         }
         self.store_served(out);
+    }
+
+    /// A certificate another instance stored: the renewal it answers is done here too.
+    fn on_shared_cert(&mut self, now: UnixTime, cert: Certificate, out: &mut impl FnMut(Action)) {
+        if matches!(self.phase, Phase::LoadingCache { .. })
+            || self.check_installable(now, &cert.info).is_err()
+        {
+            return out(Action::Log(Notice::IgnoredStale("shared certificate")));
+        }
+        // The order in flight (waiting for the other instance, most likely) is not needed.
+        self.order_in_flight = None;
+        self.late_order = None;
+        let not_after = cert.info.not_after;
+        self.adopt_new(now, cert, Notice::SharedCertAdopted { not_after }, out);
     }
 
     fn on_order_failed(
