@@ -3,7 +3,7 @@
 set -euo pipefail
 need=()
 for pair in pebble:pebble pebble-challtestsrv:pebble curl:curl openssl:openssl faketime:faketime cc:gcc \
-    prlimit:util-linux mount:mount getconf:libc-bin chromium:chromium kdig:knot-dnsutils; do
+    prlimit:util-linux mount:mount getconf:libc-bin chromium:chromium kdig:knot-dnsutils redis-server:redis-server; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
 done
 # The DNS-01 tests' authoritative server (in /usr/sbin, which may not be on PATH).

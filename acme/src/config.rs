@@ -9,6 +9,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::dns_wire::TsigKey;
 use crate::dns01::{Rfc2136Settings, in_zone};
+use crate::fleet::RedisSettings;
 use crate::key_type::KeyType;
 use crate::order::{ChallengeKind, ExternalAccount};
 use crate::store::StoreError;
@@ -129,6 +130,7 @@ pub struct AcmeConfig {
     pub(crate) extra_roots_files: Vec<PathBuf>,
     pub(crate) fallbacks: Vec<Issuer>,
     pub(crate) dns01: Option<Rfc2136Settings>,
+    pub(crate) fleet: Option<RedisSettings>,
     pub(crate) key_type: KeyType,
     pub(crate) policy: Policy,
     pub(crate) retry_now: bool,
@@ -144,6 +146,7 @@ impl fmt::Debug for AcmeConfig {
             .field("extra_roots_files", &self.extra_roots_files)
             .field("fallbacks", &self.fallbacks)
             .field("dns01", &self.dns01)
+            .field("fleet", &self.fleet)
             .field("key_type", &self.key_type)
             .field("policy", &self.policy)
             .field("retry_now", &self.retry_now)
@@ -181,6 +184,7 @@ impl AcmeConfig {
             extra_roots_files: Vec::new(),
             fallbacks: Vec::new(),
             dns01: None,
+            fleet: None,
             key_type: KeyType::EcdsaP256,
             policy: Policy::default(),
             retry_now: false,
@@ -258,6 +262,15 @@ impl AcmeConfig {
     pub fn dns01_rfc2136(mut self, settings: Rfc2136Settings) -> Self {
         self.challenge = ChallengeKind::Dns01;
         self.dns01 = Some(settings);
+        self
+    }
+
+    /// Fleet mode: shares certificates, the ACME account and challenge answers with the other
+    /// instances using the same Redis (and key prefix), and orders each renewal once, under a
+    /// fenced lease (`docs/fleet.md`). The cache directory stays this instance's local copy,
+    /// which it starts from and serves when Redis is down.
+    pub fn fleet_redis(mut self, settings: RedisSettings) -> Self {
+        self.fleet = Some(settings);
         self
     }
 
@@ -361,6 +374,9 @@ impl AcmeConfig {
         let mut extra_roots = Vec::new();
         for path in &self.extra_roots_files {
             extra_roots.extend(read_roots(path).map_err(|e| invalid("extra_roots_pem", e))?);
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.check().map_err(|e| invalid("fleet_redis", e))?;
         }
         let mut eabs = Vec::new();
         for (i, issuer) in issuers.iter().enumerate() {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certloop_core::{
-    Action, CertFleet, CertId, Event, FailureKind, Level, Notice, RenewalInfo, RetryState, Serving,
-    UnixTime,
+    Action, CachedCert, CertFleet, CertId, Event, FailureKind, Level, Notice, RenewalInfo,
+    RetryState, Serving, UnixTime,
 };
 use instant_acme::CertificateIdentifier;
 
@@ -16,6 +16,9 @@ use crate::cache::decode_cert_file;
 use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
 use crate::dns01::{DnsProvider, Rfc2136};
+use crate::fleet::{
+    Fleet, Listeners, Obtained, SharedCert, cert_id, certificate_of, client_for, watch,
+};
 use crate::handle::{AcmeHandle, Command, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
 use crate::http01::Http01Tokens;
@@ -190,6 +193,18 @@ pub async fn launch_with<R: Runtime>(
         _ => None,
     };
     let dns_propagation = (config.dns01.as_ref()).map_or(Duration::ZERO, |s| s.propagation_timeout);
+    let redis_fleet = match &config.fleet {
+        Some(settings) => {
+            let client = client_for(rt.clone(), settings.clone(), &resolved.extra_roots).map_err(
+                |problem| StartError::Config {
+                    field: "fleet_redis",
+                    problem,
+                },
+            )?;
+            Some(Arc::new(Fleet::new(rt.clone(), client)))
+        }
+        None => None,
+    };
     // One context per issuer: its own directory, account, EAB and profile; the rest shared.
     let contexts: Vec<Arc<AcmeContext<R>>> = (issuers.iter().zip(resolved.eabs))
         .map(|(issuer, eab)| {
@@ -211,6 +226,7 @@ pub async fn launch_with<R: Runtime>(
                 request_timeout: request_timeout(policy.startup_timeout),
                 account: async_lock::Mutex::new(None),
                 durations: shared.durations.clone(),
+                fleet: redis_fleet.clone(),
             })
         })
         .collect();
@@ -251,6 +267,21 @@ pub async fn launch_with<R: Runtime>(
         .collect();
     let (events_tx, events_rx) = async_channel::unbounded();
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    // Closed when the driver ends, which ends the fleet's watch.
+    let (driver_alive, driver_ended) = async_channel::bounded::<()>(1);
+    if let Some(redis) = &redis_fleet {
+        let ids: Vec<CertId> = managed.iter().map(|m| m.id).collect();
+        listen_to_fleet(
+            &rt,
+            redis,
+            &config,
+            &shared,
+            ids,
+            &urls,
+            events_tx.clone(),
+            driver_ended,
+        );
+    }
     let (commands_tx, commands_rx) = async_channel::unbounded::<Command>();
 
     let handle = AcmeHandle {
@@ -272,6 +303,8 @@ pub async fn launch_with<R: Runtime>(
         retry_now: config.retry_now,
         ready: 0,
         loads: Vec::new(),
+        fleet: redis_fleet,
+        _alive: driver_alive,
     };
     let ending = driver.shared.clone();
     rt.spawn(Box::pin(async move {
@@ -340,6 +373,10 @@ struct Driver<R: Runtime> {
     ready: usize,
     /// Cache loads asked for and not yet dispatched.
     loads: Vec<(CertId, Vec<String>)>,
+    /// The fleet, in fleet mode.
+    fleet: Option<Arc<Fleet<R>>>,
+    /// Dropped with the driver: the fleet's watch ends.
+    _alive: async_channel::Sender<()>,
 }
 
 /// How many cache files one blocking task reads.
@@ -442,14 +479,25 @@ impl<R: Runtime> Driver<R> {
         for batch in loads.chunks(LOAD_BATCH) {
             let (store, urls) = (self.contexts[0].store.clone(), self.urls.clone());
             let batch = batch.to_vec();
+            let names = batch.clone();
             let work = self.rt.unblock(Box::new(move || {
-                (batch.into_iter())
+                (names.into_iter())
                     .map(|(id, domains)| (id, store.load_prepared_cert_from(&domains, &urls)))
                     .collect::<Vec<_>>()
             }));
             let (events, retry_now) = (self.events_tx.clone(), self.retry_now);
+            let (fleet, store, urls) = (
+                self.fleet.clone(),
+                self.contexts[0].store.clone(),
+                self.urls.clone(),
+            );
+            let rt = self.rt.clone();
             self.rt.spawn(Box::pin(async move {
-                for (id, (cert, mut retry, prepared, issuer)) in work.await {
+                let mut loaded = work.await;
+                if let Some(fleet) = fleet {
+                    prefer_shared(&rt, &fleet, &store, &urls, &batch, &mut loaded).await;
+                }
+                for (id, (cert, mut retry, prepared, issuer)) in loaded {
                     if let Some(prepared) = prepared {
                         let _ = events.send(Wake::Prepared(id, prepared, issuer)).await;
                     }
@@ -582,6 +630,7 @@ impl<R: Runtime> Driver<R> {
                 let context = self.contexts[issuer].clone();
                 tracing::debug!(domains = %names.join(","), attempt, directory = %context.directory_url, "starting ACME order");
                 // ARI `replaces` names a certificate of the CA asked, which supports ARI.
+                let served = replacing.clone();
                 let same_ca = self.managed[index].issued_by == issuer;
                 let replacing = replacing.filter(|_| same_ca && self.managed[index].ari_supported);
                 self.managed[index].ordered_from = issuer;
@@ -603,6 +652,11 @@ impl<R: Runtime> Driver<R> {
                     _ended: ended,
                 };
                 let events = self.events_tx.clone();
+                let fleet = self.fleet.clone();
+                let served_until = served
+                    .and_then(|bundle| decode_cert_file(bundle.bytes()).ok())
+                    .map(|file| file.info.not_after);
+                let urls = self.urls.clone();
                 self.rt.spawn(Box::pin(async move {
                     let life = life;
                     let work = async {
@@ -612,12 +666,39 @@ impl<R: Runtime> Driver<R> {
                         if let Some(observer) = &life.observer {
                             observer.order_task(life.cert, owner, true);
                         }
-                        Some(
-                            match context.order(&names, replacing.as_ref(), owner).await {
-                                Ok(cert) => Event::OrderSucceeded { order, cert },
-                                Err(error) => Event::OrderFailed { order, error },
-                            },
-                        )
+                        let ordered = async {
+                            let cert = context.order(&names, replacing.as_ref(), owner).await?;
+                            Ok((cert, context.directory_url.clone()))
+                        };
+                        let result = match &fleet {
+                            None => ordered.await.map(|(cert, _)| cert),
+                            Some(fleet) => {
+                                let obtained = fleet
+                                    .obtain(&cert_id(&names), served_until, || ordered)
+                                    .await;
+                                match obtained {
+                                    Ok(Obtained::Ordered(cert)) => Ok(cert),
+                                    Ok(Obtained::Shared(cert, issuer)) => {
+                                        // Served as the CA that issued it.
+                                        let issuer =
+                                            urls.iter().position(|u| *u == issuer).unwrap_or(0);
+                                        if let Ok((_, prepared)) =
+                                            prepare(cert.bundle.bytes().to_vec())
+                                        {
+                                            let _ = events
+                                                .send(Wake::Prepared(id, prepared, issuer))
+                                                .await;
+                                        }
+                                        Ok(cert)
+                                    }
+                                    Err(error) => Err(error),
+                                }
+                            }
+                        };
+                        Some(match result {
+                            Ok(cert) => Event::OrderSucceeded { order, cert },
+                            Err(error) => Event::OrderFailed { order, error },
+                        })
                     };
                     let cancelled = async {
                         let _ = cancelled.recv().await;
@@ -718,6 +799,11 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Action::Log(notice) => {
+                if matches!(notice, Notice::SharedCertAdopted { .. }) {
+                    // The core no longer needs the order in flight (a wait for another
+                    // instance's lease, most likely): cancelled, so it cannot order later.
+                    self.managed[index].order_task = None;
+                }
                 let served_until = {
                     let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
                     let slot = &mut status[index];
@@ -807,6 +893,11 @@ impl<R: Runtime> Driver<R> {
                 retry_at: *retry_at,
                 expired: matches!(serving, Serving::ExpiredSince(_)),
             },
+            // Another instance of the fleet renewed it.
+            Notice::SharedCertAdopted { not_after } => LifecycleEvent::Renewed {
+                domains,
+                not_after: *not_after,
+            },
             Notice::CertExpired { not_after } => LifecycleEvent::Expired {
                 domains,
                 not_after: *not_after,
@@ -814,6 +905,106 @@ impl<R: Runtime> Driver<R> {
             _ => return,
         };
         self.shared.publish(event);
+    }
+}
+
+/// Starts the fleet's watch, and feeds each newer certificate it hears of to the fleet as
+/// [`Event::SharedCertArrived`] (prepared first, as the CA that issued it).
+#[allow(clippy::too_many_arguments)]
+fn listen_to_fleet<R: Runtime>(
+    rt: &R,
+    fleet: &Arc<Fleet<R>>,
+    config: &AcmeConfig,
+    shared: &Shared,
+    ids: Vec<CertId>,
+    urls: &[String],
+    events: async_channel::Sender<Wake>,
+    driver_ended: async_channel::Receiver<()>,
+) {
+    let (certs, heard) = async_channel::unbounded::<(usize, SharedCert)>();
+    let listeners = Listeners {
+        cert_ids: config.certs.iter().map(|d| cert_id(d)).collect(),
+        certs,
+        resolver: shared.resolver.clone(),
+        tokens: shared.tokens.clone(),
+    };
+    rt.spawn(Box::pin(watch(fleet.clone(), listeners, driver_ended)));
+    let urls = urls.to_vec();
+    rt.spawn(Box::pin(async move {
+        while let Ok((at, record)) = heard.recv().await {
+            let (Some(&id), Some(cert)) = (ids.get(at), certificate_of(&record)) else {
+                continue;
+            };
+            let Ok((_, prepared)) = prepare(record.bundle) else {
+                continue;
+            };
+            let issuer = urls.iter().position(|u| *u == record.issuer).unwrap_or(0);
+            let _ = events.send(Wake::Prepared(id, prepared, issuer)).await;
+            let _ = events
+                .send(Wake::Event(id, Event::SharedCertArrived { cert }))
+                .await;
+        }
+    }));
+}
+
+/// What loading found for one certificate: the cached certificate, the retry state, the
+/// certificate prepared to serve, and the issuer whose file held it.
+type Loaded = (CachedCert, Option<RetryState>, Option<PreparedCert>, usize);
+
+/// At launch in fleet mode, a certificate the fleet stored that expires later than the local
+/// copy replaces it (and is written to the cache directory). Without Redis, the local copies
+/// are served.
+async fn prefer_shared<R: Runtime>(
+    rt: &R,
+    fleet: &Fleet<R>,
+    store: &Arc<DirStore>,
+    urls: &[String],
+    batch: &[(CertId, Vec<String>)],
+    loaded: &mut [(CertId, Loaded)],
+) {
+    let ids: Vec<String> = batch.iter().map(|(_, domains)| cert_id(domains)).collect();
+    let records = match fleet.client.certs(&ids).await {
+        Ok(records) => records,
+        Err(e) => {
+            return tracing::warn!(
+                "fleet storage unavailable at launch ({e}): starting from this instance's local copies"
+            );
+        }
+    };
+    for ((record, (_, domains)), (_, (cert, _, prepared, issuer))) in
+        records.into_iter().zip(batch).zip(loaded.iter_mut())
+    {
+        let Some(record) = record else { continue };
+        let Some(shared) = certificate_of(&record) else {
+            continue;
+        };
+        let local_until = match cert {
+            CachedCert::Found(local) => Some(local.info.not_after),
+            _ => None,
+        };
+        if local_until.is_some_and(|until| until >= shared.info.not_after) {
+            continue;
+        }
+        let Ok((_, ready)) = prepare(record.bundle.clone()) else {
+            continue;
+        };
+        let at = urls.iter().position(|u| *u == record.issuer).unwrap_or(0);
+        let (store, domains, url, bytes) = (
+            store.clone(),
+            domains.clone(),
+            urls[at].clone(),
+            record.bundle,
+        );
+        let order = store.next_write();
+        let kept = rt
+            .unblock(Box::new(move || {
+                store.store_cert(&domains, &url, &bytes, order)
+            }))
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!("cannot keep the fleet's certificate in the cache directory: {e}");
+        }
+        (*cert, *prepared, *issuer) = (CachedCert::Found(shared), Some(ready), at);
     }
 }
 

@@ -158,24 +158,31 @@ pub(crate) struct HttpsTransport<R: Runtime> {
 impl<R: Runtime> HttpsTransport<R> {
     /// A transport trusting the public web PKI plus `extra_roots` (e.g. Pebble's CA).
     pub(crate) fn new(rt: R, extra_roots: &[CertificateDer<'static>]) -> Result<Self, String> {
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        for root in extra_roots {
-            roots
-                .add(root.clone())
-                .map_err(|e| format!("extra root certificate rejected: {e}"))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Self {
             rt,
-            tls: futures_rustls::TlsConnector::from(Arc::new(config)),
+            tls: tls_connector(extra_roots)?,
         })
     }
+}
+
+/// TLS clients (to the CA, to Redis) trusting the public web PKI plus `extra_roots`.
+pub(crate) fn tls_connector(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<futures_rustls::TlsConnector, String> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for root in extra_roots {
+        roots
+            .add(root.clone())
+            .map_err(|e| format!("extra root certificate rejected: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(futures_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 impl<R: Runtime> Transport for HttpsTransport<R> {

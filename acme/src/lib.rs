@@ -22,6 +22,7 @@ mod dns_wire;
 mod driver;
 #[doc(hidden)]
 pub mod example;
+mod fleet;
 mod handle;
 mod http01;
 mod http_client;
@@ -41,6 +42,7 @@ pub use config::{
     AcmeConfig, Directory, Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
 };
 pub use dns01::Rfc2136Settings;
+pub use fleet::RedisSettings;
 pub use handle::{AcmeHandle, LifecycleEvent, LifecycleEvents};
 pub use http01::{
     Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
@@ -64,8 +66,8 @@ pub mod embedding {
         Http01Tokens, Issuer, KeyType, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
         LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally,
         READY_QUEUE, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
-        RevocationReason, Rfc2136Settings, ServedCert, StartError, StoreError, TlsAlpn01,
-        server_config,
+        RedisSettings, RevocationReason, Rfc2136Settings, ServedCert, StartError, StoreError,
+        TlsAlpn01, server_config,
     };
     pub use certloop_core::{Policy, Ratio, UnixTime};
 }
@@ -95,6 +97,7 @@ pub mod testing {
     };
     pub use crate::cache_fs::{CacheFs, DirState, LockError, LockGuard, StdFs};
     pub use crate::driver::{Observer, Seams, launch_with};
+    pub use crate::fleet::{FleetProbe, ProbeLease};
     pub use crate::http_client::{HyperIo, Transport, TransportResponse};
     pub use crate::http01::{RequestHead, read_request_head, write_response};
     pub use crate::store::DirStore;

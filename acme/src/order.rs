@@ -15,6 +15,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::cache::{decode_cert_file, encode_cert_file};
 use crate::dns01::{DnsProvider, record_name, wait_until_visible};
+use crate::fleet::{Fleet, Keys, SharedChallenge};
 use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
 use crate::ip_identifier::{identifier_of, reverse_dns_name};
@@ -102,6 +103,8 @@ pub(crate) struct AcmeContext<R: Runtime> {
     pub request_timeout: Duration,
     /// The account, once loaded or created.
     pub account: async_lock::Mutex<Option<Account>>,
+    /// The fleet this instance shares certificates, the account and challenges with.
+    pub fleet: Option<Arc<Fleet<R>>>,
     /// How long each request took, by operation.
     pub durations: Arc<RequestDurations>,
 }
@@ -136,6 +139,75 @@ impl<R: Runtime> AcmeContext<R> {
         if let Some(account) = slot.as_ref() {
             return Ok(account.clone());
         }
+        let account = match &self.fleet {
+            Some(fleet) => self.fleet_account(fleet).await?,
+            None => self.local_account().await?,
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// The fleet's account (one per directory and contacts, registered once under a lease),
+    /// kept in the cache directory too; this instance's own if Redis is unavailable.
+    async fn fleet_account(&self, fleet: &Fleet<R>) -> Result<Account, OrderError> {
+        let id = Keys::account_id(&self.directory_url, &self.contacts);
+        let lease = match fleet.shared_account(&id).await {
+            Ok(Some(shared)) => {
+                self.keep_shared_account(shared).await;
+                return self.local_account().await;
+            }
+            Ok(None) => fleet.account_lease(&id).await,
+            Err(e) => Err(e),
+        };
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(
+                    "fleet storage unavailable ({e}): using this instance's own ACME account"
+                );
+                return self.local_account().await;
+            }
+        };
+        // Another instance may have registered it while this one waited for the lease.
+        if let Ok(Some(shared)) = fleet.shared_account(&id).await {
+            fleet.client.release(&lease).await;
+            self.keep_shared_account(shared).await;
+            return self.local_account().await;
+        }
+        let account = self.local_account().await;
+        let contacts = self.contacts.clone();
+        let cached = self
+            .with_store(move |store, url| store.load_account(&contacts, url))
+            .await;
+        match (&account, cached) {
+            (Ok(_), Ok(cached))
+                if cached.credentials_json.is_some() && cached.pkcs8_der.is_some() =>
+            {
+                let (json, der) = (
+                    cached.credentials_json.unwrap_or_default(),
+                    cached.pkcs8_der.unwrap_or_default(),
+                );
+                fleet.store_account(lease, &id, json, der).await;
+            }
+            _ => fleet.client.release(&lease).await,
+        }
+        account
+    }
+
+    /// Writes the fleet's account credentials to the cache directory, where
+    /// [`AcmeContext::local_account`] reads them.
+    async fn keep_shared_account(&self, (json, der): (Vec<u8>, Vec<u8>)) {
+        let contacts = self.contacts.clone();
+        let kept = self
+            .with_store(move |store, url| store.store_account(&contacts, url, &json, &der))
+            .await;
+        if let Err(e) = kept {
+            tracing::warn!("cannot keep the fleet's ACME account in the cache directory: {e}");
+        }
+    }
+
+    /// The account in the cache directory, restored, adopted or registered.
+    async fn local_account(&self) -> Result<Account, OrderError> {
         let contacts = self.contacts.clone();
         let cached = self
             .with_store(move |store, url| store.load_account(&contacts, url))
@@ -200,7 +272,6 @@ impl<R: Runtime> AcmeContext<R> {
                 account
             }
         };
-        *slot = Some(account.clone());
         Ok(account)
     }
 
@@ -260,20 +331,34 @@ impl<R: Runtime> AcmeContext<R> {
             dns: self.dns.clone(),
             records: Vec::new(),
         };
+        let mut shared = SharedAnswers {
+            rt: self.rt.clone(),
+            fleet: self.fleet.clone(),
+            ids: Vec::new(),
+        };
         let result = self
-            .order_publishing(domains, replacing, owner, &mut published.records)
+            .order_publishing(
+                domains,
+                replacing,
+                owner,
+                &mut published.records,
+                &mut shared.ids,
+            )
             .await;
         published.remove().await;
+        shared.withdraw().await;
         result
     }
 
-    /// [`AcmeContext::order`], noting each DNS-01 record it publishes in `published`.
+    /// [`AcmeContext::order`], noting each DNS-01 record it publishes in `published` and each
+    /// answer it shares with the fleet in `shared`.
     async fn order_publishing(
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
         owner: ChallengeOwner,
         published: &mut Vec<(String, String)>,
+        shared: &mut Vec<String>,
     ) -> Result<Certificate, OrderError> {
         let account = self.account().await?;
         if let Some(profile) = &self.profile {
@@ -365,12 +450,15 @@ impl<R: Runtime> AcmeContext<R> {
             };
             match self.challenge {
                 ChallengeKind::TlsAlpn01 => {
-                    let cert = alpn_challenge_cert(&name, key_authorization.digest().as_ref())
-                        .map_err(|detail| OrderError {
+                    let digest = key_authorization.digest().as_ref().to_vec();
+                    let cert =
+                        alpn_challenge_cert(&name, &digest).map_err(|detail| OrderError {
                             kind: FailureKind::Rejected,
                             detail,
                         })?;
                     self.resolver.add_challenge(guard.owner, &sni, cert);
+                    let answer = SharedChallenge::TlsAlpn01 { name, sni, digest };
+                    self.share(&answer, shared).await;
                 }
                 ChallengeKind::Http01 => {
                     self.tokens.insert_owned(
@@ -378,6 +466,11 @@ impl<R: Runtime> AcmeContext<R> {
                         &challenge.token,
                         key_authorization.as_str(),
                     );
+                    let answer = SharedChallenge::Http01 {
+                        token: challenge.token.clone(),
+                        key_authorization: key_authorization.as_str().to_owned(),
+                    };
+                    self.share(&answer, shared).await;
                 }
                 ChallengeKind::Dns01 => {
                     // Published, then seen on every authoritative server, before the CA looks.
@@ -690,6 +783,46 @@ async fn remove_records(dns: &dyn DnsProvider, records: Vec<(String, String)>) {
     for (name, value) in records {
         if let Err(e) = dns.remove(name.clone(), value).await {
             tracing::warn!("DNS-01: cannot remove the TXT record {name}: {e}");
+        }
+    }
+}
+
+impl<R: Runtime> AcmeContext<R> {
+    /// Publishes an answer to every instance of the fleet (if there is one), before the CA is
+    /// told to validate: its validation may reach any of them.
+    async fn share(&self, answer: &SharedChallenge, shared: &mut Vec<String>) {
+        if let Some(fleet) = &self.fleet
+            && let Some(id) = fleet.share_challenge(answer).await
+        {
+            shared.push(id);
+        }
+    }
+}
+
+/// The answers an order shared with the fleet: withdrawn when it ends (in the background if
+/// its task is cancelled; they expire by themselves if even that fails).
+struct SharedAnswers<R: Runtime> {
+    rt: R,
+    fleet: Option<Arc<Fleet<R>>>,
+    ids: Vec<String>,
+}
+
+impl<R: Runtime> SharedAnswers<R> {
+    async fn withdraw(&mut self) {
+        if let Some(fleet) = &self.fleet {
+            fleet.withdraw(std::mem::take(&mut self.ids)).await;
+        }
+    }
+}
+
+impl<R: Runtime> Drop for SharedAnswers<R> {
+    fn drop(&mut self) {
+        let (Some(fleet), ids) = (self.fleet.clone(), std::mem::take(&mut self.ids)) else {
+            return;
+        };
+        if !ids.is_empty() {
+            self.rt
+                .spawn(Box::pin(async move { fleet.withdraw(ids).await }));
         }
     }
 }

@@ -35,13 +35,13 @@ impl Adapter for Tokio {
         self.0.block_on(certloop_tokio::launch(config))
     }
 
-    fn serve_tls(&self, port: u16, handle: &AcmeHandle) {
+    fn serve_tls_at(&self, ip: &str, port: u16, handle: &AcmeHandle) {
         use tokio_util::compat::TokioAsyncReadCompatExt;
         let config = http1_only(&handle.server_config());
         let listener = self
             .0
             .block_on(async {
-                let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                let tcp = tokio::net::TcpListener::bind((ip, port)).await?;
                 certloop_tokio::AcmeListener::with_config(tcp, handle, config)
             })
             .expect("bind TLS port");
@@ -52,10 +52,10 @@ impl Adapter for Tokio {
         });
     }
 
-    fn serve_http01(&self, port: u16, handle: &AcmeHandle) {
+    fn serve_http01_at(&self, ip: &str, port: u16, handle: &AcmeHandle) {
         let listener = self
             .0
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .block_on(tokio::net::TcpListener::bind((ip, port)))
             .expect("bind HTTP port");
         self.0.spawn(certloop_tokio::serve_http01(
             listener,
@@ -79,10 +79,10 @@ impl Adapter for Smol {
         smol::block_on(certloop_smol::launch(config))
     }
 
-    fn serve_tls(&self, port: u16, handle: &AcmeHandle) {
+    fn serve_tls_at(&self, ip: &str, port: u16, handle: &AcmeHandle) {
         let config = http1_only(&handle.server_config());
         let listener = smol::block_on(async {
-            let tcp = async_net::TcpListener::bind(("127.0.0.1", port)).await?;
+            let tcp = async_net::TcpListener::bind((ip, port)).await?;
             certloop_smol::AcmeListener::with_config(tcp, handle, config)
         })
         .expect("bind TLS port");
@@ -94,9 +94,9 @@ impl Adapter for Smol {
         .detach();
     }
 
-    fn serve_http01(&self, port: u16, handle: &AcmeHandle) {
-        let listener = smol::block_on(async_net::TcpListener::bind(("127.0.0.1", port)))
-            .expect("bind HTTP port");
+    fn serve_http01_at(&self, ip: &str, port: u16, handle: &AcmeHandle) {
+        let listener =
+            smol::block_on(async_net::TcpListener::bind((ip, port))).expect("bind HTTP port");
         smol::spawn(certloop_smol::serve_http01(
             listener,
             handle.http01_tokens(),

@@ -24,10 +24,18 @@ pub trait Adapter {
     fn block_on<T>(&self, future: impl Future<Output = T>) -> T;
     /// The adapter's `launch`.
     fn launch(&self, config: AcmeConfig) -> Result<AcmeHandle, StartError>;
+    /// Serves HTTPS on `ip:port` with `handle`'s settings, in the background.
+    fn serve_tls_at(&self, ip: &str, port: u16, handle: &AcmeHandle);
+    /// Runs the adapter's port-80 responder on `ip:port`, in the background.
+    fn serve_http01_at(&self, ip: &str, port: u16, handle: &AcmeHandle);
     /// Serves HTTPS on `127.0.0.1:port` with `handle`'s settings, in the background.
-    fn serve_tls(&self, port: u16, handle: &AcmeHandle);
+    fn serve_tls(&self, port: u16, handle: &AcmeHandle) {
+        self.serve_tls_at("127.0.0.1", port, handle);
+    }
     /// Runs the adapter's port-80 responder on `127.0.0.1:port`, in the background.
-    fn serve_http01(&self, port: u16, handle: &AcmeHandle);
+    fn serve_http01(&self, port: u16, handle: &AcmeHandle) {
+        self.serve_http01_at("127.0.0.1", port, handle);
+    }
 }
 
 fn config(pebble: &Pebble, names: &[&str], cache: &Path) -> AcmeConfig {
@@ -93,10 +101,20 @@ pub fn fetch_verified(
     name: &str,
     root_pem: &str,
 ) -> Result<(CertificateDer<'static>, String), String> {
+    fetch_verified_at("127.0.0.1", port, name, root_pem)
+}
+
+/// [`fetch_verified`] from the server at `ip`.
+pub fn fetch_verified_at(
+    ip: &str,
+    port: u16,
+    name: &str,
+    root_pem: &str,
+) -> Result<(CertificateDer<'static>, String), String> {
     let config = crate::client_config(root_pem, b"http/1.1")?;
     let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect((ip, port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
@@ -789,4 +807,45 @@ pub fn account_rollover_and_revocation<A: Adapter>(a: &A) {
     let (replacement, _) = fetch_verified(pebble.tls_port, names[0], &root).expect("served");
     assert_ne!(replacement, revoked_leaf, "the replacement is served");
     assert_eq!(orders(&pebble), 2, "ordered with the new account key");
+}
+
+/// Fleet mode on this runtime: two instances sharing a Redis, on 127.0.0.2 and 127.0.0.3, the
+/// name resolving to the second. One order for both, both serve the certificate, and the
+/// validation is answered by whichever instance it reaches.
+pub fn a_fleet_of_two_orders_once<A: Adapter>(a: &A) {
+    let redis = crate::redis_server::RedisServer::start();
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validation_ports: Some((free_port(), free_port())),
+        ..Default::default()
+    });
+    let name = "two.fleet.test";
+    pebble.resolve(name, "127.0.0.3");
+    let fleet = certloop_acme::RedisSettings::new(redis.url());
+    let handles: Vec<AcmeHandle> = ["127.0.0.2", "127.0.0.3"]
+        .into_iter()
+        .map(|ip| {
+            let cache = pebble.scratch(&format!("cache-{ip}"));
+            let config = config(&pebble, &[name], &cache).fleet_redis(fleet.clone());
+            let handle = a
+                .launch(config)
+                .unwrap_or_else(|e| panic!("{}: {e}", A::NAME));
+            a.serve_tls_at(ip, pebble.tls_port, &handle);
+            handle
+        })
+        .collect();
+    for handle in &handles {
+        a.block_on(handle.ready())
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
+    }
+    assert_eq!(orders(&pebble), 1, "one order for the fleet");
+    let root = pebble.issuing_root_pem();
+    let served: Vec<_> = ["127.0.0.2", "127.0.0.3"]
+        .into_iter()
+        .map(|ip| {
+            fetch_verified_at(ip, pebble.tls_port, name, &root)
+                .expect("served")
+                .0
+        })
+        .collect();
+    assert_eq!(served[0], served[1], "the same certificate on both");
 }

@@ -4,6 +4,7 @@
 //!   shared with the fuzz bodies ([`fuzz_bodies`], run by ordinary tests over the checked-in
 //!   corpus) and scripted traces ([`script`]);
 //! - the Pebble harness: [`pebble`] (Pebble and its challenge DNS), [`fault_proxy`],
+//!   [`knot`] (DNS-01's authoritative server), [`redis_server`] (the fleet's Redis),
 //!   [`ari_directory`], [`upstream`] and [`rustls_acme_fixture`];
 //! - the conformance suite ([`conformance`]) and the two runtimes behind it ([`adapters`]).
 
@@ -18,6 +19,7 @@ pub mod fuzz_bodies;
 pub mod invariants;
 pub mod knot;
 pub mod pebble;
+pub mod redis_server;
 pub mod rustls_acme_fixture;
 pub mod script;
 pub mod sim;

@@ -37,6 +37,7 @@ pub struct Pebble {
     /// Where Pebble connects to validate HTTP-01.
     pub http_port: u16,
     mgmt_port: u16,
+    dns_mgmt_port: u16,
 }
 
 /// A port nobody listens on right now, below Linux's ephemeral range (32768-60999): a port
@@ -158,6 +159,7 @@ impl Pebble {
             tls_port,
             http_port,
             mgmt_port,
+            dns_mgmt_port,
             dir,
         };
         let pebble_process = Command::new(pebble_bin)
@@ -199,6 +201,18 @@ impl Pebble {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("PEM is text")
+    }
+
+    /// Makes Pebble's DNS resolve `host` to `ip` (IPv4) alone, so its validations for `host`
+    /// connect there.
+    pub fn resolve(&self, host: &str, ip: &str) {
+        let body = serde_json::json!({"host": format!("{host}."), "addresses": [ip]});
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "-X", "POST", "-d", &body.to_string()])
+            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_mgmt_port))
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "challtestsrv add-a {host}: {out:?}");
     }
 
     /// Stops the ACME server (the challenge DNS server keeps running): the CA is down.

@@ -36,4 +36,5 @@ conformance!(
     falls_back_to_the_next_issuer_and_renews_from_the_preferred_one,
     dns_01_issues_a_wildcard_certificate_through_knot,
     account_rollover_and_revocation,
+    a_fleet_of_two_orders_once,
 );

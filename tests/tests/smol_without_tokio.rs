@@ -17,6 +17,8 @@ fn thread_names() -> Vec<String> {
 fn smol_issues_without_any_tokio_thread() {
     conformance::issues_with_tls_alpn_01_for_several_names(&Smol);
     conformance::restart_with_ca_down_serves_cached_and_warns(&Smol);
+    // Fleet mode: the redis crate runs on smol here.
+    conformance::a_fleet_of_two_orders_once(&Smol);
     let names = thread_names();
     assert!(names.len() > 1, "threads listed: {names:?}");
     assert!(

@@ -1,0 +1,338 @@
+//! One instance's part in the fleet: ordering under a lease (or taking the certificate another
+//! instance stored), publishing challenge answers to every instance, and the shared account.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certloop_core::{Certificate, FailureKind, OrderError, UnixTime};
+
+use crate::cache::decode_cert_file;
+use crate::fleet::challenge::SharedChallenge;
+use crate::fleet::client::{Acquired, Lease, RedisClient, RedisError, SharedCert};
+use crate::fleet::keys::{Keys, Message};
+use crate::runtime::Runtime;
+
+/// How often a node waiting for another's lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(250);
+/// How long a published challenge answer lives in Redis (and on the instances that installed
+/// it) if its order never withdraws it.
+pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// How long an order waits for every live instance to install its challenge answer before
+/// telling the CA to validate anyway.
+const ACK_WAIT: Duration = Duration::from_secs(3);
+
+/// What ordering in a fleet produced.
+pub(crate) enum Obtained {
+    /// Ordered here, under the lease, and stored for the fleet (or kept here if Redis refused
+    /// or failed the write).
+    Ordered(Certificate),
+    /// Another instance stored a newer certificate than the one served: no order was needed.
+    Shared(Certificate, String),
+}
+
+/// This instance's membership of the fleet.
+pub(crate) struct Fleet<R: Runtime> {
+    pub(crate) rt: R,
+    pub(crate) client: Arc<RedisClient<R>>,
+    /// The live instances, as the latest heartbeat listed them.
+    pub(crate) live: Mutex<Vec<String>>,
+    /// Whether this instance is subscribed to the channel: only then does it count itself
+    /// live, since a publisher waits for the live instances to install its answers.
+    pub(crate) subscribed: AtomicBool,
+    next_challenge: AtomicU64,
+}
+
+impl<R: Runtime> Fleet<R> {
+    pub(crate) fn new(rt: R, client: Arc<RedisClient<R>>) -> Self {
+        Self {
+            rt,
+            client,
+            live: Mutex::new(Vec::new()),
+            subscribed: AtomicBool::new(false),
+            next_challenge: AtomicU64::new(0),
+        }
+    }
+
+    fn unreachable(&self, e: &RedisError, served_until: Option<UnixTime>) -> OrderError {
+        let act_by = served_until.map_or_else(
+            || "nothing is served yet".to_owned(),
+            |t| format!("the served certificate is valid until {t}: Redis must answer before then"),
+        );
+        OrderError {
+            kind: FailureKind::Unreachable,
+            detail: format!(
+                "fleet storage unavailable ({e}); no certificate is ordered without a lease, \
+                 and {act_by}"
+            ),
+        }
+    }
+
+    /// The certificate another instance stored for `id`, if it expires later than
+    /// `served_until` (any valid one if nothing is served).
+    async fn newer_shared(
+        &self,
+        id: &str,
+        served_until: Option<UnixTime>,
+    ) -> Result<Option<(Certificate, String)>, RedisError> {
+        let Some(shared) = self.client.cert(id).await? else {
+            return Ok(None);
+        };
+        Ok(certificate_of(&shared)
+            .filter(|cert| {
+                cert.info.not_after > self.rt.wall_clock()
+                    && served_until.is_none_or(|until| cert.info.not_after > until)
+            })
+            .map(|cert| (cert, shared.issuer)))
+    }
+
+    /// Obtains a new certificate for `id`: the one another instance stored if it is newer than
+    /// the served one, otherwise `order`'s, ordered under the lease (waiting while another
+    /// instance holds it) and stored under its fencing token. `order` gives the certificate
+    /// and the directory URL of the CA that issued it.
+    pub(crate) async fn obtain<F>(
+        &self,
+        id: &str,
+        served_until: Option<UnixTime>,
+        order: impl FnOnce() -> F,
+    ) -> Result<Obtained, OrderError>
+    where
+        F: Future<Output = Result<(Certificate, String), OrderError>>,
+    {
+        let lease = loop {
+            let unreachable = |e: RedisError| self.unreachable(&e, served_until);
+            if let Some((cert, issuer)) = self
+                .newer_shared(id, served_until)
+                .await
+                .map_err(unreachable)?
+            {
+                return Ok(Obtained::Shared(cert, issuer));
+            }
+            match self.client.acquire(id).await.map_err(unreachable)? {
+                Acquired::Held(lease) => {
+                    // Another instance may have stored its certificate and released the lease
+                    // between the look and the lease.
+                    match self.newer_shared(id, served_until).await {
+                        Ok(Some((cert, issuer))) => {
+                            self.client.release(&lease).await;
+                            return Ok(Obtained::Shared(cert, issuer));
+                        }
+                        Ok(None) => break lease,
+                        Err(e) => {
+                            self.client.release(&lease).await;
+                            return Err(self.unreachable(&e, served_until));
+                        }
+                    }
+                }
+                Acquired::Busy(left) => {
+                    tracing::debug!(
+                        certificate = id,
+                        "another instance holds the lease (for {left:?} at most); waiting for its certificate"
+                    );
+                    self.rt
+                        .sleep(LEASE_POLL.min(left.max(Duration::from_millis(10))))
+                        .await;
+                }
+            }
+        };
+        tracing::info!(
+            certificate = id,
+            token = lease.token,
+            "took the fleet's lease; ordering"
+        );
+        let ordered = futures_lite::future::or(order(), self.keep(&lease)).await;
+        let (cert, issuer) = match ordered {
+            Ok(ordered) => ordered,
+            Err(e) => {
+                self.client.release(&lease).await;
+                return Err(e);
+            }
+        };
+        match self
+            .client
+            .write_cert(&lease, cert.bundle.bytes(), &issuer)
+            .await
+        {
+            Ok(true) => {
+                self.client.release(&lease).await;
+                Ok(Obtained::Ordered(cert))
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    certificate = id,
+                    token = lease.token,
+                    "the fleet refused this instance's certificate: its lease was taken over \
+                     (a pause longer than the lease?) and a newer one issued"
+                );
+                match self.newer_shared(id, Some(cert.info.not_after)).await {
+                    Ok(Some((newer, issuer))) => Ok(Obtained::Shared(newer, issuer)),
+                    _ => Ok(Obtained::Ordered(cert)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    certificate = id,
+                    "the certificate is served here but could not be stored for the fleet: {e}"
+                );
+                Ok(Obtained::Ordered(cert))
+            }
+        }
+    }
+
+    /// Extends `lease` every third of its length, for as long as it is polled (it never
+    /// completes). A lost lease is logged; the order goes on, and its write will be refused
+    /// if another instance took over.
+    async fn keep<T>(&self, lease: &Lease) -> T {
+        let every = self.client.settings().lease / 3;
+        loop {
+            self.rt.sleep(every).await;
+            match self.client.extend(lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(certificate = %lease.id, "the fleet's lease was lost during the order")
+                }
+                Err(e) => {
+                    tracing::warn!(certificate = %lease.id, "cannot extend the fleet's lease: {e}")
+                }
+            }
+        }
+    }
+
+    /// Publishes a challenge answer to every instance and waits (a few seconds at most) until
+    /// every live one has installed it. Returns its id, for [`Fleet::withdraw`].
+    pub(crate) async fn share_challenge(&self, challenge: &SharedChallenge) -> Option<String> {
+        let n = self.next_challenge.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", self.client.node);
+        let keys = &self.client.keys;
+        let notify = Message::Challenge {
+            node: self.client.node.clone(),
+            id: id.clone(),
+        };
+        if let Err(e) = (self.client)
+            .put_and_notify(
+                keys.challenge(&id),
+                challenge.encode(),
+                CHALLENGE_TTL,
+                notify,
+            )
+            .await
+        {
+            tracing::warn!(
+                "the challenge answer is not shared with the fleet, only this instance answers it: {e}"
+            );
+            return None;
+        }
+        let waited = crate::runtime::timeout(&self.rt, ACK_WAIT, async {
+            loop {
+                let others: Vec<String> = self.live_others();
+                match self.client.members(keys.acks(&id)).await {
+                    Ok(acked) if others.iter().all(|n| acked.contains(n)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return tracing::warn!("cannot read the fleet's acknowledgements: {e}");
+                    }
+                }
+                self.rt.sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if waited.is_none() {
+            tracing::warn!(
+                "not every instance of the fleet installed the challenge answer within {ACK_WAIT:?}; validating anyway"
+            );
+        }
+        Some(id)
+    }
+
+    fn live_others(&self) -> Vec<String> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter()
+            .filter(|n| **n != self.client.node)
+            .cloned()
+            .collect()
+    }
+
+    /// Removes published challenge answers from Redis and from every instance.
+    pub(crate) async fn withdraw(&self, ids: Vec<String>) {
+        for id in ids {
+            let keys = &self.client.keys;
+            let gone = Message::ChallengeGone {
+                node: self.client.node.clone(),
+                id: id.clone(),
+            };
+            let doomed = vec![keys.challenge(&id), keys.acks(&id)];
+            if let Err(e) = self.client.delete_and_notify(doomed, gone).await {
+                tracing::debug!("challenge answer {id} not withdrawn (it expires): {e}");
+            }
+        }
+    }
+
+    /// The account's credentials (JSON) and key (PKCS#8), as the fleet stores them.
+    pub(crate) async fn shared_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, RedisError> {
+        let fields = self.client.hash(self.client.keys.account(id)).await?;
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        Ok(field("credentials").zip(field("pkcs8")))
+    }
+
+    /// Waits for the lease on the account `id`: registering it is done once, fleet-wide.
+    pub(crate) async fn account_lease(&self, id: &str) -> Result<Lease, RedisError> {
+        loop {
+            match self.client.acquire(&account_lease_id(id)).await? {
+                Acquired::Held(lease) => return Ok(lease),
+                Acquired::Busy(left) => {
+                    self.rt
+                        .sleep(LEASE_POLL.min(left.max(Duration::from_millis(10))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Stores the account under its lease, then releases the lease.
+    pub(crate) async fn store_account(
+        &self,
+        lease: Lease,
+        id: &str,
+        credentials: Vec<u8>,
+        pkcs8: Vec<u8>,
+    ) {
+        let key = self.client.keys.account(id);
+        let fields = vec![("credentials", credentials), ("pkcs8", pkcs8)];
+        match self.client.fenced_write(&lease, key, fields, None).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the fleet refused this instance's ACME account (its lease was taken over)"
+            ),
+            Err(e) => tracing::warn!("the ACME account could not be stored for the fleet: {e}"),
+        }
+        self.client.release(&lease).await;
+    }
+}
+
+/// The lease id of an account (distinct from any certificate's names).
+fn account_lease_id(id: &str) -> String {
+    format!("account:{id}")
+}
+
+/// The core's view of a shared record, if its bundle reads.
+pub(crate) fn certificate_of(shared: &SharedCert) -> Option<Certificate> {
+    let file = decode_cert_file(&shared.bundle).ok()?;
+    Some(Certificate {
+        info: file.info,
+        bundle: certloop_core::CertBundle::new(shared.bundle.clone()),
+    })
+}
+
+/// The fleet's id of a certificate with these names.
+pub(crate) fn cert_id(domains: &[String]) -> String {
+    Keys::cert_id(domains)
+}

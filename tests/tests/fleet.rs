@@ -1,0 +1,336 @@
+//! Fleet mode against a real `redis-server` and Pebble: the lease and fencing protocol one
+//! operation at a time, then instances on tokio and smol, each on its own loopback address,
+//! sharing certificates, the account and challenge answers.
+
+use std::time::Duration;
+
+use certloop_acme::testing::FleetProbe;
+use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, RedisSettings};
+use certloop_tests::adapters::{Smol, Tokio};
+use certloop_tests::conformance::{Adapter, fetch_verified_at};
+use certloop_tests::pebble::{Pebble, PebbleOptions, free_port, wait_until};
+use certloop_tests::redis_server::RedisServer;
+
+fn settings(redis: &RedisServer, prefix: &str) -> RedisSettings {
+    RedisSettings::new(redis.url())
+        .key_prefix(prefix)
+        .lease(Duration::from_secs(3))
+}
+
+/// The protocol, on smol (no tokio runtime): one holder at a time, tokens that only grow, a
+/// holder whose lease ran out (a pause) refused, and a Redis that lost its data refusing every
+/// token issued before.
+#[test]
+fn a_lease_is_exclusive_and_a_stale_holder_cannot_write() {
+    let mut redis = RedisServer::start();
+    let rt = certloop_smol::SmolRuntime;
+    let (a, b) = (
+        FleetProbe::new(rt, settings(&redis, "t:")).unwrap(),
+        FleetProbe::new(rt, settings(&redis, "t:")).unwrap(),
+    );
+    smol::block_on(async {
+        let held = a.acquire("x.test").await.unwrap().expect("free at first");
+        assert!(b.acquire("x.test").await.unwrap().is_none(), "held by a");
+        assert!(a.write_cert(&held, b"one").await.unwrap());
+        assert_eq!(
+            b.cert("x.test").await.unwrap(),
+            Some((held.token(), b"one".to_vec()))
+        );
+        assert!(a.extend(&held).await.unwrap());
+        // a pauses past its lease; b takes over with a newer token.
+        wait_until("a's lease to expire", Duration::from_secs(10), || {
+            redis.cli(&["PTTL", "t:lease:x.test"]) == "-2"
+        });
+        let taken = b
+            .acquire("x.test")
+            .await
+            .unwrap()
+            .expect("expired lease taken over");
+        assert!(taken.token() > held.token());
+        assert!(
+            !a.extend(&held).await.unwrap(),
+            "a learns it lost the lease"
+        );
+        assert!(
+            !a.write_cert(&held, b"stale").await.unwrap(),
+            "a's late write is refused"
+        );
+        assert!(b.write_cert(&taken, b"two").await.unwrap());
+        assert_eq!(
+            a.cert("x.test").await.unwrap(),
+            Some((taken.token(), b"two".to_vec()))
+        );
+        // Released: the next holder need not wait for the expiry.
+        b.release(&taken).await;
+        let again = a.acquire("x.test").await.unwrap().expect("released");
+        assert!(again.token() > taken.token());
+        a.release(&again).await;
+    });
+    // Redis restarted without its data: tokens start again, in a new epoch, and no token of
+    // the old one is accepted even though its number is higher.
+    let old = smol::block_on(async {
+        for _ in 0..3 {
+            let lease = b.acquire("y.test").await.unwrap().expect("free");
+            b.release(&lease).await;
+        }
+        b.acquire("y.test").await.unwrap().expect("free")
+    });
+    assert_eq!(old.token(), 4);
+    for _ in 0..5 {
+        let lease = smol::block_on(a.acquire("y.test"));
+        assert!(matches!(lease, Ok(None)), "held by b");
+    }
+    redis.restart_empty();
+    smol::block_on(async {
+        // The first command after the restart may find the old connection gone.
+        let mut fresh = a.acquire("y.test").await;
+        if fresh.is_err() {
+            fresh = a.acquire("y.test").await;
+        }
+        let fresh = fresh.unwrap().expect("an empty Redis has no lease");
+        assert!(fresh.token() < old.token(), "the counter started again");
+        let mut refused = b.write_cert(&old, b"old epoch").await;
+        if refused.is_err() {
+            refused = b.write_cert(&old, b"old epoch").await;
+        }
+        assert!(!refused.unwrap(), "a token of the lost dataset is refused");
+        assert!(a.write_cert(&fresh, b"new epoch").await.unwrap());
+    });
+}
+
+/// A password is sent, and never printed; without it Redis refuses and the error says so.
+#[test]
+fn a_redis_password_is_used_and_never_printed() {
+    let redis = RedisServer::start_with(Some("s3cret-fleet-pw"));
+    let rt = certloop_smol::SmolRuntime;
+    let without = FleetProbe::new(rt, settings(&redis, "p:")).unwrap();
+    let error = smol::block_on(without.acquire("x.test")).unwrap_err();
+    assert!(
+        error.contains("NOAUTH") || error.contains("uthentication"),
+        "{error}"
+    );
+    let with = FleetProbe::new(rt, settings(&redis, "p:").password("s3cret-fleet-pw")).unwrap();
+    assert!(smol::block_on(with.acquire("x.test")).unwrap().is_some());
+    let printed = format!(
+        "{:?} {error}",
+        settings(&redis, "p:").password("s3cret-fleet-pw")
+    );
+    assert!(!printed.contains("s3cret"), "{printed}");
+}
+
+/// One instance of the fleet on its own loopback address, on either runtime.
+struct Node {
+    ip: String,
+    handle: AcmeHandle,
+}
+
+fn node_config(
+    pebble: &Pebble,
+    redis: &RedisServer,
+    cache: &std::path::Path,
+    names: &[&str],
+) -> AcmeConfig {
+    let mut config = AcmeConfig::new([names[0]], cache)
+        .directory_url(&pebble.directory_url)
+        .contact("mailto:ops@example.com")
+        .extra_roots_pem(&pebble.directory_ca)
+        .fleet_redis(RedisSettings::new(redis.url()).key_prefix("fleet:"));
+    for name in &names[1..] {
+        config = config.certificate([*name]);
+    }
+    config
+}
+
+fn start<A: Adapter>(a: &A, pebble: &Pebble, ip: &str, config: AcmeConfig) -> Node {
+    // A stopped instance's driver releases the cache directory's lock as it ends.
+    let mut launched = None;
+    wait_until(
+        "the cache directory to be free",
+        Duration::from_secs(10),
+        || {
+            match a.launch(config.clone()) {
+                Ok(handle) => launched = Some(handle),
+                Err(certloop_acme::StartError::Store(e)) if e.to_string().contains("lock") => {}
+                Err(e) => panic!("{}: {e}", A::NAME),
+            }
+            launched.is_some()
+        },
+    );
+    let handle = launched.expect("launched");
+    a.serve_tls_at(ip, pebble.tls_port, &handle);
+    a.serve_http01_at(ip, pebble.http_port, &handle);
+    Node {
+        ip: ip.to_owned(),
+        handle,
+    }
+}
+
+fn orders(pebble: &Pebble) -> usize {
+    pebble.log().matches("POST /order-plz").count()
+}
+
+fn accounts(pebble: &Pebble) -> usize {
+    pebble.log().matches("POST /sign-me-up").count()
+}
+
+/// Three instances (tokio, smol, tokio) on 127.0.0.2-4 share three certificates: each is
+/// ordered once fleet-wide, on one account, and every instance serves every one. A fourth
+/// instance orders a certificate whose name resolves to an instance that does not manage it:
+/// that one answers the validation from the fleet, for TLS-ALPN-01 and HTTP-01. With Redis
+/// stopped the instances keep serving and one restarts from its local copy; Redis restarted
+/// empty costs no order.
+#[test]
+fn a_fleet_orders_each_certificate_once_and_every_instance_serves_it() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("certloop_acme=info")
+        .with_test_writer()
+        .try_init();
+    let mut redis = RedisServer::start();
+    // 40 s certificates renew after about 20 s: once, in the test.
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validation_ports: Some((free_port(), free_port())),
+        validity_secs: Some(40),
+        ..Default::default()
+    });
+    let names = ["a.fleet.test", "b.fleet.test", "c.fleet.test"];
+    for (name, ip) in names.iter().zip(["127.0.0.2", "127.0.0.3", "127.0.0.4"]) {
+        pebble.resolve(name, ip);
+    }
+    let (tokio, smol) = (Tokio::default(), Smol);
+    let caches: Vec<_> = (0..5)
+        .map(|i| pebble.scratch(&format!("cache-{i}")))
+        .collect();
+    let mut nodes = vec![
+        start(
+            &tokio,
+            &pebble,
+            "127.0.0.2",
+            node_config(&pebble, &redis, &caches[0], &names),
+        ),
+        start(
+            &smol,
+            &pebble,
+            "127.0.0.3",
+            node_config(&pebble, &redis, &caches[1], &names),
+        ),
+        start(
+            &tokio,
+            &pebble,
+            "127.0.0.4",
+            node_config(&pebble, &redis, &caches[2], &names),
+        ),
+    ];
+    for node in &nodes {
+        tokio
+            .block_on(node.handle.ready())
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.ip, pebble.log()));
+    }
+    assert_eq!(orders(&pebble), 3, "one order per certificate, fleet-wide");
+    assert_eq!(accounts(&pebble), 1, "one account, registered once");
+    let root = pebble.issuing_root_pem();
+    let served = |nodes: &[Node]| {
+        (names.iter())
+            .map(|name| {
+                let leaves: Vec<_> = (nodes.iter())
+                    .map(|node| {
+                        fetch_verified_at(&node.ip, pebble.tls_port, name, &root)
+                            .unwrap_or_else(|e| panic!("{name} at {}: {e}", node.ip))
+                            .0
+                    })
+                    .collect();
+                assert!(
+                    leaves.windows(2).all(|w| w[0] == w[1]),
+                    "{name}: every instance serves the same certificate"
+                );
+                leaves[0].clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = served(&nodes);
+
+    // Validations that reach an instance that does not manage the certificate.
+    for (kind, name, ip, address) in [
+        (
+            ChallengeKind::TlsAlpn01,
+            "d.fleet.test",
+            "127.0.0.3",
+            "127.0.0.5",
+        ),
+        (
+            ChallengeKind::Http01,
+            "e.fleet.test",
+            "127.0.0.2",
+            "127.0.0.6",
+        ),
+    ] {
+        pebble.resolve(name, ip);
+        let cache = pebble.scratch(&format!("cache-{name}"));
+        let config = node_config(&pebble, &redis, &cache, &[name]).challenge(kind);
+        let node = start(&tokio, &pebble, address, config);
+        tokio
+            .block_on(node.handle.ready())
+            .unwrap_or_else(|e| panic!("{kind:?} through {ip}: {e}\n{}", pebble.log()));
+        fetch_verified_at(address, pebble.tls_port, name, &root).expect("served");
+        node.handle.stop();
+    }
+    assert_eq!(orders(&pebble), 5);
+
+    // The renewal: every instance comes due at about the same time; one orders each
+    // certificate, and every instance serves the renewed ones.
+    let renewed_everywhere = || {
+        (names.iter().zip(&first)).all(|(name, old)| {
+            nodes.iter().all(|node| {
+                fetch_verified_at(&node.ip, pebble.tls_port, name, &root)
+                    .is_ok_and(|(leaf, _)| leaf != *old)
+            })
+        })
+    };
+    wait_until(
+        "every instance to serve the renewed certificates",
+        Duration::from_secs(45),
+        renewed_everywhere,
+    );
+    let renewed = served(&nodes);
+    let orders_now = orders(&pebble);
+    assert!(
+        (8..=10).contains(&orders_now),
+        "one order per certificate per renewal (3 renewals, plus d and e's own): {orders_now}"
+    );
+    assert_eq!(accounts(&pebble), 1);
+
+    // Redis down: every instance keeps serving; one restarts from its local copy.
+    redis.stop();
+    let restarted = nodes.remove(0);
+    restarted.handle.stop();
+    let again = start(
+        &smol,
+        &pebble,
+        "127.0.0.7",
+        node_config(&pebble, &redis, &caches[0], &names),
+    );
+    smol::block_on(again.handle.ready()).expect("starts from the local copy without Redis");
+    nodes.push(again);
+    served(&nodes);
+    // Redis back, empty: nothing to order, every certificate is still valid.
+    redis.restart_empty();
+    wait_until(
+        "an instance to be back in the fleet",
+        Duration::from_secs(15),
+        || redis.cli(&["ZCARD", "fleet:nodes"]) != "0",
+    );
+    assert!(
+        served(&nodes)
+            .iter()
+            .zip(&renewed)
+            .all(|(now, then)| now == then)
+    );
+    assert_eq!(
+        orders(&pebble),
+        orders_now,
+        "no new order after Redis came back empty\n{}",
+        pebble.log()
+    );
+    for node in nodes {
+        node.handle.stop();
+    }
+}
