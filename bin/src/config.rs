@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certloop_tokio::{
-    AcmeConfig, ChallengeKind, Directory, Issuer, KeyType, Policy, Rfc2136Settings, StartError,
+    AcmeConfig, ChallengeKind, Directory, Issuer, KeyType, Policy, RedisSettings, Rfc2136Settings,
+    StartError,
 };
 use hyper::Uri;
 use rustls::sign::CertifiedKey;
@@ -30,6 +31,7 @@ struct RawConfig {
     http: Option<Spanned<RawHttp>>,
     admin: Option<Spanned<RawAdmin>>,
     access_log: Option<Spanned<RawAccessLog>>,
+    storage: Option<Spanned<RawStorage>>,
     #[serde(default)]
     listeners: Vec<Spanned<RawListener>>,
 }
@@ -76,6 +78,17 @@ struct RawIssuer {
 struct RawAccessLog {
     path: Option<Spanned<PathBuf>>,
     format: Option<Spanned<String>>,
+}
+
+/// `[storage]`: where ACME listeners keep their certificates.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    backend: Spanned<String>,
+    url: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    key_prefix: Option<String>,
+    lease: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +327,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         None => None,
         Some(a) => Some(access_log(&src, a.get_ref())?),
     };
+    let fleet = match &raw.storage {
+        None => None,
+        Some(s) => storage(&src, s.get_ref())?,
+    };
     let mut listeners: Vec<Listener> = Vec::new();
     let mut seen_binds: Vec<SocketAddr> = (http.iter().map(|h| h.bind))
         .chain(admin.iter().map(|a| a.bind))
@@ -370,7 +387,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let tls = match l.tls_mode.get_ref().as_str() {
             "manual" => manual(&src, l, &key)?,
             "acme" => {
-                let (config, cache_dir) = acme(&src, l, &key, &state_dir, &name, http.is_some())?;
+                let (mut config, cache_dir) =
+                    acme(&src, l, &key, &state_dir, &name, http.is_some())?;
+                if let Some(fleet) = &fleet {
+                    config = config.fleet_redis(fleet.clone());
+                }
                 if let Some((_, other)) = cache_dirs.iter().find(|(dir, _)| *dir == cache_dir) {
                     let span = l
                         .acme_cache_dir
@@ -441,6 +462,70 @@ fn access_log(src: &Source<'_>, raw: &RawAccessLog) -> Result<AccessLogConfig, C
         path: raw.path.as_ref().map(|p| relative(src, p.get_ref())),
         format,
     })
+}
+
+/// `[storage]`: `backend = "directory"` (each listener's cache directory, the default) or
+/// `"redis"` (fleet mode: shared through Redis, the cache directory kept as the local copy).
+fn storage(src: &Source<'_>, raw: &RawStorage) -> Result<Option<RedisSettings>, ConfigError> {
+    let redis_only = [
+        (raw.url.as_ref().map(|u| u.span()), "storage.url"),
+        (
+            raw.password_file.as_ref().map(|p| p.span()),
+            "storage.password_file",
+        ),
+        (raw.lease.as_ref().map(|l| l.span()), "storage.lease"),
+    ];
+    match raw.backend.get_ref().as_str() {
+        "directory" => {
+            if let Some((span, key)) = redis_only.into_iter().find(|(span, _)| span.is_some()) {
+                return Err(src.error(span, key, "only for backend = \"redis\""));
+            }
+            Ok(None)
+        }
+        "redis" => {
+            let url = raw.url.as_ref().ok_or_else(|| {
+                src.error(
+                    Some(raw.backend.span()),
+                    "storage.url",
+                    "backend = \"redis\" needs url = \"redis://host:6379\"",
+                )
+            })?;
+            let mut settings = RedisSettings::new(url.get_ref().clone());
+            if let Some(prefix) = &raw.key_prefix {
+                settings = settings.key_prefix(prefix.clone());
+            }
+            if let Some(lease) = &raw.lease {
+                settings = settings.lease(duration(src, lease, "storage.lease")?);
+            }
+            if let Some(file) = &raw.password_file {
+                let path = relative(src, file.get_ref());
+                let password = std::fs::read_to_string(&path).map_err(|e| {
+                    src.error(
+                        Some(file.span()),
+                        "storage.password_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                settings = settings.password(password.trim_end_matches(['\r', '\n']));
+            }
+            settings
+                .validate()
+                .map_err(|problem| match problem.contains("lease") {
+                    true => src.error(
+                        raw.lease.as_ref().map(|l| l.span()),
+                        "storage.lease",
+                        problem,
+                    ),
+                    false => src.error(Some(url.span()), "storage.url", problem),
+                })?;
+            Ok(Some(settings))
+        }
+        other => Err(src.error(
+            Some(raw.backend.span()),
+            "storage.backend",
+            format!("{other:?} is not \"directory\" or \"redis\""),
+        )),
+    }
 }
 
 /// `[admin]`: a loopback address unless `allow_remote` says otherwise.
@@ -1185,6 +1270,63 @@ mod tests {
             manual.contains("certificates: only for tls_mode = \"acme\""),
             "{manual}"
         );
+    }
+
+    #[test]
+    fn redis_storage_is_shared_by_acme_listeners_and_its_password_read_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("certloop-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("redis.pw");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let text = format!(
+            "[storage]\nbackend = \"redis\"\nurl = \"rediss://redis.internal:6380/1\"\n\
+             password_file = \"{}\"\nkey_prefix = \"edge:\"\nlease = \"20s\"\n{ACME}",
+            password.display()
+        );
+        let config = parse(Path::new("/etc/certloop.toml"), &text).expect("valid");
+        let TlsMode::Acme(acme) = &config.listeners[0].tls else {
+            panic!("an ACME listener");
+        };
+        let printed = format!("{acme:?}");
+        assert!(
+            printed.contains("rediss://redis.internal:6380/1") && printed.contains("edge:"),
+            "{printed}"
+        );
+        assert!(
+            !printed.contains("s3cret"),
+            "the password is never printed: {printed}"
+        );
+        let in_url = err(&format!(
+            "[storage]\nbackend = \"redis\"\nurl = \"redis://u:pw@host\"\n{ACME}"
+        ));
+        assert!(
+            in_url.contains(":3: storage.url")
+                && in_url.contains("password")
+                && !in_url.contains("pw@"),
+            "{in_url}"
+        );
+        let missing = err(&format!(
+            "[storage]\nbackend = \"redis\"\npassword_file = \"/nonexistent/pw\"\nurl = \"redis://h\"\n{ACME}"
+        ));
+        assert!(
+            missing.contains(":3: storage.password_file") && missing.contains("/nonexistent/pw"),
+            "{missing}"
+        );
+        let backend = err(&format!("[storage]\nbackend = \"etcd\"\n{ACME}"));
+        assert!(
+            backend.contains("storage.backend") && backend.contains("\"etcd\""),
+            "{backend}"
+        );
+        let no_url = err(&format!("[storage]\nbackend = \"redis\"\n{ACME}"));
+        assert!(no_url.contains("storage.url"), "{no_url}");
+        let stray = err(&format!(
+            "[storage]\nbackend = \"directory\"\nlease = \"5s\"\n{ACME}"
+        ));
+        assert!(
+            stray.contains(":3: storage.lease: only for backend = \"redis\""),
+            "{stray}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

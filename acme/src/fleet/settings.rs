@@ -64,7 +64,13 @@ impl RedisSettings {
         self
     }
 
-    /// Every setting checked; the error says which and why.
+    /// Every setting checked (as [`crate::AcmeConfig::check`] does); the error says which and
+    /// why, and never holds the password.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check().map(|_| ())
+    }
+
+    /// [`RedisSettings::validate`], and where the URL points.
     pub(crate) fn check(&self) -> Result<RedisAddress, String> {
         if self.lease < Duration::from_secs(3) {
             return Err(format!(
