@@ -766,6 +766,7 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             Action::PersistRetryState(state) => {
+                let shared_state = state.clone();
                 let store = self.contexts[0].store.clone();
                 // Taken now: the write runs on a blocking thread, maybe after a newer one.
                 let order = store.next_write();
@@ -776,11 +777,16 @@ impl<R: Runtime> Driver<R> {
                 let (done, finished) = async_channel::bounded::<()>(1);
                 self.retry_writes.retain(|w| !w.is_closed());
                 self.retry_writes.push(finished);
+                let fleet = (self.fleet.clone())
+                    .map(|fleet| (fleet, cert_id(&self.managed[index].domains)));
                 self.rt.spawn(Box::pin(async move {
                     if let Err(e) = work.await {
                         tracing::error!(
                             "cannot persist retry state; a restart will not honour the backoff: {e}"
                         );
+                    }
+                    if let Some((fleet, id)) = fleet {
+                        fleet.share_retry(&id, &shared_state).await;
                     }
                     drop(done);
                 }));

@@ -206,13 +206,19 @@ impl Pebble {
     /// Makes Pebble's DNS resolve `host` to `ip` (IPv4) alone, so its validations for `host`
     /// connect there.
     pub fn resolve(&self, host: &str, ip: &str) {
-        let body = serde_json::json!({"host": format!("{host}."), "addresses": [ip]});
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "-X", "POST", "-d", &body.to_string()])
-            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_mgmt_port))
-            .output()
-            .expect("run curl");
-        assert!(out.status.success(), "challtestsrv add-a {host}: {out:?}");
+        let host = format!("{host}.");
+        // add-a adds to the host's addresses: the previous ones are cleared first.
+        for (path, body) in [
+            ("clear-a", serde_json::json!({"host": host})),
+            ("add-a", serde_json::json!({"host": host, "addresses": [ip]})),
+        ] {
+            let out = Command::new("curl")
+                .args(["-sS", "--fail", "-X", "POST", "-d", &body.to_string()])
+                .arg(format!("http://127.0.0.1:{}/{path}", self.dns_mgmt_port))
+                .output()
+                .expect("run curl");
+            assert!(out.status.success(), "challtestsrv {path} {host}: {out:?}");
+        }
     }
 
     /// Stops the ACME server (the challenge DNS server keeps running): the CA is down.

@@ -486,6 +486,23 @@ impl<R: Runtime> RedisClient<R> {
         .await
     }
 
+    /// Sets `key` to `value`, or deletes it (`None`).
+    pub(crate) async fn set(&self, key: String, value: Option<Vec<u8>>) -> Result<(), RedisError> {
+        self.run(move |mut c| async move {
+            match value {
+                Some(value) => {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(value.as_slice())
+                        .query_async::<()>(&mut c)
+                        .await
+                }
+                None => redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await,
+            }
+        })
+        .await
+    }
+
     /// The value at `key`.
     pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>, RedisError> {
         self.run(move |mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })

@@ -4,7 +4,9 @@
 //! - `<prefix>fence:<id>`: the newest fencing token issued for it (a counter);
 //! - `<prefix>lease:<id>`: `"<node> <epoch>:<token>"` while a node holds the lease, with a TTL;
 //! - `<prefix>cert:<id>`: a hash of `token`, `bundle` (the rustls-acme cache format),
-//!   `issuer` (the CA's directory URL) and `writer` (the node).
+//!   `issuer` (the CA's directory URL) and `writer` (the node);
+//! - `<prefix>retry:<id>`: the failure streak of its latest order anywhere in the fleet (the
+//!   cache format's retry state), so that no instance orders before the fleet's backoff ends.
 //!
 //! For the fleet: `<prefix>epoch` (a random id set once: a Redis that lost its data gets a
 //! new one, so tokens from before can never be mistaken for new ones), `<prefix>nodes` (a
@@ -44,6 +46,9 @@ impl Keys {
     }
     pub(crate) fn cert(&self, id: &str) -> String {
         format!("{}cert:{id}", self.prefix)
+    }
+    pub(crate) fn retry(&self, id: &str) -> String {
+        format!("{}retry:{id}", self.prefix)
     }
     pub(crate) fn account(&self, id: &str) -> String {
         format!("{}account:{id}", self.prefix)

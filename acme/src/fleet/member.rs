@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certloop_core::{Certificate, FailureKind, OrderError, UnixTime};
+use certloop_core::{Certificate, FailureKind, OrderError, RetryState, UnixTime};
 
-use crate::cache::decode_cert_file;
+use crate::cache::{decode_cert_file, decode_retry_state, encode_retry_state};
 use crate::fleet::challenge::SharedChallenge;
 use crate::fleet::client::{Acquired, Lease, RedisClient, RedisError, SharedCert};
 use crate::fleet::keys::{Keys, Message};
@@ -109,6 +109,9 @@ impl<R: Runtime> Fleet<R> {
             {
                 return Ok(Obtained::Shared(cert, issuer));
             }
+            if let Some(waiting) = self.fleet_backoff(id).await {
+                return Err(waiting);
+            }
             match self.client.acquire(id).await.map_err(unreachable)? {
                 Acquired::Held(lease) => {
                     // Another instance may have stored its certificate and released the lease
@@ -165,8 +168,9 @@ impl<R: Runtime> Fleet<R> {
                     "the fleet refused this instance's certificate: its lease was taken over \
                      (a pause longer than the lease?) and a newer one issued"
                 );
-                match self.newer_shared(id, Some(cert.info.not_after)).await {
-                    Ok(Some((newer, issuer))) => Ok(Obtained::Shared(newer, issuer)),
+                // Serve what the fleet serves: the certificate the new holder stored.
+                match self.newer_shared(id, served_until).await {
+                    Ok(Some((fleets, issuer))) => Ok(Obtained::Shared(fleets, issuer)),
                     _ => Ok(Obtained::Ordered(cert)),
                 }
             }
@@ -177,6 +181,35 @@ impl<R: Runtime> Fleet<R> {
                 );
                 Ok(Obtained::Ordered(cert))
             }
+        }
+    }
+
+    /// The fleet's backoff for `id`: an order that failed on any instance holds every other
+    /// back until its retry time, with the same error (a rate limit stays a rate limit).
+    async fn fleet_backoff(&self, id: &str) -> Option<OrderError> {
+        let bytes = self.client.get(self.client.keys.retry(id)).await.ok()??;
+        let state = decode_retry_state(std::str::from_utf8(&bytes).ok()?).ok()?;
+        let until = state
+            .next_attempt_at
+            .filter(|t| *t > self.rt.wall_clock())?;
+        let error = state.last_error?;
+        Some(OrderError {
+            kind: error.kind,
+            detail: format!(
+                "the fleet's latest order failed ({}); no instance orders before {until}",
+                error.detail
+            ),
+        })
+    }
+
+    /// Shares this instance's retry state for `id` (cleared after a success).
+    pub(crate) async fn share_retry(&self, id: &str, state: &RetryState) {
+        let value = (state.failures > 0).then(|| encode_retry_state(state).into_bytes());
+        if let Err(e) = self.client.set(self.client.keys.retry(id), value).await {
+            tracing::debug!(
+                certificate = id,
+                "retry state not shared with the fleet: {e}"
+            );
         }
     }
 
