@@ -11,5 +11,7 @@ if [ -n "$(cargo tree -p certloop-core -i tokio 2>/dev/null)" ] \
     echo "test: certloop-core depends on an async runtime or IO crate" >&2
     exit 1
 fi
-cargo test --workspace --all-targets
+# Every target that has tests (libraries, test files, and binaries and examples unless their
+# manifest says `test = false`; the rest are still built). Clippy checks all targets.
+cargo test --workspace
 cargo test --workspace --doc

@@ -17,7 +17,7 @@ use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
 use crate::dns01::{DnsProvider, Rfc2136};
 use crate::fleet::{
-    Fleet, Listeners, Obtained, SharedCert, cert_id, certificate_of, client_for, watch,
+    FleetMember, Listeners, Obtained, SharedCert, cert_id, certificate_of, client_for, watch,
 };
 use crate::handle::{AcmeHandle, Command, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
@@ -201,7 +201,7 @@ pub async fn launch_with<R: Runtime>(
                     problem,
                 },
             )?;
-            Some(Arc::new(Fleet::new(rt.clone(), client)))
+            Some(Arc::new(FleetMember::new(rt.clone(), client)))
         }
         None => None,
     };
@@ -374,7 +374,7 @@ struct Driver<R: Runtime> {
     /// Cache loads asked for and not yet dispatched.
     loads: Vec<(CertId, Vec<String>)>,
     /// The fleet, in fleet mode.
-    fleet: Option<Arc<Fleet<R>>>,
+    fleet: Option<Arc<FleetMember<R>>>,
     /// Dropped with the driver: the fleet's watch ends.
     _alive: async_channel::Sender<()>,
 }
@@ -804,12 +804,10 @@ impl<R: Runtime> Driver<R> {
                     Event::RenewalInfo { request, info }
                 });
             }
+            // Dropping the sender cancels the task (a wait for another instance's lease, most
+            // likely), so it cannot order later.
+            Action::AbandonOrder { .. } => self.managed[index].order_task = None,
             Action::Log(notice) => {
-                if matches!(notice, Notice::SharedCertAdopted { .. }) {
-                    // The core no longer needs the order in flight (a wait for another
-                    // instance's lease, most likely): cancelled, so it cannot order later.
-                    self.managed[index].order_task = None;
-                }
                 let served_until = {
                     let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
                     let slot = &mut status[index];
@@ -899,8 +897,18 @@ impl<R: Runtime> Driver<R> {
                 retry_at: *retry_at,
                 expired: matches!(serving, Serving::ExpiredSince(_)),
             },
-            // Another instance of the fleet renewed it.
-            Notice::SharedCertAdopted { not_after } => LifecycleEvent::Renewed {
+            // Another instance of the fleet issued or renewed it.
+            Notice::SharedCertAdopted {
+                not_after,
+                renewal: false,
+            } => LifecycleEvent::Issued {
+                domains,
+                not_after: *not_after,
+            },
+            Notice::SharedCertAdopted {
+                not_after,
+                renewal: true,
+            } => LifecycleEvent::Renewed {
                 domains,
                 not_after: *not_after,
             },
@@ -919,7 +927,7 @@ impl<R: Runtime> Driver<R> {
 #[allow(clippy::too_many_arguments)]
 fn listen_to_fleet<R: Runtime>(
     rt: &R,
-    fleet: &Arc<Fleet<R>>,
+    fleet: &Arc<FleetMember<R>>,
     config: &AcmeConfig,
     shared: &Shared,
     ids: Vec<CertId>,
@@ -962,7 +970,7 @@ type Loaded = (CachedCert, Option<RetryState>, Option<PreparedCert>, usize);
 /// are served.
 async fn prefer_shared<R: Runtime>(
     rt: &R,
-    fleet: &Fleet<R>,
+    fleet: &FleetMember<R>,
     store: &Arc<DirStore>,
     urls: &[String],
     batch: &[(CertId, Vec<String>)],

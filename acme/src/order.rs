@@ -15,7 +15,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::cache::{decode_cert_file, encode_cert_file};
 use crate::dns01::{DnsProvider, record_name, wait_until_visible};
-use crate::fleet::{Fleet, Keys, SharedChallenge};
+use crate::fleet::{FleetMember, Keys, SharedChallenge};
 use crate::http_client::{AcmeHttpClient, CaAnswered, RetryAfterSlot, Transport};
 use crate::http01::Http01Tokens;
 use crate::ip_identifier::{identifier_of, reverse_dns_name};
@@ -104,7 +104,7 @@ pub(crate) struct AcmeContext<R: Runtime> {
     /// The account, once loaded or created.
     pub account: async_lock::Mutex<Option<Account>>,
     /// The fleet this instance shares certificates, the account and challenges with.
-    pub fleet: Option<Arc<Fleet<R>>>,
+    pub fleet: Option<Arc<FleetMember<R>>>,
     /// How long each request took, by operation.
     pub durations: Arc<RequestDurations>,
 }
@@ -149,7 +149,7 @@ impl<R: Runtime> AcmeContext<R> {
 
     /// The fleet's account (one per directory and contacts, registered once under a lease),
     /// kept in the cache directory too; this instance's own if Redis is unavailable.
-    async fn fleet_account(&self, fleet: &Fleet<R>) -> Result<Account, OrderError> {
+    async fn fleet_account(&self, fleet: &FleetMember<R>) -> Result<Account, OrderError> {
         let id = Keys::account_id(&self.directory_url, &self.contacts);
         let lease = match fleet.shared_account(&id).await {
             Ok(Some(shared)) => {
@@ -803,7 +803,7 @@ impl<R: Runtime> AcmeContext<R> {
 /// its task is cancelled; they expire by themselves if even that fails).
 struct SharedAnswers<R: Runtime> {
     rt: R,
-    fleet: Option<Arc<Fleet<R>>>,
+    fleet: Option<Arc<FleetMember<R>>>,
     ids: Vec<String>,
 }
 

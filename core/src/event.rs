@@ -274,6 +274,12 @@ pub enum Action {
     /// Starting is impossible: exit with this reason. Emitted at most once, only before
     /// [`Action::Ready`]; the lifecycle does nothing afterwards.
     FailStartup(StartupFailure),
+    /// The order in flight is no longer needed (another instance of a fleet supplied its
+    /// certificate): cancel it. Its completion, if one still arrives, is ignored.
+    AbandonOrder {
+        /// The order to cancel.
+        order: OrderId,
+    },
     /// Call `handle(now, Event::Tick)` at this time (replaces any earlier wake; `None`: no wake
     /// needed). The same value as [`crate::CertLifecycle::poll_timeout`].
     ScheduleWake(Option<UnixTime>),
@@ -414,6 +420,8 @@ pub enum Notice {
     SharedCertAdopted {
         /// Its end of validity.
         not_after: UnixTime,
+        /// `true` if it replaced a served certificate.
+        renewal: bool,
     },
     /// An order was started.
     OrderStarted {
@@ -529,7 +537,7 @@ impl fmt::Display for Notice {
                 write!(f, "serving cached certificate valid until {not_after}")
             }
             Self::CachedCertUnusable(p) => write!(f, "cached certificate {p}; ordering a new one"),
-            Self::SharedCertAdopted { not_after } => write!(
+            Self::SharedCertAdopted { not_after, .. } => write!(
                 f,
                 "serving the certificate another instance stored, valid until {not_after}"
             ),

@@ -104,3 +104,40 @@ impl Adapter for Smol {
         .detach();
     }
 }
+
+/// Another adapter's runtime with every launch in fleet mode, sharing one Redis started for
+/// it: the conformance scenarios whose outcome storage must not change, run again over Redis.
+pub struct InFleet<A: Adapter> {
+    inner: A,
+    redis: crate::redis_server::RedisServer,
+}
+
+impl<A: Adapter + Default> Default for InFleet<A> {
+    fn default() -> Self {
+        Self {
+            inner: A::default(),
+            redis: crate::redis_server::RedisServer::start(),
+        }
+    }
+}
+
+impl<A: Adapter> Adapter for InFleet<A> {
+    const NAME: &'static str = "fleet";
+
+    fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        self.inner.block_on(future)
+    }
+
+    fn launch(&self, config: AcmeConfig) -> Result<AcmeHandle, StartError> {
+        let fleet = certloop_acme::RedisSettings::new(self.redis.url());
+        self.inner.launch(config.fleet_redis(fleet))
+    }
+
+    fn serve_tls_at(&self, ip: &str, port: u16, handle: &AcmeHandle) {
+        self.inner.serve_tls_at(ip, port, handle);
+    }
+
+    fn serve_http01_at(&self, ip: &str, port: u16, handle: &AcmeHandle) {
+        self.inner.serve_http01_at(ip, port, handle);
+    }
+}

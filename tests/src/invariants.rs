@@ -136,6 +136,7 @@ impl LifecycleInvariants {
             | Action::PersistRetryState(_)
             | Action::FetchRenewalInfo { .. }
             | Action::Log(_)
+            | Action::AbandonOrder { .. }
             | Action::ScheduleWake(_) => {}
         }
         Ok(None)

@@ -210,7 +210,10 @@ impl Pebble {
         // add-a adds to the host's addresses: the previous ones are cleared first.
         for (path, body) in [
             ("clear-a", serde_json::json!({"host": host})),
-            ("add-a", serde_json::json!({"host": host, "addresses": [ip]})),
+            (
+                "add-a",
+                serde_json::json!({"host": host, "addresses": [ip]}),
+            ),
         ] {
             let out = Command::new("curl")
                 .args(["-sS", "--fail", "-X", "POST", "-d", &body.to_string()])

@@ -848,6 +848,8 @@ impl Sim {
             }
             Action::Log(notice) => self.notice(cert, id, &notice)?,
             Action::FailStartup(failure) => self.failed_startup(cert, &failure)?,
+            // The simulated CA answers every order; a completion after this is ignored.
+            Action::AbandonOrder { .. } => {}
             Action::ScheduleWake(_) => return Err("the fleet forwarded a ScheduleWake".into()),
         }
         Ok(())
@@ -1292,6 +1294,7 @@ pub fn describe_action(action: &Action) -> String {
         Action::Log(n) => format!("Log({:?}: {n})", n.level()),
         Action::Ready { not_after } => format!("Ready until {not_after}"),
         Action::FailStartup(f) => format!("FailStartup: {f}"),
+        Action::AbandonOrder { order } => format!("AbandonOrder#{}", order.0),
         Action::ScheduleWake(at) => format!(
             "ScheduleWake({})",
             at.map_or("none".to_owned(), |t| t.to_string())

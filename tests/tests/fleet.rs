@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use certloop_acme::testing::FleetProbe;
 use certloop_acme::{AcmeConfig, AcmeHandle, ChallengeKind, RedisSettings};
-use certloop_tests::adapters::{Smol, Tokio};
+use certloop_tests::adapters::{InFleet, Smol, Tokio};
+use certloop_tests::conformance as suite;
 use certloop_tests::conformance::{Adapter, fetch_verified_at};
 use certloop_tests::pebble::{Pebble, PebbleOptions, free_port, wait_until};
 use certloop_tests::redis_server::RedisServer;
@@ -304,3 +305,25 @@ fn a_fleet_orders_each_certificate_once_and_every_instance_serves_it() {
         node.handle.stop();
     }
 }
+
+/// The conformance scenarios whose outcome must not depend on the storage, run again with the
+/// certificates kept in Redis (the directory being each instance's local copy).
+macro_rules! same_outcome_over_redis {
+    ($($scenario:ident),* $(,)?) => {
+        mod over_redis {
+            use super::*;
+            $( #[test] fn $scenario() { suite::$scenario(&InFleet::<Tokio>::default()); } )*
+        }
+    };
+}
+
+same_outcome_over_redis!(
+    issues_with_tls_alpn_01_for_several_names,
+    issues_with_http_01,
+    restart_with_cache_makes_no_new_order,
+    restart_with_ca_down_serves_cached_and_warns,
+    first_start_ca_down_fails_within_bound,
+    renews_before_expiry,
+    sni_selects_among_certificates,
+    key_types_are_issued_and_served,
+);

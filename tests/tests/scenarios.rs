@@ -565,6 +565,11 @@ fn a_certificate_another_instance_stored_is_served_and_ends_the_renewal_here() {
         s.lifecycle().order_in_flight().is_none(),
         "the order is no longer needed"
     );
+    assert_eq!(
+        count(&s, |a| matches!(a, Action::AbandonOrder { .. })),
+        1,
+        "and the adapter is told to cancel it"
+    );
     assert!(
         s.actions
             .iter()
@@ -582,4 +587,14 @@ fn a_certificate_another_instance_stored_is_served_and_ends_the_renewal_here() {
         renewed.info.not_after
     );
     assert_eq!(count(&s, is_order), 2, "no new order");
+    // A revoked certificate is replaced by an order, never by the same certificate again.
+    s.event(Event::RenewNow);
+    assert_eq!(count(&s, is_order), 3);
+    s.event(Event::SharedCertArrived {
+        cert: renewed.clone(),
+    });
+    assert!(
+        s.lifecycle().order_in_flight().is_some(),
+        "the replacement order goes on"
+    );
 }

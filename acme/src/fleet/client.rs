@@ -11,13 +11,15 @@ use redis::{AsyncConnectionConfig, RedisConnectionInfo, Script};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::fleet::keys::{Keys, Message};
-use crate::fleet::settings::{RedisAddress, RedisSettings};
+use crate::fleet::settings::{RedisAddress, RedisSettings, redact_url};
 use crate::runtime::{Runtime, timeout};
 
 /// How long connecting to Redis (TCP, TLS, `AUTH`, `SELECT`) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node waiting for another's lease looks again.
+pub(crate) const LEASE_POLL: Duration = Duration::from_millis(250);
 /// How long a node counts as alive after its last heartbeat.
 pub(crate) const NODE_TTL: Duration = Duration::from_secs(3);
 
@@ -54,15 +56,21 @@ end
 return 0
 ";
 
-/// Writes the hash's fields only if the token is of this dataset's epoch and no older than
-/// the newest token issued for the key, then notifies. One script: nothing can come between
-/// the check and the write.
+/// Writes the hash's fields only if the token is of this dataset's epoch (else 2), no older
+/// than the newest token issued for the key and no older than the token of the record it
+/// replaces (else 0), then notifies. One script: nothing can come between the check and the
+/// write.
 const FENCED_WRITE: &str = r"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return 2
+end
+local token = tonumber(ARGV[2])
+local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
+if token < newest then
   return 0
 end
-local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[2]) < newest then
+local stored = redis.call('HMGET', KEYS[2], 'epoch', 'token')
+if stored[1] == ARGV[1] and stored[2] and tonumber(stored[2]) > token then
   return 0
 end
 redis.call('DEL', KEYS[2])
@@ -70,6 +78,21 @@ redis.call('HSET', KEYS[2], 'token', ARGV[2], 'epoch', ARGV[1], unpack(ARGV, 5))
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
+return 1
+";
+
+/// Stores a failure streak's retry state unless the stored one waits longer: an instance's
+/// own shorter backoff never shortens the fleet's.
+const MERGE_RETRY: &str = r"
+local old = redis.call('GET', KEYS[1])
+if old then
+  local old_at = tonumber(string.match(old, 'next_attempt_at_ms=(%d+)') or '0')
+  local new_at = tonumber(string.match(ARGV[1], 'next_attempt_at_ms=(%d+)') or '0')
+  if old_at > new_at then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
@@ -102,8 +125,28 @@ pub(crate) enum Acquired {
     Busy(Duration),
 }
 
-/// A certificate's record in Redis.
-#[derive(Clone, Debug)]
+/// What a fenced write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    Yes,
+    /// A newer lease was issued (or a newer record written) since: refused.
+    Refused,
+    /// Redis lost its data since the lease was taken (a new epoch): refused.
+    EpochLost,
+}
+
+/// Which version of a certificate's record is stored, without the bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecordVersion {
+    pub epoch: String,
+    pub token: i64,
+    /// The certificate's end of validity, in milliseconds since the epoch.
+    pub not_after_ms: u64,
+    pub writer: String,
+}
+
+/// A certificate's record in Redis. `Debug` never prints the bundle (it holds the key).
+#[derive(Clone)]
 pub(crate) struct SharedCert {
     pub epoch: String,
     pub token: i64,
@@ -111,6 +154,17 @@ pub(crate) struct SharedCert {
     pub bundle: Vec<u8>,
     /// The directory URL of the CA that issued it.
     pub issuer: String,
+}
+
+impl std::fmt::Debug for SharedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCert")
+            .field("epoch", &self.epoch)
+            .field("token", &self.token)
+            .field("bundle", &format_args!("[{} bytes]", self.bundle.len()))
+            .field("issuer", &self.issuer)
+            .finish()
+    }
 }
 
 /// A connection to Redis, plain or TLS.
@@ -130,8 +184,17 @@ pub(crate) struct RedisClient<R: Runtime> {
     pub keys: Keys,
     /// This process, in leases and notifications.
     pub node: String,
+    /// The URL without its user information, for messages.
+    shown_url: String,
     connection: async_lock::Mutex<Option<MultiplexedConnection>>,
+    /// The latest failure to connect: for [`FAIL_FAST`] after it, calls fail at once instead
+    /// of each waiting for its own timeout (a launch reads Redis once per batch of
+    /// certificates, and a Redis that drops packets must not hold it past its deadline).
+    failed_connect: std::sync::Mutex<Option<(std::time::Instant, RedisError)>>,
 }
+
+/// How long after a failed connection attempt calls fail without trying again.
+const FAIL_FAST: Duration = Duration::from_secs(2);
 
 /// A Redis failure, phrased for an operator (never with the password).
 pub(crate) type RedisError = String;
@@ -147,10 +210,12 @@ impl<R: Runtime> RedisClient<R> {
             rt,
             keys: Keys::new(&settings.key_prefix),
             node: node_id(),
+            shown_url: redact_url(&settings.url),
             address,
             settings,
             tls,
             connection: async_lock::Mutex::new(None),
+            failed_connect: std::sync::Mutex::new(None),
         }
     }
 
@@ -160,7 +225,7 @@ impl<R: Runtime> RedisClient<R> {
 
     /// Where Redis is, for messages.
     pub(crate) fn url(&self) -> &str {
-        &self.settings.url
+        &self.shown_url
     }
 
     fn connection_info(&self) -> RedisConnectionInfo {
@@ -175,7 +240,7 @@ impl<R: Runtime> RedisClient<R> {
     }
 
     /// A new connection through the runtime seam (TLS for `rediss://`), authenticated.
-    pub(crate) async fn open_stream(&self) -> Result<Stream, RedisError> {
+    async fn open_stream(&self) -> Result<Stream, RedisError> {
         let connect = self
             .rt
             .connect(self.address.host.clone(), self.address.port);
@@ -223,6 +288,16 @@ impl<R: Runtime> RedisClient<R> {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
+        let recent = (self
+            .failed_connect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < FAIL_FAST)
+        .map(|(_, e)| e.clone());
+        if let Some(e) = recent {
+            return Err(e);
+        }
         let open = async {
             let stream = self.open_stream().await?;
             let config = AsyncConnectionConfig::new().set_response_timeout(None);
@@ -236,11 +311,24 @@ impl<R: Runtime> RedisClient<R> {
             self.rt.spawn(Box::pin(driver));
             Ok::<_, RedisError>(connection)
         };
-        let connection = timeout(&self.rt, CONNECT_TIMEOUT, open)
+        let opened = timeout(&self.rt, CONNECT_TIMEOUT, open)
             .await
-            .unwrap_or_else(|| Err(format!("Redis at {} did not answer in time", self.url())))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+            .unwrap_or_else(|| Err(format!("Redis at {} did not answer in time", self.url())));
+        let mut failed = self
+            .failed_connect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match opened {
+            Ok(connection) => {
+                *failed = None;
+                *slot = Some(connection.clone());
+                Ok(connection)
+            }
+            Err(e) => {
+                *failed = Some((std::time::Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 
     /// Runs one command or script; any failure drops the connection, so the next call opens a
@@ -267,7 +355,7 @@ impl<R: Runtime> RedisClient<R> {
     pub(crate) async fn acquire(&self, id: &str) -> Result<Acquired, RedisError> {
         let (lease_key, fence, epoch) =
             (self.keys.lease(id), self.keys.fence(id), self.keys.epoch());
-        let (node, ms, new_epoch) = (self.node.clone(), lease_ms(&self.settings), node_id());
+        let (node, ms, new_epoch) = (self.node.clone(), lease_ms(&self.settings), random_id());
         let (token, epoch, busy_ms): (i64, String, i64) = self
             .run(move |mut c| async move {
                 Script::new(ACQUIRE)
@@ -282,7 +370,8 @@ impl<R: Runtime> RedisClient<R> {
             })
             .await?;
         if token == 0 {
-            let busy = Duration::from_millis(u64::try_from(busy_ms).unwrap_or(0));
+            // A lease without a TTL (-1, set by hand?) is looked at again as usual.
+            let busy = u64::try_from(busy_ms).map_or(LEASE_POLL, Duration::from_millis);
             return Ok(Acquired::Busy(busy));
         }
         Ok(Acquired::Held(Lease {
@@ -334,14 +423,14 @@ impl<R: Runtime> RedisClient<R> {
     }
 
     /// Writes `fields` to the hash at `key` under `lease`'s fencing token, then publishes
-    /// `notify` if given. `Ok(false)`: refused, a newer lease was issued since.
+    /// `notify` if given.
     pub(crate) async fn fenced_write(
         &self,
         lease: &Lease,
         key: String,
         fields: Vec<(&'static str, Vec<u8>)>,
         notify: Option<Message>,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<Written, RedisError> {
         let (fence, epoch) = (self.keys.fence(&lease.id), self.keys.epoch());
         let (channel, message) = (
             self.keys.channel(),
@@ -365,17 +454,23 @@ impl<R: Runtime> RedisClient<R> {
                 script.invoke_async(&mut c).await
             })
             .await?;
-        Ok(written == 1)
+        Ok(match written {
+            1 => Written::Yes,
+            2 => Written::EpochLost,
+            _ => Written::Refused,
+        })
     }
 
-    /// Stores a certificate under its lease and tells the fleet.
+    /// Stores a certificate (valid until `not_after_ms`) under its lease and tells the fleet.
     pub(crate) async fn write_cert(
         &self,
         lease: &Lease,
         bundle: &[u8],
+        not_after_ms: u64,
         issuer: &str,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<Written, RedisError> {
         let fields = vec![
+            ("not_after", not_after_ms.to_string().into_bytes()),
             ("bundle", bundle.to_vec()),
             ("issuer", issuer.as_bytes().to_vec()),
             ("writer", self.node.as_bytes().to_vec()),
@@ -391,6 +486,42 @@ impl<R: Runtime> RedisClient<R> {
     /// The certificate record for `id`, if there is one.
     pub(crate) async fn cert(&self, id: &str) -> Result<Option<SharedCert>, RedisError> {
         Ok(self.certs(&[id.to_owned()]).await?.pop().flatten())
+    }
+
+    /// Which version of each certificate record for `ids` is stored, in one round trip
+    /// (without the bundles).
+    pub(crate) async fn versions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<RecordVersion>>, RedisError> {
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.cert(id)).collect();
+        type Fields = (Option<String>, Option<i64>, Option<u64>, Option<String>);
+        let rows: Vec<Fields> = self
+            .run(move |mut c| async move {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("HMGET")
+                        .arg(key)
+                        .arg("epoch")
+                        .arg("token")
+                        .arg("not_after")
+                        .arg("writer");
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match row {
+                (Some(epoch), Some(token), Some(not_after_ms), writer) => Some(RecordVersion {
+                    epoch,
+                    token,
+                    not_after_ms,
+                    writer: writer.unwrap_or_default(),
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The certificate records for `ids`, in one round trip.
@@ -503,6 +634,21 @@ impl<R: Runtime> RedisClient<R> {
         .await
     }
 
+    /// Stores `state` (the cache's retry-state format) at `key` unless the stored one waits
+    /// longer.
+    pub(crate) async fn merge_retry(&self, key: String, state: String) -> Result<(), RedisError> {
+        let _: i64 = self
+            .run(move |mut c| async move {
+                Script::new(MERGE_RETRY)
+                    .key(&key)
+                    .arg(&state)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
     /// The value at `key`.
     pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>, RedisError> {
         self.run(move |mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })
@@ -557,20 +703,21 @@ fn lease_ms(settings: &RedisSettings) -> u64 {
     u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A name for this process no other will have: the host, the process id, and 64 random bits.
-fn node_id() -> String {
+/// 64 random bits, in hex.
+fn random_id() -> String {
     let mut random = [0u8; 8];
     let _ = crate::tls::provider().secure_random.fill(&mut random);
+    format!("{:016x}", u64::from_be_bytes(random))
+}
+
+/// A name for this process no other will have: the host, the process id, and 64 random bits.
+fn node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().replace(' ', "-"))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    format!(
-        "{host}-{}-{:016x}",
-        std::process::id(),
-        u64::from_be_bytes(random)
-    )
+    format!("{host}-{}-{}", std::process::id(), random_id())
 }
 
 /// Connects the client for `settings`, with TLS for `rediss://` trusting `extra_roots` too.

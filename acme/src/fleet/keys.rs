@@ -28,9 +28,12 @@ impl Keys {
         }
     }
 
-    /// The identity of a certificate in the fleet: its names, as configured.
+    /// The identity of a certificate in the fleet: its names, lowercased and sorted, so that
+    /// instances listing them differently share it.
     pub(crate) fn cert_id(domains: &[String]) -> String {
-        domains.join(",")
+        let mut names: Vec<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        names.sort();
+        names.join(",")
     }
 
     /// The identity of an account: its directory and contacts.
@@ -113,7 +116,7 @@ mod tests {
     #[test]
     fn keys_and_messages() {
         let keys = Keys::new("fleet1:");
-        let id = Keys::cert_id(&["a.test".into(), "b.test".into()]);
+        let id = Keys::cert_id(&["B.test".into(), "a.test".into()]);
         assert_eq!(keys.cert(&id), "fleet1:cert:a.test,b.test");
         assert_eq!(keys.lease(&id), "fleet1:lease:a.test,b.test");
         assert_eq!(keys.channel(), "fleet1:events");

@@ -10,12 +10,12 @@ use certloop_core::{Certificate, FailureKind, OrderError, RetryState, UnixTime};
 
 use crate::cache::{decode_cert_file, decode_retry_state, encode_retry_state};
 use crate::fleet::challenge::SharedChallenge;
-use crate::fleet::client::{Acquired, Lease, RedisClient, RedisError, SharedCert};
+use crate::fleet::client::{
+    Acquired, LEASE_POLL, Lease, RedisClient, RedisError, SharedCert, Written,
+};
 use crate::fleet::keys::{Keys, Message};
 use crate::runtime::Runtime;
 
-/// How often a node waiting for another's lease looks again.
-const LEASE_POLL: Duration = Duration::from_millis(250);
 /// How long a published challenge answer lives in Redis (and on the instances that installed
 /// it) if its order never withdraws it.
 pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(600);
@@ -33,7 +33,7 @@ pub(crate) enum Obtained {
 }
 
 /// This instance's membership of the fleet.
-pub(crate) struct Fleet<R: Runtime> {
+pub(crate) struct FleetMember<R: Runtime> {
     pub(crate) rt: R,
     pub(crate) client: Arc<RedisClient<R>>,
     /// The live instances, as the latest heartbeat listed them.
@@ -44,7 +44,7 @@ pub(crate) struct Fleet<R: Runtime> {
     next_challenge: AtomicU64,
 }
 
-impl<R: Runtime> Fleet<R> {
+impl<R: Runtime> FleetMember<R> {
     pub(crate) fn new(rt: R, client: Arc<RedisClient<R>>) -> Self {
         Self {
             rt,
@@ -70,20 +70,30 @@ impl<R: Runtime> Fleet<R> {
     }
 
     /// The certificate another instance stored for `id`, if it expires later than
-    /// `served_until` (any valid one if nothing is served).
+    /// `served_until` (any valid one if nothing is served). Reads the record's version first,
+    /// and its bundle only when it is newer.
     async fn newer_shared(
         &self,
         id: &str,
         served_until: Option<UnixTime>,
     ) -> Result<Option<(Certificate, String)>, RedisError> {
+        let later = |not_after: UnixTime| {
+            not_after > self.rt.wall_clock() && served_until.is_none_or(|until| not_after > until)
+        };
+        let version = self
+            .client
+            .versions(&[id.to_owned()])
+            .await?
+            .pop()
+            .flatten();
+        if !version.is_some_and(|v| later(UnixTime::from_millis(v.not_after_ms))) {
+            return Ok(None);
+        }
         let Some(shared) = self.client.cert(id).await? else {
             return Ok(None);
         };
         Ok(certificate_of(&shared)
-            .filter(|cert| {
-                cert.info.not_after > self.rt.wall_clock()
-                    && served_until.is_none_or(|until| cert.info.not_after > until)
-            })
+            .filter(|cert| later(cert.info.not_after))
             .map(|cert| (cert, shared.issuer)))
     }
 
@@ -114,19 +124,18 @@ impl<R: Runtime> Fleet<R> {
             }
             match self.client.acquire(id).await.map_err(unreachable)? {
                 Acquired::Held(lease) => {
-                    // Another instance may have stored its certificate and released the lease
-                    // between the look and the lease.
-                    match self.newer_shared(id, served_until).await {
-                        Ok(Some((cert, issuer))) => {
-                            self.client.release(&lease).await;
-                            return Ok(Obtained::Shared(cert, issuer));
-                        }
-                        Ok(None) => break lease,
-                        Err(e) => {
-                            self.client.release(&lease).await;
-                            return Err(self.unreachable(&e, served_until));
-                        }
-                    }
+                    // Another instance may have stored its certificate, or failed and shared
+                    // its backoff, between the look and the lease.
+                    let after = match self.newer_shared(id, served_until).await {
+                        Ok(Some((cert, issuer))) => Ok(Obtained::Shared(cert, issuer)),
+                        Ok(None) => match self.fleet_backoff(id).await {
+                            Some(waiting) => Err(waiting),
+                            None => break lease,
+                        },
+                        Err(e) => Err(self.unreachable(&e, served_until)),
+                    };
+                    self.client.release(&lease).await;
+                    return after;
                 }
                 Acquired::Busy(left) => {
                     tracing::debug!(
@@ -145,23 +154,41 @@ impl<R: Runtime> Fleet<R> {
             "took the fleet's lease; ordering"
         );
         let ordered = futures_lite::future::or(order(), self.keep(&lease)).await;
-        let (cert, issuer) = match ordered {
-            Ok(ordered) => ordered,
-            Err(e) => {
-                self.client.release(&lease).await;
-                return Err(e);
-            }
-        };
-        match self
+        // A failed order keeps the lease until it expires: by then this instance's core has
+        // shared its backoff, which the next holder honours.
+        let (cert, issuer) = ordered?;
+        let not_after_ms = cert.info.not_after.as_millis();
+        let mut written = self
             .client
-            .write_cert(&lease, cert.bundle.bytes(), &issuer)
-            .await
-        {
-            Ok(true) => {
+            .write_cert(&lease, cert.bundle.bytes(), not_after_ms, &issuer)
+            .await;
+        if written == Ok(Written::EpochLost) {
+            // Redis lost its data since the lease was taken: take one in the new epoch.
+            tracing::warn!(
+                certificate = id,
+                "Redis lost the fleet's data during the order; storing the certificate again"
+            );
+            written = match self.client.acquire(id).await {
+                Ok(Acquired::Held(new)) => {
+                    let again = self
+                        .client
+                        .write_cert(&new, cert.bundle.bytes(), not_after_ms, &issuer)
+                        .await;
+                    self.client.release(&new).await;
+                    again
+                }
+                Ok(Acquired::Busy(_)) => Ok(Written::Refused),
+                Err(e) => Err(e),
+            };
+        }
+        match written {
+            Ok(Written::Yes) => {
                 self.client.release(&lease).await;
+                // Whatever backoff an earlier failure shared is over.
+                let _ = self.client.set(self.client.keys.retry(id), None).await;
                 Ok(Obtained::Ordered(cert))
             }
-            Ok(false) => {
+            Ok(Written::Refused | Written::EpochLost) => {
                 tracing::warn!(
                     certificate = id,
                     token = lease.token,
@@ -204,8 +231,16 @@ impl<R: Runtime> Fleet<R> {
 
     /// Shares this instance's retry state for `id` (cleared after a success).
     pub(crate) async fn share_retry(&self, id: &str, state: &RetryState) {
-        let value = (state.failures > 0).then(|| encode_retry_state(state).into_bytes());
-        if let Err(e) = self.client.set(self.client.keys.retry(id), value).await {
+        let key = self.client.keys.retry(id);
+        let shared = match state.failures {
+            0 => self.client.set(key, None).await,
+            _ => {
+                self.client
+                    .merge_retry(key, encode_retry_state(state))
+                    .await
+            }
+        };
+        if let Err(e) = shared {
             tracing::debug!(
                 certificate = id,
                 "retry state not shared with the fleet: {e}"
@@ -233,7 +268,7 @@ impl<R: Runtime> Fleet<R> {
     }
 
     /// Publishes a challenge answer to every instance and waits (a few seconds at most) until
-    /// every live one has installed it. Returns its id, for [`Fleet::withdraw`].
+    /// every live one has installed it. Returns its id, for [`FleetMember::withdraw`].
     pub(crate) async fn share_challenge(&self, challenge: &SharedChallenge) -> Option<String> {
         let n = self.next_challenge.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", self.client.node);
@@ -341,8 +376,8 @@ impl<R: Runtime> Fleet<R> {
         let key = self.client.keys.account(id);
         let fields = vec![("credentials", credentials), ("pkcs8", pkcs8)];
         match self.client.fenced_write(&lease, key, fields, None).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
+            Ok(Written::Yes) => {}
+            Ok(Written::Refused | Written::EpochLost) => tracing::warn!(
                 "the fleet refused this instance's ACME account (its lease was taken over)"
             ),
             Err(e) => tracing::warn!("the ACME account could not be stored for the fleet: {e}"),

@@ -13,7 +13,7 @@ mod watch;
 pub(crate) use challenge::SharedChallenge;
 pub(crate) use client::{SharedCert, client_for};
 pub(crate) use keys::Keys;
-pub(crate) use member::{Fleet, Obtained, cert_id, certificate_of};
+pub(crate) use member::{FleetMember, Obtained, cert_id, certificate_of};
 pub use probe::{FleetProbe, ProbeLease};
 pub use settings::RedisSettings;
 pub(crate) use watch::{Listeners, watch};

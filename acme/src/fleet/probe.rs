@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::fleet::client::{Acquired, Lease, RedisClient, client_for};
+use crate::fleet::client::{Acquired, Lease, RedisClient, Written, client_for};
 use crate::fleet::settings::RedisSettings;
 use crate::runtime::Runtime;
 
@@ -51,9 +51,10 @@ impl<R: Runtime> FleetProbe<R> {
 
     /// Writes `bundle` as the certificate's record under the lease's token; `false` if refused.
     pub async fn write_cert(&self, lease: &ProbeLease, bundle: &[u8]) -> Result<bool, String> {
-        self.client
-            .write_cert(&lease.0, bundle, "https://ca.test/dir")
-            .await
+        let written = self
+            .client
+            .write_cert(&lease.0, bundle, 0, "https://ca.test/dir");
+        Ok(written.await? == Written::Yes)
     }
 
     /// The certificate record for `id`: its token and bundle.

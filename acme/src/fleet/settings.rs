@@ -88,7 +88,7 @@ impl RedisSettings {
 impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSettings")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("key_prefix", &self.key_prefix)
             .field("lease", &self.lease)
@@ -107,19 +107,34 @@ pub(crate) struct RedisAddress {
     pub db: i64,
 }
 
-/// Reads `redis://[user@]host[:port][/db]` (or `rediss://`). IPv6 hosts are bracketed.
+/// `url` without its user information (`user:password@`), for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, after)) => format!("{scheme}://…@{after}"),
+            None => url.to_owned(),
+        },
+        None => url
+            .rsplit_once('@')
+            .map_or_else(|| url.to_owned(), |(_, after)| format!("…@{after}")),
+    }
+}
+
+/// Reads `redis://[user@]host[:port][/db]` (or `rediss://`). IPv6 hosts are bracketed. Errors
+/// never repeat the user information (a password may hide there).
 pub(crate) fn parse_redis_url(url: &str) -> Result<RedisAddress, String> {
+    let shown = redact_url(url);
     let (tls, rest) = if let Some(rest) = url.strip_prefix("rediss://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("redis://") {
         (false, rest)
     } else {
         return Err(format!(
-            "{url:?} is not a Redis URL: it must start with redis:// or rediss://"
+            "{shown:?} is not a Redis URL: it must start with redis:// or rediss://"
         ));
     };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (username, host_port) = match authority.rsplit_once('@') {
+    // The user information ends at the last '@' (a password may hold '/' or '@').
+    let (username, rest) = match rest.rsplit_once('@') {
         Some((user, _)) if user.contains(':') => {
             return Err(
                 "the Redis URL holds a password: give it separately (a password file), so it \
@@ -127,9 +142,11 @@ pub(crate) fn parse_redis_url(url: &str) -> Result<RedisAddress, String> {
                     .into(),
             );
         }
-        Some((user, host_port)) => (Some(user.to_owned()).filter(|u| !u.is_empty()), host_port),
-        None => (None, authority),
+        Some((user, rest)) => (Some(user.to_owned()).filter(|u| !u.is_empty()), rest),
+        None => (None, rest),
     };
+    let url = shown.as_str();
+    let (host_port, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let (host, after) = bracketed
             .split_once(']')
@@ -188,11 +205,21 @@ mod tests {
         );
         let v6 = parse_redis_url("redis://[::1]:7000").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 7000));
-        let refused = parse_redis_url("redis://user:secret@host").unwrap_err();
-        assert!(
-            refused.contains("password") && !refused.contains("secret"),
-            "{refused}"
-        );
+        for leaky in [
+            "redis://user:secret@host",
+            "redis://u:se/cret@host:6379/0",
+            "rediss://:s@c:ret@host",
+        ] {
+            let refused = parse_redis_url(leaky).unwrap_err();
+            assert!(
+                refused.contains("password") && !refused.contains("cret"),
+                "{refused}"
+            );
+            let printed = format!("{:?}", RedisSettings::new(leaky));
+            assert!(!printed.contains("cret"), "{printed}");
+        }
+        let bad_port = parse_redis_url("redis://user@host:x").unwrap_err();
+        assert!(!bad_port.contains("user"), "{bad_port}");
         for bad in [
             "http://host",
             "redis://",

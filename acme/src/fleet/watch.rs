@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt as _;
 
 use crate::fleet::challenge::SharedChallenge;
 use crate::fleet::client::{NODE_TTL, SharedCert};
 use crate::fleet::keys::Message;
-use crate::fleet::member::{CHALLENGE_TTL, Fleet};
+use crate::fleet::member::{CHALLENGE_TTL, FleetMember};
 use crate::http01::Http01Tokens;
 use crate::runtime::Runtime;
 use crate::tls::{CertResolver, ChallengeOwner, alpn_challenge_cert};
@@ -20,6 +20,8 @@ use crate::tls::{CertResolver, ChallengeOwner, alpn_challenge_cert};
 /// Challenge answers installed for other instances are owned from here up, so they never
 /// collide with this instance's own order tasks.
 const REMOTE_OWNERS: u64 = 1 << 63;
+/// The first wait before reaching Redis again.
+const FIRST_RECONNECT_WAIT: Duration = Duration::from_millis(100);
 /// The longest wait between attempts to reach Redis again.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(10);
 
@@ -36,13 +38,13 @@ pub(crate) struct Listeners {
 /// Whether Redis answers, so an outage is logged once when it begins and once when it ends.
 #[derive(Default)]
 struct Outage {
-    since: Option<std::time::Instant>,
+    since: Option<Instant>,
 }
 
 impl Outage {
     fn failed(&mut self, problem: &str) {
         if self.since.is_none() {
-            self.since = Some(std::time::Instant::now());
+            self.since = Some(Instant::now());
             tracing::warn!(
                 "fleet storage unavailable: {problem}; serving what this instance has, \
                  renewals wait for Redis"
@@ -59,7 +61,7 @@ impl Outage {
 
 /// Runs until `stop` closes: the subscription (reopened after any failure) and the checks.
 pub(crate) async fn watch<R: Runtime>(
-    fleet: Arc<Fleet<R>>,
+    fleet: Arc<FleetMember<R>>,
     listeners: Listeners,
     stop: async_channel::Receiver<()>,
 ) {
@@ -72,7 +74,7 @@ pub(crate) async fn watch<R: Runtime>(
 }
 
 /// Records this instance as alive every third of [`NODE_TTL`] and keeps the list of live ones.
-async fn heartbeat<R: Runtime>(fleet: Arc<Fleet<R>>) {
+async fn heartbeat<R: Runtime>(fleet: Arc<FleetMember<R>>) {
     loop {
         if fleet.subscribed.load(Ordering::Relaxed)
             && let Ok(live) = fleet.client.heartbeat().await
@@ -83,7 +85,7 @@ async fn heartbeat<R: Runtime>(fleet: Arc<Fleet<R>>) {
     }
 }
 
-async fn listen<R: Runtime>(fleet: Arc<Fleet<R>>, listeners: Listeners) {
+async fn listen<R: Runtime>(fleet: Arc<FleetMember<R>>, listeners: Listeners) {
     let mut state = WatchState {
         known: vec![None; listeners.cert_ids.len()],
         index: (listeners.cert_ids.iter().enumerate())
@@ -93,7 +95,8 @@ async fn listen<R: Runtime>(fleet: Arc<Fleet<R>>, listeners: Listeners) {
         next_owner: REMOTE_OWNERS,
     };
     let mut outage = Outage::default();
-    let mut wait = Duration::from_millis(100);
+    let mut wait = FIRST_RECONNECT_WAIT;
+    let interval = fleet.client.settings().check_interval;
     loop {
         let pubsub = match fleet.client.subscribe().await {
             Ok(pubsub) => pubsub,
@@ -104,7 +107,7 @@ async fn listen<R: Runtime>(fleet: Arc<Fleet<R>>, listeners: Listeners) {
                 continue;
             }
         };
-        wait = Duration::from_millis(100);
+        let subscribed_at = Instant::now();
         fleet.subscribed.store(true, Ordering::Relaxed);
         let mut messages = pubsub.into_on_message();
         // Whatever changed while not subscribed.
@@ -112,8 +115,12 @@ async fn listen<R: Runtime>(fleet: Arc<Fleet<R>>, listeners: Listeners) {
             Ok(()) => outage.answered(),
             Err(e) => outage.failed(&e),
         }
+        let mut next_check = Instant::now() + interval;
         loop {
-            let tick = fleet.rt.sleep(fleet.client.settings().check_interval);
+            // A deadline, not a fresh timer per message: steady traffic cannot starve the check.
+            let tick = fleet
+                .rt
+                .sleep(next_check.saturating_duration_since(Instant::now()));
             let next = futures_lite::future::or(async { Some(messages.next().await) }, async {
                 tick.await;
                 None
@@ -133,17 +140,26 @@ async fn listen<R: Runtime>(fleet: Arc<Fleet<R>>, listeners: Listeners) {
                     outage.failed("the subscription to the fleet's channel ended");
                     break;
                 }
-                None => match state.check(&fleet, &listeners).await {
-                    Ok(()) => outage.answered(),
-                    Err(e) => outage.failed(&e),
-                },
+                None => {
+                    next_check = Instant::now() + interval;
+                    match state.check(&fleet, &listeners).await {
+                        Ok(()) => outage.answered(),
+                        Err(e) => outage.failed(&e),
+                    }
+                }
             }
         }
+        // A subscription that ends at once (a proxy that drops it) is not retried in a loop.
+        if subscribed_at.elapsed() > MAX_RECONNECT_WAIT {
+            wait = FIRST_RECONNECT_WAIT;
+        }
+        fleet.rt.sleep(wait).await;
+        wait = (wait * 2).min(MAX_RECONNECT_WAIT);
     }
 }
 
 struct WatchState {
-    /// The (epoch, token) of each certificate's record last delivered.
+    /// The (epoch, token) of each certificate's record last seen.
     known: Vec<Option<(String, i64)>>,
     index: HashMap<String, usize>,
     /// Challenge answers installed for other instances, by id.
@@ -152,14 +168,32 @@ struct WatchState {
 }
 
 impl WatchState {
-    /// Compares every certificate's record with what was last delivered.
+    /// Compares every certificate's record version with the one last seen, and reads the
+    /// records (with their bundles) of those that changed. This instance's own writes are
+    /// installed already.
     async fn check<R: Runtime>(
         &mut self,
-        fleet: &Fleet<R>,
+        fleet: &FleetMember<R>,
         listeners: &Listeners,
     ) -> Result<(), String> {
-        let records = fleet.client.certs(&listeners.cert_ids).await?;
-        for (at, record) in records.into_iter().enumerate() {
+        let versions = fleet.client.versions(&listeners.cert_ids).await?;
+        let mut changed = Vec::new();
+        for (at, version) in versions.into_iter().enumerate() {
+            let Some(version) = version else { continue };
+            let seen = Some((version.epoch.clone(), version.token));
+            if self.known[at] != seen {
+                if version.writer == fleet.client.node {
+                    self.known[at] = seen;
+                } else {
+                    changed.push(at);
+                }
+            }
+        }
+        let ids: Vec<String> = changed
+            .iter()
+            .map(|&at| listeners.cert_ids[at].clone())
+            .collect();
+        for (at, record) in changed.into_iter().zip(fleet.client.certs(&ids).await?) {
             if let Some(record) = record {
                 self.deliver(listeners, at, record).await;
             }
@@ -177,7 +211,7 @@ impl WatchState {
 
     async fn heard<R: Runtime>(
         &mut self,
-        fleet: &Fleet<R>,
+        fleet: &FleetMember<R>,
         listeners: &Listeners,
         message: Message,
     ) {
@@ -218,7 +252,7 @@ impl WatchState {
     /// when withdrawn, or after [`CHALLENGE_TTL`] if the withdrawal is lost.
     async fn install_challenge<R: Runtime>(
         &mut self,
-        fleet: &Fleet<R>,
+        fleet: &FleetMember<R>,
         listeners: &Listeners,
         id: &str,
     ) -> Result<(), String> {

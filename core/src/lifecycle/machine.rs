@@ -498,16 +498,29 @@ impl Machine {
 
     /// A certificate another instance stored: the renewal it answers is done here too.
     fn on_shared_cert(&mut self, now: UnixTime, cert: Certificate, out: &mut impl FnMut(Action)) {
+        // Strictly newer, even when the served one is to be replaced (revoked): the
+        // replacement is this instance's own order, not an older copy from the fleet.
+        let not_newer =
+            (self.serving.as_ref()).is_some_and(|s| cert.info.not_after <= s.cert.info.not_after);
         if matches!(self.phase, Phase::LoadingCache { .. })
+            || not_newer
             || self.check_installable(now, &cert.info).is_err()
         {
             return out(Action::Log(Notice::IgnoredStale("shared certificate")));
         }
         // The order in flight (waiting for the other instance, most likely) is not needed.
-        self.order_in_flight = None;
+        if let Some(order) = self.order_in_flight.take() {
+            out(Action::AbandonOrder { order });
+        }
         self.late_order = None;
         let not_after = cert.info.not_after;
-        self.adopt_new(now, cert, Notice::SharedCertAdopted { not_after }, out);
+        let renewal = self.serving.is_some();
+        self.adopt_new(
+            now,
+            cert,
+            Notice::SharedCertAdopted { not_after, renewal },
+            out,
+        );
     }
 
     fn on_order_failed(

@@ -128,6 +128,7 @@ impl Observer for SimObserver {
             Action::Log(_) => "log",
             Action::Ready { .. } => "ready",
             Action::FailStartup(_) => "fail",
+            Action::AbandonOrder { .. } => "abandon",
             Action::ScheduleWake(_) => "wake",
         };
         (cert, kind, now.as_millis() / 1000).hash(&mut seen.trace);
