@@ -327,3 +327,79 @@ same_outcome_over_redis!(
     sni_selects_among_certificates,
     key_types_are_issued_and_served,
 );
+
+/// A CA failing orders: the instance that ordered shares its backoff, and the others, taking
+/// the lease after it, do not order before it ends. One order reaches the CA, not one per
+/// instance.
+#[test]
+fn a_failed_order_holds_the_whole_fleet_back_until_its_retry_time() {
+    use certloop_core::Policy;
+    use certloop_tests::fault_proxy::{Fault, FaultPlan, FaultProxy, Path as CaPath};
+    let redis = RedisServer::start();
+    let pebble = Pebble::start();
+    let ca = FaultProxy::start(&pebble);
+    ca.set(Some(FaultPlan {
+        path: CaPath::NewOrder,
+        fault: Fault::Status {
+            status: 500,
+            retry_after: None,
+            problem: Some("serverInternal"),
+        },
+        times: None,
+    }));
+    let tokio = Tokio::default();
+    let policy = Policy {
+        startup_retry_min: Duration::from_secs(30),
+        startup_retry_max: Duration::from_secs(30),
+        startup_timeout: Duration::from_secs(120),
+        ..Policy::default()
+    };
+    let handles: Vec<AcmeHandle> = (0..2)
+        .map(|i| {
+            let cache = pebble.scratch(&format!("cache-{i}"));
+            let config = AcmeConfig::new(["backoff.fleet.test"], &cache)
+                .directory_url(&ca.directory_url)
+                .extra_roots_pem(&pebble.directory_ca)
+                .policy(policy.clone())
+                .fleet_redis(settings(&redis, "b:"));
+            tokio.launch(config).expect("launch")
+        })
+        .collect();
+    let new_orders = || {
+        (ca.requests().iter())
+            .filter(|r| r.contains("/order-plz"))
+            .count()
+    };
+    let errors = || -> Vec<String> {
+        (handles.iter())
+            .filter_map(|h| h.status()[0].last_error.clone())
+            .collect()
+    };
+    // The holder fails; after its 3 s lease the other takes it and finds the fleet's backoff.
+    wait_until(
+        "both instances to have failed",
+        Duration::from_secs(20),
+        || errors().len() == 2,
+    );
+    assert!(
+        errors()
+            .iter()
+            .any(|e| e.contains("the fleet's latest order failed")),
+        "{:?}",
+        errors()
+    );
+    assert_eq!(
+        new_orders(),
+        1,
+        "one order reached the CA: {:?}",
+        ca.requests()
+    );
+    assert!(
+        redis
+            .cli(&["GET", "b:retry:backoff.fleet.test"])
+            .contains("failures=1")
+    );
+    for handle in handles {
+        handle.stop();
+    }
+}
