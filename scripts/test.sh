@@ -19,7 +19,8 @@ cargo test --workspace --no-run
 # idle CPU without slowing the rest; their output follows.
 mapfile -t simulations < <(cargo test -q -p certloop-tests --test driver_simulation --test simulation \
     --no-run --message-format=json |
-    python3 -c 'import json, sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]')
+    python3 -c 'import json, sys; [print(m["executable"]) for m in map(json.loads, sys.stdin)
+        if m.get("executable") and m["target"]["kind"] == ["test"]]')
 [ "${#simulations[@]}" -eq 2 ] || { echo "test: expected the two simulation binaries" >&2; exit 1; }
 simulation_log=$(mktemp)
 (cd tests && for binary in "${simulations[@]}"; do nice -n 19 "$binary" || exit 1; done) \
