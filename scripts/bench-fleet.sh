@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): fleet mode against a real redis-server and Pebble. NODES instances
 # (default 5) on 127.0.0.2 and up share CERTS certificates (default 1000): orders per renewal
-# against a baseline without Redis measured in the same run, Redis commands per renewal, and
+# against one instance alone (no Redis) measured in the same run, Redis commands per renewal, and
 # the time from the first instance serving a renewal to the last. See
 # tests/src/bin/redis_fleet_bench.rs and docs/fleet.md.
 # Usage: scripts/bench-fleet.sh [CERTS] [NODES]
