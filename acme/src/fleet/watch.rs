@@ -189,6 +189,9 @@ impl WatchState {
                 }
             }
         }
+        if changed.is_empty() {
+            return Ok(());
+        }
         let ids: Vec<String> = changed
             .iter()
             .map(|&at| listeners.cert_ids[at].clone())
