@@ -680,8 +680,7 @@ impl<R: Runtime> Driver<R> {
                                     Ok(Obtained::Ordered(cert)) => Ok(cert),
                                     Ok(Obtained::Shared(cert, issuer)) => {
                                         // Served as the CA that issued it.
-                                        let issuer =
-                                            urls.iter().position(|u| *u == issuer).unwrap_or(0);
+                                        let issuer = issuer_index(&urls, &issuer);
                                         if let Ok((_, prepared)) =
                                             prepare(cert.bundle.bytes().to_vec())
                                         {
@@ -952,13 +951,19 @@ fn listen_to_fleet<R: Runtime>(
             let Ok((_, prepared)) = prepare(record.bundle) else {
                 continue;
             };
-            let issuer = urls.iter().position(|u| *u == record.issuer).unwrap_or(0);
+            let issuer = issuer_index(&urls, &record.issuer);
             let _ = events.send(Wake::Prepared(id, prepared, issuer)).await;
             let _ = events
                 .send(Wake::Event(id, Event::SharedCertArrived { cert }))
                 .await;
         }
     }));
+}
+
+/// Which configured issuer a shared certificate's directory URL is (the preferred one if the
+/// fleet's instances are configured differently).
+fn issuer_index(urls: &[String], url: &str) -> usize {
+    urls.iter().position(|u| u == url).unwrap_or(0)
 }
 
 /// What loading found for one certificate: the cached certificate, the retry state, the
@@ -1002,7 +1007,7 @@ async fn prefer_shared<R: Runtime>(
         let Ok((_, ready)) = prepare(record.bundle.clone()) else {
             continue;
         };
-        let at = urls.iter().position(|u| *u == record.issuer).unwrap_or(0);
+        let at = issuer_index(urls, &record.issuer);
         let (store, domains, url, bytes) = (
             store.clone(),
             domains.clone(),

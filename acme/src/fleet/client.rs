@@ -494,21 +494,9 @@ impl<R: Runtime> RedisClient<R> {
         &self,
         ids: &[String],
     ) -> Result<Vec<Option<RecordVersion>>, RedisError> {
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.cert(id)).collect();
         type Fields = (Option<String>, Option<i64>, Option<u64>, Option<String>);
         let rows: Vec<Fields> = self
-            .run(move |mut c| async move {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("HMGET")
-                        .arg(key)
-                        .arg("epoch")
-                        .arg("token")
-                        .arg("not_after")
-                        .arg("writer");
-                }
-                pipe.query_async(&mut c).await
-            })
+            .cert_fields(ids, ["epoch", "token", "not_after", "writer"])
             .await?;
         Ok(rows
             .into_iter()
@@ -529,21 +517,9 @@ impl<R: Runtime> RedisClient<R> {
         &self,
         ids: &[String],
     ) -> Result<Vec<Option<SharedCert>>, RedisError> {
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.cert(id)).collect();
         type Fields = (Option<String>, Option<i64>, Option<Vec<u8>>, Option<String>);
         let rows: Vec<Fields> = self
-            .run(move |mut c| async move {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("HMGET")
-                        .arg(key)
-                        .arg("epoch")
-                        .arg("token")
-                        .arg("bundle")
-                        .arg("issuer");
-                }
-                pipe.query_async(&mut c).await
-            })
+            .cert_fields(ids, ["epoch", "token", "bundle", "issuer"])
             .await?;
         Ok(rows
             .into_iter()
@@ -557,6 +533,23 @@ impl<R: Runtime> RedisClient<R> {
                 _ => None,
             })
             .collect())
+    }
+
+    /// `fields` of each certificate record for `ids`, one pipelined `HMGET` each.
+    async fn cert_fields<T: redis::FromRedisValue>(
+        &self,
+        ids: &[String],
+        fields: [&'static str; 4],
+    ) -> Result<Vec<T>, RedisError> {
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.cert(id)).collect();
+        self.run(move |mut c| async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("HMGET").arg(key).arg(&fields[..]);
+            }
+            pipe.query_async(&mut c).await
+        })
+        .await
     }
 
     /// The fields of the hash at `key` (empty if there is none).
