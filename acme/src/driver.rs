@@ -17,7 +17,8 @@ use crate::cache_fs::{CacheFs, StdFs};
 use crate::config::{AcmeConfig, StartError};
 use crate::dns01::{DnsProvider, Rfc2136};
 use crate::fleet::{
-    FleetMember, Listeners, Obtained, SharedCert, cert_id, certificate_of, client_for, watch,
+    FleetMember, Listeners, Obtained, SharedCert, SharedWindow, cert_id, certificate_of,
+    client_for, watch,
 };
 use crate::handle::{AcmeHandle, Command, LifecycleEvent, Shared};
 use crate::http_client::{HttpsTransport, RetryAfterSlot, Transport, request_timeout};
@@ -168,6 +169,18 @@ pub async fn launch_with<R: Runtime>(
         .await
         .map_err(StartError::Store)?;
     let store = Arc::new(store);
+    let redis_fleet = match &config.fleet {
+        Some(settings) => {
+            let client = client_for(rt.clone(), settings.clone(), &resolved.extra_roots).map_err(
+                |problem| StartError::Config {
+                    field: "fleet_redis",
+                    problem,
+                },
+            )?;
+            Some(Arc::new(FleetMember::new(rt.clone(), client)))
+        }
+        None => None,
+    };
     let (outcome_tx, outcome_set) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
         resolver: Arc::new(CertResolver::for_certificates(&config.certs)),
@@ -184,6 +197,7 @@ pub async fn launch_with<R: Runtime>(
         outcome: Mutex::new(None),
         outcome_set,
         ended: std::sync::atomic::AtomicBool::new(false),
+        fleet_storage: (redis_fleet.as_ref()).map(|fleet| fleet.client.health.clone()),
     });
     let retry_after = RetryAfterSlot::default();
     let dns: Option<Arc<dyn DnsProvider>> = match (config.dns01.clone(), resolved.dns_key) {
@@ -193,18 +207,6 @@ pub async fn launch_with<R: Runtime>(
         _ => None,
     };
     let dns_propagation = (config.dns01.as_ref()).map_or(Duration::ZERO, |s| s.propagation_timeout);
-    let redis_fleet = match &config.fleet {
-        Some(settings) => {
-            let client = client_for(rt.clone(), settings.clone(), &resolved.extra_roots).map_err(
-                |problem| StartError::Config {
-                    field: "fleet_redis",
-                    problem,
-                },
-            )?;
-            Some(Arc::new(FleetMember::new(rt.clone(), client)))
-        }
-        None => None,
-    };
     // One context per issuer: its own directory, account, EAB and profile; the rest shared.
     let contexts: Vec<Arc<AcmeContext<R>>> = (issuers.iter().zip(resolved.eabs))
         .map(|(issuer, eab)| {
@@ -795,8 +797,10 @@ impl<R: Runtime> Driver<R> {
                 let issuer = self.managed[index].issued_by;
                 let context = self.contexts[issuer].clone();
                 let events = self.events_tx.clone();
+                let fleet = (self.fleet.clone())
+                    .map(|fleet| (fleet, cert_id(&self.managed[index].domains)));
                 self.reply(id, async move {
-                    let info = renewal_info(&context, cert.bytes()).await;
+                    let info = renewal_info(&context, fleet, cert.bytes()).await;
                     if matches!(info, RenewalInfo::Window { .. }) {
                         let _ = events.send(Wake::AriSupported(id, issuer)).await;
                     }
@@ -1027,8 +1031,14 @@ async fn prefer_shared<R: Runtime>(
     }
 }
 
-/// Asks the CA for the certificate's renewal window (ARI).
-async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> RenewalInfo {
+/// Asks the CA for the certificate's renewal window (ARI); in a fleet, takes the window
+/// another instance fetched for the same certificate if the CA's retry time has not passed,
+/// and shares the one it fetched.
+async fn renewal_info<R: Runtime>(
+    context: &AcmeContext<R>,
+    fleet: Option<(Arc<FleetMember<R>>, String)>,
+    bundle: &[u8],
+) -> RenewalInfo {
     let failed = RenewalInfo::Failed { retry_after: None };
     let Ok(file) = decode_cert_file(bundle) else {
         return failed;
@@ -1039,6 +1049,42 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
     let Ok(cert_id) = CertificateIdentifier::try_from(leaf) else {
         return failed;
     };
+    let ari_id = cert_id.to_string();
+    if let Some((fleet, id)) = &fleet
+        && let Some((window, ask_again)) = fleet.shared_window(id, &ari_id).await
+    {
+        return RenewalInfo::Window {
+            start: window.start,
+            end: window.end,
+            retry_after: Some(ask_again),
+        };
+    }
+    let info = ask_renewal_info(context, &cert_id).await;
+    if let (
+        Some((fleet, id)),
+        RenewalInfo::Window {
+            start,
+            end,
+            retry_after: Some(ask_again),
+        },
+    ) = (&fleet, &info)
+    {
+        let window = SharedWindow {
+            ari_id,
+            start: *start,
+            end: *end,
+        };
+        fleet.share_window(id, &window, *ask_again).await;
+    }
+    info
+}
+
+/// Asks the CA for the renewal window of the certificate `cert_id` identifies.
+async fn ask_renewal_info<R: Runtime>(
+    context: &AcmeContext<R>,
+    cert_id: &CertificateIdentifier<'_>,
+) -> RenewalInfo {
+    let failed = RenewalInfo::Failed { retry_after: None };
     let Ok(account) = context.account().await else {
         return failed;
     };
@@ -1046,7 +1092,7 @@ async fn renewal_info<R: Runtime>(context: &AcmeContext<R>, bundle: &[u8]) -> Re
     let answer = timeout(
         &context.rt,
         Duration::from_secs(60),
-        account.renewal_info(&cert_id),
+        account.renewal_info(cert_id),
     )
     .await;
     (context.durations).observe(AcmeOperation::RenewalInfo, asked.elapsed());

@@ -9,6 +9,7 @@ use rustls::ServerConfig;
 
 use crate::account::{AccountInfo, RevocationReason};
 use crate::config::StartError;
+use crate::fleet::{FleetStorageStatus, StorageHealth};
 use crate::http01::Http01Tokens;
 use crate::status::{AcmeOperation, CertStatus, DurationHistogram, RequestDurations};
 use crate::tls::{CertResolver, TlsAlpn01, server_config};
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) outcome_set: async_channel::Receiver<()>,
     /// Set when the driver has ended: no event follows, and subscriptions end.
     pub(crate) ended: std::sync::atomic::AtomicBool,
+    /// In fleet mode, whether Redis answers.
+    pub(crate) fleet_storage: Option<Arc<StorageHealth>>,
 }
 
 impl Shared {
@@ -214,6 +217,13 @@ impl AcmeHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// In fleet mode, whether this instance reaches the fleet's Redis and since when (`None`
+    /// without a fleet, and before the first command). While it does not, no certificate is
+    /// ordered, and each served certificate's `not_after` is when Redis must be back.
+    pub fn fleet_storage(&self) -> Option<FleetStorageStatus> {
+        (self.shared.fleet_storage.as_ref()).and_then(|health| health.get())
     }
 
     /// How long this directory's requests to the CA took since launch, by operation.

@@ -42,7 +42,7 @@ pub use config::{
     AcmeConfig, Directory, Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
 };
 pub use dns01::Rfc2136Settings;
-pub use fleet::RedisSettings;
+pub use fleet::{FleetStorageStatus, RedisSettings};
 pub use handle::{AcmeHandle, LifecycleEvent, LifecycleEvents};
 pub use http01::{
     Http01Tokens, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
@@ -62,12 +62,12 @@ pub use tls::{CertResolver, TlsAlpn01, server_config};
 pub mod embedding {
     pub use crate::{
         AccountInfo, AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus,
-        ChallengeKind, DURATION_BUCKETS, Directory, DurationHistogram, HANDSHAKE_TIMEOUT,
-        Http01Tokens, Issuer, KeyType, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
-        LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally,
-        READY_QUEUE, RESPONDER_DEADLINE, RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT,
-        RedisSettings, RevocationReason, Rfc2136Settings, ServedCert, StartError, StoreError,
-        TlsAlpn01, server_config,
+        ChallengeKind, DURATION_BUCKETS, Directory, DurationHistogram, FleetStorageStatus,
+        HANDSHAKE_TIMEOUT, Http01Tokens, Issuer, KeyType, LETS_ENCRYPT_PRODUCTION,
+        LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES,
+        MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
+        RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, RedisSettings, RevocationReason,
+        Rfc2136Settings, ServedCert, StartError, StoreError, TlsAlpn01, server_config,
     };
     pub use certloop_core::{Policy, Ratio, UnixTime};
 }

@@ -265,8 +265,57 @@ impl Collector for Certificates {
                 encode_histogram(durations.encode_family(&labels)?, &histogram)?;
             }
         }
-        Ok(())
+        let fleet: Vec<FleetStorageRow> = (sources.iter())
+            .filter_map(|(listener, source)| match source {
+                CertSource::Acme(handle) => handle.fleet_storage().map(|status| FleetStorageRow {
+                    listener: listener.clone(),
+                    reachable: status.reachable,
+                    since: status.since.as_secs(),
+                }),
+                CertSource::Manual(_) => None,
+            })
+            .collect();
+        encode_fleet_storage(&mut encoder, &fleet)
     }
+}
+
+/// One ACME listener's view of its fleet's Redis (fleet mode only).
+struct FleetStorageRow {
+    listener: String,
+    reachable: bool,
+    /// When the current state began (Unix seconds).
+    since: u64,
+}
+
+/// A gauge's value for one fleet-mode listener.
+type FleetGauge = fn(&FleetStorageRow) -> i64;
+
+/// Whether each fleet-mode listener reaches Redis, and since when: while it does not, no
+/// certificate is ordered, so `certloop_cert_not_after_seconds` is when Redis must be back.
+fn encode_fleet_storage(
+    encoder: &mut DescriptorEncoder<'_>,
+    rows: &[FleetStorageRow],
+) -> Result<(), std::fmt::Error> {
+    let gauges: [(&str, &str, FleetGauge); 2] = [
+        (
+            "certloop_fleet_storage_up",
+            "1 while the fleet's Redis answers; no certificate is ordered while 0",
+            |row| i64::from(row.reachable),
+        ),
+        (
+            "certloop_fleet_storage_since_seconds",
+            "When the fleet storage's current state (up or down) began (Unix time)",
+            |row| seconds(row.since),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for row in rows {
+            let labels = [("listener", row.listener.as_str())];
+            metric.encode_family(&labels)?.encode_gauge(&value(row))?;
+        }
+    }
+    Ok(())
 }
 
 fn encode_histogram(
@@ -450,6 +499,39 @@ mod tests {
             "certloop_acme_orders_total{listener=\"web\",cert=\"a.test\",result=\"unreachable\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_storage_state_becomes_two_gauges() {
+        let rows = vec![FleetStorageRow {
+            listener: "edge".to_owned(),
+            reachable: false,
+            since: 1_234,
+        }];
+        let mut text = String::new();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fleet(rows)));
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "certloop_fleet_storage_up{listener=\"edge\"} 0",
+            "certloop_fleet_storage_since_seconds{listener=\"edge\"} 1234",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+
+    struct Fleet(Vec<FleetStorageRow>);
+
+    impl std::fmt::Debug for Fleet {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Fleet")
+        }
+    }
+
+    impl Collector for Fleet {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_fleet_storage(&mut encoder, &self.0)
         }
     }
 

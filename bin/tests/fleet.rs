@@ -20,8 +20,26 @@ fn node_ip(index: usize) -> String {
     format!("127.0.0.{}", index + 2)
 }
 
+/// The port of every instance's `[admin]` listener (each on its own address).
+fn admin_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(free_port)
+}
+
+/// The value of `series` in instance `index`'s `/metrics`.
+fn metric(index: usize, series: &str) -> Option<String> {
+    let url = format!("http://{}:{}/metrics", node_ip(index), admin_port());
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", &url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|line| Some(line.strip_prefix(series)?.trim().to_owned()))
+}
+
 /// Instance `index`'s configuration: the fleet's Redis with a 3 s lease, one listener on its
-/// own address and the shared port, one certificate per name.
+/// own address and the shared port, one certificate per name, metrics on its address.
 fn node_config(
     pebble: &Pebble,
     directory: &str,
@@ -30,7 +48,8 @@ fn node_config(
     names: &[String],
 ) -> PathBuf {
     let mut body = format!(
-        "state_dir = \"{state}\"\n\n[storage]\nbackend = \"redis\"\nurl = \"{url}\"\nlease = \"3s\"\n\n\
+        "state_dir = \"{state}\"\n\n[admin]\nbind = \"{ip}:{admin}\"\n\n\
+         [storage]\nbackend = \"redis\"\nurl = \"{url}\"\nlease = \"3s\"\n\n\
          [[listeners]]\nname = \"edge\"\nbind = \"{ip}:{port}\"\nupstream = \"http://127.0.0.1:{up}\"\n\
          tls_mode = \"acme\"\nacme_domains = [\"{first}\"]\nacme_directory = \"{directory}\"\n\
          acme_directory_ca = \"{ca}\"\n",
@@ -38,6 +57,7 @@ fn node_config(
         url = redis.url(),
         ip = node_ip(index),
         port = pebble.tls_port,
+        admin = admin_port(),
         up = upstream(),
         first = names[0],
         ca = pebble.directory_ca.display(),
@@ -129,6 +149,12 @@ fn five_instances_order_each_of_twenty_certificates_once_and_renew_each_once() {
     wait_until("every instance to warn", Duration::from_secs(15), || {
         (nodes.iter()).all(|n| n.log().contains("fleet storage unavailable"))
     });
+    let up = "certloop_fleet_storage_up{listener=\"edge\"}";
+    assert_eq!(
+        metric(1, up).as_deref(),
+        Some("0"),
+        "the outage is in the metrics"
+    );
     assert_eq!(served_everywhere(&pebble, &ips, &names), first);
     drop(nodes.remove(0));
     let mut restarted = Certloop::start(&configs[0], &[], None);
@@ -148,6 +174,7 @@ fn five_instances_order_each_of_twenty_certificates_once_and_renew_each_once() {
         Duration::from_secs(20),
         || redis.cli(&["ZCARD", "certloop:nodes"]) == "5",
     );
+    assert_eq!(metric(1, up).as_deref(), Some("1"));
     assert_eq!(served_everywhere(&pebble, &ips, &names), first);
     assert_eq!(orders(&pebble), 20, "no order after Redis came back empty");
     for (i, name) in names.iter().enumerate() {

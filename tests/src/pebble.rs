@@ -280,14 +280,16 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
     Stdio::from(file)
 }
 
-/// A CA and a leaf (localhost, 127.0.0.1) for Pebble's HTTPS listener; returns the CA's path.
-fn write_listener_certs(dir: &Path) -> PathBuf {
+/// A CA and a leaf (localhost, 127.0.0.1) for a loopback TLS listener (Pebble's HTTPS, a TLS
+/// Redis): `listener.pem` and `listener.key` in `dir`; returns the CA's path.
+pub(crate) fn write_listener_certs(dir: &Path) -> PathBuf {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "certloop test CA for Pebble");
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "certloop test CA for loopback listeners",
+    );
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
     let leaf_key = rcgen::KeyPair::generate().expect("key");
     let leaf_params =

@@ -16,6 +16,8 @@ pub struct RedisServer {
     pub port: u16,
     /// The `requirepass` password, if any.
     pub password: Option<String>,
+    /// With TLS only (`rediss://`): the CA of its certificate.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -26,23 +28,40 @@ impl RedisServer {
 
     /// Starts one on a free port that requires `password`.
     pub fn start_with(password: Option<&str>) -> Self {
+        Self::launch(password, false)
+    }
+
+    /// Starts one that speaks TLS only, with a certificate for 127.0.0.1 from a CA of its
+    /// own ([`RedisServer::tls_ca`]).
+    pub fn start_tls() -> Self {
+        Self::launch(None, true)
+    }
+
+    fn launch(password: Option<&str>, tls: bool) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("certloop-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
+        let tls_ca = tls.then(|| crate::pebble::write_listener_certs(&dir));
         let mut server = Self {
             child: None,
             dir,
             port,
             password: password.map(str::to_owned),
+            tls_ca,
         };
         server.restart_empty();
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops it (as a crash would: SIGKILL).
@@ -59,8 +78,27 @@ impl RedisServer {
         let binary = crate::pebble::binary("redis-server");
         let log = std::fs::File::create(self.dir.join("redis.log")).expect("redis log");
         let mut command = Command::new(binary);
+        let port = self.port.to_string();
+        match &self.tls_ca {
+            None => command.args(["--port", &port]),
+            Some(ca) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("listener.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("listener.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -81,6 +119,9 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut command = Command::new("redis-cli");
         command.args(["-p", &self.port.to_string(), "--no-auth-warning"]);
+        if let Some(ca) = &self.tls_ca {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
         if let Some(password) = &self.password {
             command.args(["-a", password]);
         }

@@ -306,6 +306,127 @@ fn a_fleet_orders_each_certificate_once_and_every_instance_serves_it() {
     }
 }
 
+/// `rediss://`: two instances share a certificate through a Redis that speaks TLS only, its
+/// certificate verified against the CA the configuration adds (and without it, refused).
+#[test]
+fn a_fleet_shares_through_redis_over_tls() {
+    let redis = RedisServer::start_tls();
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validation_ports: Some((free_port(), free_port())),
+        ..Default::default()
+    });
+    let name = "tls.fleet.test";
+    pebble.resolve(name, "127.0.0.2");
+    let redis_ca = redis.tls_ca.clone().expect("TLS");
+    let config = |cache: &str| {
+        node_config(&pebble, &redis, &pebble.scratch(cache), &[name]).extra_roots_pem(&redis_ca)
+    };
+    let tokio = Tokio::default();
+    let nodes = [
+        start(&tokio, &pebble, "127.0.0.2", config("cache-tokio")),
+        start(&Smol, &pebble, "127.0.0.3", config("cache-smol")),
+    ];
+    for node in &nodes {
+        tokio
+            .block_on(node.handle.ready())
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.ip, pebble.log()));
+        let storage = node.handle.fleet_storage().expect("fleet mode");
+        assert!(storage.reachable, "{}: Redis over TLS answers", node.ip);
+    }
+    assert_eq!(orders(&pebble), 1, "one order, fleet-wide, through TLS");
+    assert_eq!(redis.cli(&["EXISTS", &format!("fleet:cert:{name}")]), "1");
+    let root = pebble.issuing_root_pem();
+    let leaves: Vec<_> = (nodes.iter())
+        .map(|node| {
+            fetch_verified_at(&node.ip, pebble.tls_port, name, &root)
+                .expect("served")
+                .0
+        })
+        .collect();
+    assert_eq!(leaves[0], leaves[1]);
+    for node in nodes {
+        node.handle.stop();
+    }
+
+    // Without the CA, the instance does not trust Redis's certificate: no fleet storage.
+    let untrusting = start(
+        &tokio,
+        &pebble,
+        "127.0.0.4",
+        node_config(
+            &pebble,
+            &redis,
+            &pebble.scratch("cache-untrusting"),
+            &[name],
+        ),
+    );
+    wait_until("the TLS refusal", Duration::from_secs(15), || {
+        untrusting
+            .handle
+            .fleet_storage()
+            .is_some_and(|s| !s.reachable)
+    });
+    untrusting.handle.stop();
+}
+
+/// The fleet asks the CA for a certificate's renewal window (ARI) once: an instance serving a
+/// certificate another one fetched the window for takes it from Redis, until the CA's retry
+/// time. Against a fake ARI directory in front of Pebble, whose first window opens at once
+/// (a renewal) and the next one months away.
+#[test]
+fn the_fleet_asks_the_ca_for_a_renewal_window_once() {
+    let redis = RedisServer::start();
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validation_ports: Some((free_port(), free_port())),
+        ..Default::default()
+    });
+    let ari = certloop_tests::ari_directory::AriDirectory::start(&pebble);
+    let name = "ari.fleet.test";
+    pebble.resolve(name, "127.0.0.2");
+    let config = |cache: &str| {
+        node_config(&pebble, &redis, &pebble.scratch(cache), &[name])
+            .directory(certloop_acme::Directory::Url(ari.url.clone()))
+    };
+    let distinct_asked = || {
+        let asked = ari.asked.lock().expect("lock");
+        (asked.iter().collect::<std::collections::BTreeSet<_>>()).len()
+    };
+    let tokio = Tokio::default();
+    let first = start(&tokio, &pebble, "127.0.0.2", config("cache-first"));
+    tokio
+        .block_on(first.handle.ready())
+        .expect("first instance");
+    // Renewed when the first window opened; then the renewed certificate's window is asked.
+    wait_until(
+        "the renewed certificate's window",
+        Duration::from_secs(30),
+        || distinct_asked() == 2 && first.handle.status()[0].ari_window.is_some(),
+    );
+    let window = first.handle.status()[0].ari_window;
+    let (asked, ordered) = (ari.asked.lock().expect("lock").len(), orders(&pebble));
+
+    let second = start(&Smol, &pebble, "127.0.0.3", config("cache-second"));
+    smol::block_on(second.handle.ready()).expect("second instance");
+    wait_until(
+        "the second instance to know the window",
+        Duration::from_secs(15),
+        || second.handle.status()[0].ari_window.is_some(),
+    );
+    assert_eq!(second.handle.status()[0].ari_window, window);
+    assert_eq!(
+        ari.asked.lock().expect("lock").len(),
+        asked,
+        "the second instance took the window from the fleet"
+    );
+    assert_eq!(
+        orders(&pebble),
+        ordered,
+        "the second instance ordered nothing"
+    );
+    first.handle.stop();
+    second.handle.stop();
+}
+
 /// The conformance scenarios whose outcome must not depend on the storage, run again with the
 /// certificates kept in Redis (the directory being each instance's local copy).
 macro_rules! same_outcome_over_redis {
@@ -394,10 +515,12 @@ fn a_failed_order_holds_the_whole_fleet_back_until_its_retry_time() {
         "one order reached the CA: {:?}",
         ca.requests()
     );
+    // The instance held back shares nothing: the fleet's backoff stays the failed order's.
+    let shared = redis.cli(&["GET", "b:retry:backoff.fleet.test"]);
+    assert!(shared.contains("failures=1"), "{shared}");
     assert!(
-        redis
-            .cli(&["GET", "b:retry:backoff.fleet.test"])
-            .contains("failures=1")
+        !shared.contains("the fleet's latest order failed"),
+        "{shared}"
     );
     for handle in handles {
         handle.stop();

@@ -10,6 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Script};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use crate::fleet::health::StorageHealth;
 use crate::fleet::keys::{Keys, Message};
 use crate::fleet::settings::{RedisAddress, RedisSettings, redact_url};
 use crate::runtime::{Runtime, timeout};
@@ -191,6 +192,8 @@ pub(crate) struct RedisClient<R: Runtime> {
     /// of each waiting for its own timeout (a launch reads Redis once per batch of
     /// certificates, and a Redis that drops packets must not hold it past its deadline).
     failed_connect: std::sync::Mutex<Option<(std::time::Instant, RedisError)>>,
+    /// Whether the latest command succeeded, for the handle's status and metrics.
+    pub(crate) health: Arc<StorageHealth>,
 }
 
 /// How long after a failed connection attempt calls fail without trying again.
@@ -216,6 +219,7 @@ impl<R: Runtime> RedisClient<R> {
             tls,
             connection: async_lock::Mutex::new(None),
             failed_connect: std::sync::Mutex::new(None),
+            health: Arc::default(),
         }
     }
 
@@ -274,9 +278,11 @@ impl<R: Runtime> RedisClient<R> {
                 .map_err(|e| self.failed(&e))?;
             Ok(pubsub)
         };
-        timeout(&self.rt, CONNECT_TIMEOUT, open)
+        let subscribed = timeout(&self.rt, CONNECT_TIMEOUT, open)
             .await
-            .unwrap_or_else(|| Err(format!("Redis at {} did not answer in time", self.url())))
+            .unwrap_or_else(|| Err(format!("Redis at {} did not answer in time", self.url())));
+        (self.health).record(subscribed.is_ok(), self.rt.wall_clock());
+        subscribed
     }
 
     fn failed(&self, e: &redis::RedisError) -> RedisError {
@@ -340,15 +346,20 @@ impl<R: Runtime> RedisClient<R> {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let connection = self.connection().await?;
-        let answer = timeout(&self.rt, COMMAND_TIMEOUT, request(connection)).await;
-        let result = match answer {
-            Some(Ok(value)) => return Ok(value),
-            Some(Err(e)) => self.failed(&e),
-            None => format!("Redis at {} did not answer in time", self.url()),
-        };
-        *self.connection.lock().await = None;
-        Err(result)
+        let answered = async {
+            let connection = self.connection().await?;
+            let answer = timeout(&self.rt, COMMAND_TIMEOUT, request(connection)).await;
+            let result = match answer {
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(e)) => self.failed(&e),
+                None => format!("Redis at {} did not answer in time", self.url()),
+            };
+            *self.connection.lock().await = None;
+            Err(result)
+        }
+        .await;
+        (self.health).record(answered.is_ok(), self.rt.wall_clock());
+        answered
     }
 
     /// Takes the lease on `id` for [`RedisSettings::lease`], unless another node holds it.
@@ -646,6 +657,47 @@ impl<R: Runtime> RedisClient<R> {
     pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>, RedisError> {
         self.run(move |mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })
             .await
+    }
+
+    /// The value at `key` and how long until it expires (`None` if it has no expiry).
+    pub(crate) async fn get_expiring(
+        &self,
+        key: String,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, RedisError> {
+        let (value, ttl_ms): (Option<Vec<u8>>, i64) = self
+            .run(move |mut c| async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&key)
+                    .cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        // PTTL is -1 without an expiry, -2 if the key vanished between the two.
+        let ttl = u64::try_from(ttl_ms).ok().map(Duration::from_millis);
+        Ok(value.map(|v| (v, ttl)))
+    }
+
+    /// Sets `key` to `value` for `ttl`.
+    pub(crate) async fn set_expiring(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), RedisError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(move |mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(value.as_slice())
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Adds this node to the set at `key` (an acknowledgement), which expires after `ttl`.

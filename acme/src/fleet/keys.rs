@@ -7,6 +7,8 @@
 //!   `issuer` (the CA's directory URL) and `writer` (the node);
 //! - `<prefix>retry:<id>`: the failure streak of its latest order anywhere in the fleet (the
 //!   cache format's retry state), so that no instance orders before the fleet's backoff ends.
+//! - `<prefix>ari:<id>`: the ARI renewal window one instance fetched for the certificate it
+//!   serves, expiring when the CA asked to be asked again, so that the fleet asks once.
 //!
 //! For the fleet: `<prefix>epoch` (a random id set once: a Redis that lost its data gets a
 //! new one, so tokens from before can never be mistaken for new ones), `<prefix>nodes` (a
@@ -52,6 +54,9 @@ impl Keys {
     }
     pub(crate) fn retry(&self, id: &str) -> String {
         format!("{}retry:{id}", self.prefix)
+    }
+    pub(crate) fn renewal_window(&self, id: &str) -> String {
+        format!("{}ari:{id}", self.prefix)
     }
     pub(crate) fn account(&self, id: &str) -> String {
         format!("{}account:{id}", self.prefix)

@@ -14,11 +14,14 @@ use crate::fleet::client::{
     Acquired, LEASE_POLL, Lease, RedisClient, RedisError, SharedCert, Written,
 };
 use crate::fleet::keys::{Keys, Message};
+use crate::fleet::window::SharedWindow;
 use crate::runtime::Runtime;
 
 /// How long a published challenge answer lives in Redis (and on the instances that installed
 /// it) if its order never withdraws it.
 pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// How the error of an order the fleet's backoff held back begins.
+const HELD_BACK: &str = "the fleet's latest order failed";
 /// How long an order waits for every live instance to install its challenge answer before
 /// telling the CA to validate anyway.
 const ACK_WAIT: Duration = Duration::from_secs(3);
@@ -223,17 +226,23 @@ impl<R: Runtime> FleetMember<R> {
         Some(OrderError {
             kind: error.kind,
             detail: format!(
-                "the fleet's latest order failed ({}); no instance orders before {until}",
+                "{HELD_BACK} ({}); no instance orders before {until}",
                 error.detail
             ),
         })
     }
 
-    /// Shares this instance's retry state for `id` (cleared after a success).
+    /// Shares this instance's retry state for `id` (cleared after a success). A failure that
+    /// was only the fleet's backoff holding this instance back is not shared: it reached no
+    /// CA, and sharing it would stretch the backoff of the instance that failed, nesting its
+    /// error in every round.
     pub(crate) async fn share_retry(&self, id: &str, state: &RetryState) {
         let key = self.client.keys.retry(id);
+        let held_back =
+            (state.last_error.as_ref()).is_some_and(|e| e.detail.starts_with(HELD_BACK));
         let shared = match state.failures {
             0 => self.client.set(key, None).await,
+            _ if held_back => return,
             _ => {
                 self.client
                     .merge_retry(key, encode_retry_state(state))
@@ -244,6 +253,34 @@ impl<R: Runtime> FleetMember<R> {
             tracing::debug!(
                 certificate = id,
                 "retry state not shared with the fleet: {e}"
+            );
+        }
+    }
+
+    /// The renewal window another instance fetched for the certificate `window.ari_id`
+    /// identifies, with how long until the CA wants to be asked again; `None` if there is none
+    /// (or Redis is unavailable), and the instance asks the CA itself.
+    pub(crate) async fn shared_window(
+        &self,
+        id: &str,
+        ari_id: &str,
+    ) -> Option<(SharedWindow, Duration)> {
+        let key = self.client.keys.renewal_window(id);
+        let (value, ttl) = self.client.get_expiring(key).await.ok()??;
+        let window = SharedWindow::decode(&value).filter(|w| w.ari_id == ari_id)?;
+        Some((window, ttl?))
+    }
+
+    /// Shares the renewal window this instance fetched, until the CA wants to be asked again.
+    pub(crate) async fn share_window(&self, id: &str, window: &SharedWindow, ask_again: Duration) {
+        let key = self.client.keys.renewal_window(id);
+        let shared = (self.client)
+            .set_expiring(key, window.encode().into_bytes(), ask_again)
+            .await;
+        if let Err(e) = shared {
+            tracing::debug!(
+                certificate = id,
+                "renewal window not shared with the fleet: {e}"
             );
         }
     }

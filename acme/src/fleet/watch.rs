@@ -137,6 +137,7 @@ async fn listen<R: Runtime>(fleet: Arc<FleetMember<R>>, listeners: Listeners) {
                 }
                 Some(None) => {
                     fleet.subscribed.store(false, Ordering::Relaxed);
+                    (fleet.client.health).record(false, fleet.rt.wall_clock());
                     outage.failed("the subscription to the fleet's channel ended");
                     break;
                 }

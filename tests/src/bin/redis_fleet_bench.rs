@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certloop_acme::{AcmeConfig, AcmeHandle, LifecycleEvent, RedisSettings};
+use certloop_core::Policy;
 use certloop_tests::adapters::Tokio;
 use certloop_tests::conformance::Adapter;
 use certloop_tests::pebble::{Pebble, PebbleOptions, free_port, wait_until};
@@ -72,7 +73,13 @@ fn run(certs: usize, nodes: usize, fleet: bool) -> Outcome {
     let handles: Vec<AcmeHandle> = (0..nodes)
         .map(|node| {
             let cache = pebble.scratch(&format!("cache-{node}"));
+            // A thousand first orders at once keep Pebble busy for minutes.
+            let policy = Policy {
+                startup_timeout: Duration::from_secs(600),
+                ..Policy::default()
+            };
             let mut config = AcmeConfig::new([names[0].as_str()], &cache)
+                .policy(policy)
                 .directory_url(&pebble.directory_url)
                 .extra_roots_pem(&pebble.directory_ca);
             for name in &names[1..] {
