@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): certloop against nginx on loopback, same ECDSA P-256 certificate, same
-# upstream, alternating the servers in one run. Prints each measurement and the ratios
-# certloop / nginx for:
-#   - new full TLS 1.3 handshakes per second (every client makes one request on a fresh
-#     connection, no session resumption), and
-#   - keep-alive HTTP/1.1 requests per second through the proxy.
-# Both servers keep their default session-resumption settings (tickets on); h2load clients
-# never resume, so every handshake is a full one.
+# upstream, alternating the servers round by round in one run. For each figure it prints the
+# rate and the servers' CPU time per unit (utime + stime from /proc, nginx's master and
+# workers together), the medians over ROUNDS, and the ratios certloop / nginx:
+#   - full TLS 1.3 handshakes/s: h2load, 3,000 clients making one request each on a new
+#     connection (h2load never resumes);
+#   - resumed TLS 1.3 handshakes/s: tls-handshakes, one client thread whose every connection
+#     resumes the session of the one before (one request each; the share resumed is printed);
+#   - keep-alive requests/s through the proxy: HTTP/1.1 and HTTP/2 (10 streams per
+#     connection), at 20 and at 200 connections, 40,000 requests each.
+# Both servers keep their default session-resumption settings and log nothing per request.
 # Usage: scripts/bench-proxy.sh [ROUNDS]   (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,35 +22,76 @@ max_connections_per_ip = 0" "worker_processes auto;
 events { worker_connections 4096; }" "ssl http2" 'proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto https;'
+cargo build -q --release -p certloop-tests --bin tls-handshakes
+export BENCH_CERT=$dir/cert.pem
 curl -sk --resolve "bench.local:$cl:127.0.0.1" "https://bench.local:$cl/" | head -1 >/dev/null
 curl -sk --resolve "bench.local:$ng:127.0.0.1" "https://bench.local:$ng/" | head -1 >/dev/null
+certloop_pids=${pids[1]}
+nginx_pids="${pids[2]} $(pgrep -P "${pids[2]}" | tr '\n' ' ')"
+hz=$(getconf CLK_TCK)
 
+# The CPU time of processes $@ so far, in clock ticks.
+ticks() {
+    local total=0 pid fields
+    for pid in "$@"; do
+        read -r -a fields <"/proc/$pid/stat"
+        total=$((total + fields[13] + fields[14]))
+    done
+    echo "$total"
+}
 # h2load prints "finished in Xs, N req/s, ..."; take the req/s.
-rate() { grep -o 'finished in [^,]*, [0-9.]* req/s' | awk '{print $4}'; }
-handshakes() { # port: 3000 clients, one request each on a new TLS 1.3 connection
-    h2load --h1 -n 3000 -c 3000 -r 150 --rate-period 50ms -t 1 --connect-to "127.0.0.1:$1" \
-        --tls13-ciphers TLS_AES_128_GCM_SHA256 "https://bench.local:$1/" 2>&1 | rate
-}
-keepalive() { # port: 20 keep-alive HTTP/1.1 connections, 40,000 requests
-    h2load --h1 -n 40000 -c 20 -t 1 --connect-to "127.0.0.1:$1" "https://bench.local:$1/" 2>&1 | rate
+h2rate() { grep -o 'finished in [^,]*, [0-9.]* req/s' | awk '{print $4}'; }
+
+# run FIGURE PORT: prints "<rate> <units>" for one figure against the server on PORT.
+run() {
+    local figure=$1 port=$2 target="https://bench.local:$2/" line
+    case $figure in
+    full) echo "$(h2load --h1 -n 3000 -c 3000 -r 150 --rate-period 50ms -t 1 --connect-to "127.0.0.1:$port" \
+        --tls13-ciphers TLS_AES_128_GCM_SHA256 "$target" 2>&1 | h2rate) 3000" ;;
+    resumed)
+        line=$(target/release/tls-handshakes "$port" 5 resumed)
+        awk -v f="$dir/resumed-share" '{print $2 >> f; print $1, $3}' <<<"$line" ;;
+    h1-20) echo "$(h2load --h1 -n 40000 -c 20 -t 1 --connect-to "127.0.0.1:$port" "$target" 2>&1 | h2rate) 40000" ;;
+    h1-200) echo "$(h2load --h1 -n 40000 -c 200 -t 1 --connect-to "127.0.0.1:$port" "$target" 2>&1 | h2rate) 40000" ;;
+    h2-20) echo "$(h2load -n 40000 -c 20 -m 10 -t 1 --connect-to "127.0.0.1:$port" "$target" 2>&1 | h2rate) 40000" ;;
+    h2-200) echo "$(h2load -n 40000 -c 200 -m 10 -t 1 --connect-to "127.0.0.1:$port" "$target" 2>&1 | h2rate) 40000" ;;
+    esac
 }
 
-declare -A best
+figures="full resumed h1-20 h1-200 h2-20 h2-200"
+results=$dir/results
+: >"$results"
 for round in $(seq "$rounds"); do
     for server in certloop nginx; do
-        port=$cl; [ "$server" = nginx ] && port=$ng
-        hs=$(handshakes "$port"); ka=$(keepalive "$port")
-        echo "round $round $server: handshakes/s=$hs keepalive req/s=$ka"
-        for metric in hs ka; do
-            value=${!metric}
-            key="$server-$metric"
-            if [ -z "${best[$key]:-}" ] || awk "BEGIN{exit !($value > ${best[$key]})}"; then best[$key]=$value; fi
+        port=$cl server_pids=$certloop_pids
+        [ "$server" = nginx ] && port=$ng server_pids=$nginx_pids
+        for figure in $figures; do
+            # shellcheck disable=SC2086
+            before=$(ticks $server_pids)
+            read -r rate units <<<"$(run "$figure" "$port")"
+            # shellcheck disable=SC2086
+            after=$(ticks $server_pids)
+            cpu=$(awk "BEGIN{printf \"%.1f\", ($after - $before) * 1e6 / $hz / $units}")
+            echo "round $round $server $figure: $rate/s, $cpu µs server CPU each"
+            echo "$server $figure $rate $cpu" >>"$results"
         done
     done
 done
+
 echo
-echo "best of $rounds rounds:"
-printf '  new TLS 1.3 handshakes/s: certloop %s, nginx %s, ratio certloop/nginx %.2f\n' \
-    "${best[certloop-hs]}" "${best[nginx-hs]}" "$(awk "BEGIN{print ${best[certloop-hs]}/${best[nginx-hs]}}")"
-printf '  keep-alive requests/s:     certloop %s, nginx %s, ratio certloop/nginx %.2f\n' \
-    "${best[certloop-ka]}" "${best[nginx-ka]}" "$(awk "BEGIN{print ${best[certloop-ka]}/${best[nginx-ka]}}")"
+echo "medians of $rounds rounds (CPU: server CPU time per handshake or request):"
+python3 - "$results" "$dir/resumed-share" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+shares = [float(x) for x in open(sys.argv[2])]
+names = {"full": "full TLS 1.3 handshakes", "resumed": "resumed TLS 1.3 handshakes",
+         "h1-20": "keep-alive HTTP/1.1, 20 conns", "h1-200": "keep-alive HTTP/1.1, 200 conns",
+         "h2-20": "keep-alive HTTP/2, 20 conns", "h2-200": "keep-alive HTTP/2, 200 conns"}
+med = lambda server, figure, i: statistics.median(float(r[i]) for r in rows if r[0] == server and r[1] == figure)
+print("| figure | nginx /s | nginx CPU µs | certloop /s | certloop CPU µs | rate certloop/nginx | CPU certloop/nginx |")
+print("|---|---|---|---|---|---|---|")
+for figure, name in names.items():
+    nr, nc, cr, cc = med("nginx", figure, 2), med("nginx", figure, 3), med("certloop", figure, 2), med("certloop", figure, 3)
+    print(f"| {name} | {nr:,.0f} | {nc:.1f} | {cr:,.0f} | {cc:.1f} | {cr / nr:.2f}× | {cc / nc:.2f} |")
+print(f"share of resumed handshakes that resumed: {min(shares):.2f} at least")
+PY

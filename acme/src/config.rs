@@ -134,6 +134,7 @@ pub struct AcmeConfig {
     pub(crate) key_type: KeyType,
     pub(crate) policy: Policy,
     pub(crate) retry_now: bool,
+    pub(crate) max_concurrent_orders: usize,
 }
 
 impl fmt::Debug for AcmeConfig {
@@ -150,6 +151,7 @@ impl fmt::Debug for AcmeConfig {
             .field("key_type", &self.key_type)
             .field("policy", &self.policy)
             .field("retry_now", &self.retry_now)
+            .field("max_concurrent_orders", &self.max_concurrent_orders)
             .finish()
     }
 }
@@ -164,6 +166,9 @@ pub(crate) struct Resolved {
     /// The TSIG key DNS-01 signs its updates with.
     pub(crate) dns_key: Option<TsigKey>,
 }
+
+/// How many orders talk to the CA at once unless [`AcmeConfig::max_concurrent_orders`] says.
+pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 8;
 
 /// The most CAs a certificate can be ordered from.
 const MAX_ISSUERS: usize = 8;
@@ -188,6 +193,7 @@ impl AcmeConfig {
             key_type: KeyType::EcdsaP256,
             policy: Policy::default(),
             retry_now: false,
+            max_concurrent_orders: DEFAULT_MAX_CONCURRENT_ORDERS,
         }
     }
 
@@ -314,6 +320,16 @@ impl AcmeConfig {
         self
     }
 
+    /// Talks to the CA about at most this many orders at a time (default
+    /// [`DEFAULT_MAX_CONCURRENT_ORDERS`]); the others wait their turn. A first start with
+    /// thousands of certificates then does not send the CA thousands of orders at once (CAs
+    /// rate-limit new orders per account, and a test CA can stall under them). The wait counts
+    /// toward the policy's order timeout. At least 1.
+    pub fn max_concurrent_orders(mut self, limit: usize) -> Self {
+        self.max_concurrent_orders = limit;
+        self
+    }
+
     /// Orders at once even if an earlier run's orders were answered with errors and their
     /// persisted backoff forbids ordering yet. For an operator who fixed the cause (a name
     /// that did not resolve here, a firewall); set it for one start, never on every start:
@@ -371,6 +387,9 @@ impl AcmeConfig {
         self.policy
             .validate()
             .map_err(|e| invalid("policy", e.to_string()))?;
+        if self.max_concurrent_orders == 0 {
+            return Err(invalid("max_concurrent_orders", "must be at least 1"));
+        }
         let mut extra_roots = Vec::new();
         for path in &self.extra_roots_files {
             extra_roots.extend(read_roots(path).map_err(|e| invalid("extra_roots_pem", e))?);

@@ -306,6 +306,7 @@ pub async fn launch_with<R: Runtime>(
         ready: 0,
         loads: Vec::new(),
         fleet: redis_fleet,
+        order_slots: Arc::new(async_lock::Semaphore::new(config.max_concurrent_orders)),
         _alive: driver_alive,
     };
     let ending = driver.shared.clone();
@@ -377,6 +378,8 @@ struct Driver<R: Runtime> {
     loads: Vec<(CertId, Vec<String>)>,
     /// The fleet, in fleet mode.
     fleet: Option<Arc<FleetMember<R>>>,
+    /// One permit per order allowed to talk to the CA at once.
+    order_slots: Arc<async_lock::Semaphore>,
     /// Dropped with the driver: the fleet's watch ends.
     _alive: async_channel::Sender<()>,
 }
@@ -659,6 +662,7 @@ impl<R: Runtime> Driver<R> {
                     .and_then(|bundle| decode_cert_file(bundle.bytes()).ok())
                     .map(|file| file.info.not_after);
                 let urls = self.urls.clone();
+                let order_slots = self.order_slots.clone();
                 self.rt.spawn(Box::pin(async move {
                     let life = life;
                     let work = async {
@@ -669,6 +673,7 @@ impl<R: Runtime> Driver<R> {
                             observer.order_task(life.cert, owner, true);
                         }
                         let ordered = async {
+                            let _slot = order_slots.acquire().await;
                             let cert = context.order(&names, replacing.as_ref(), owner).await?;
                             Ok((cert, context.directory_url.clone()))
                         };
@@ -681,15 +686,9 @@ impl<R: Runtime> Driver<R> {
                                 match obtained {
                                     Ok(Obtained::Ordered(cert)) => Ok(cert),
                                     Ok(Obtained::Shared(cert, issuer)) => {
-                                        // Served as the CA that issued it.
                                         let issuer = issuer_index(&urls, &issuer);
-                                        if let Ok((_, prepared)) =
-                                            prepare(cert.bundle.bytes().to_vec())
-                                        {
-                                            let _ = events
-                                                .send(Wake::Prepared(id, prepared, issuer))
-                                                .await;
-                                        }
+                                        let bundle = cert.bundle.bytes().to_vec();
+                                        send_prepared(&events, id, bundle, issuer).await;
                                         Ok(cert)
                                     }
                                     Err(error) => Err(error),
@@ -952,16 +951,30 @@ fn listen_to_fleet<R: Runtime>(
             let (Some(&id), Some(cert)) = (ids.get(at), certificate_of(&record)) else {
                 continue;
             };
-            let Ok((_, prepared)) = prepare(record.bundle) else {
-                continue;
-            };
             let issuer = issuer_index(&urls, &record.issuer);
-            let _ = events.send(Wake::Prepared(id, prepared, issuer)).await;
+            if !send_prepared(&events, id, record.bundle, issuer).await {
+                continue;
+            }
             let _ = events
                 .send(Wake::Event(id, Event::SharedCertArrived { cert }))
                 .await;
         }
     }));
+}
+
+/// Prepares a certificate another instance stored and hands it to the driver ahead of the
+/// event that installs it, to be served as issued by `issuer`. `false` if it cannot be served.
+async fn send_prepared(
+    events: &async_channel::Sender<Wake>,
+    id: CertId,
+    bundle: Vec<u8>,
+    issuer: usize,
+) -> bool {
+    let Ok((_, prepared)) = prepare(bundle) else {
+        return false;
+    };
+    let _ = events.send(Wake::Prepared(id, prepared, issuer)).await;
+    true
 }
 
 /// Which configured issuer a shared certificate's directory URL is (the preferred one if the

@@ -39,7 +39,8 @@ mod tls;
 
 pub use account::{AccountInfo, RevocationReason};
 pub use config::{
-    AcmeConfig, Directory, Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, StartError,
+    AcmeConfig, DEFAULT_MAX_CONCURRENT_ORDERS, Directory, Issuer, LETS_ENCRYPT_PRODUCTION,
+    LETS_ENCRYPT_STAGING, StartError,
 };
 pub use dns01::Rfc2136Settings;
 pub use fleet::{FleetStorageStatus, RedisSettings};

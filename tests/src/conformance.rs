@@ -478,6 +478,58 @@ pub fn unwritable_cache_dir_is_reported<A: Adapter>(a: &A) {
     );
 }
 
+/// With room for one order at a time, three certificates are ordered one after the other: no
+/// new order reaches the CA before the previous one was finalized (against the fault proxy,
+/// which logs requests in arrival order and slows each finalization down so that a second
+/// order would have overtaken it).
+pub fn orders_beyond_the_limit_wait_their_turn<A: Adapter>(a: &A) {
+    use crate::fault_proxy::{Fault, FaultPlan, FaultProxy, Path as CaPath};
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    proxy.set(Some(FaultPlan {
+        path: CaPath::Finalize,
+        fault: Fault::Delay(Duration::from_millis(300)),
+        times: None,
+    }));
+    let cache = pebble.scratch("cache");
+    let config = config(&pebble, &["one.certloop.test"], &cache)
+        .certificate(["two.certloop.test"])
+        .certificate(["three.certloop.test"])
+        .directory_url(&proxy.directory_url)
+        .max_concurrent_orders(1);
+    let handle = start_serving(a, &pebble, config)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", A::NAME, pebble.log()));
+    let steps: Vec<&str> = (proxy.requests().iter())
+        .filter_map(|r| {
+            if r.contains("/order-plz") {
+                Some("order")
+            } else if r.contains("/finalize-order/") {
+                Some("finalize")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "order", "finalize", "order", "finalize", "order", "finalize"
+        ],
+        "{}: {:?}",
+        A::NAME,
+        proxy.requests()
+    );
+    handle.stop();
+    let refused = a.launch(
+        self::config(&pebble, &["one.certloop.test"], &pebble.scratch("other"))
+            .max_concurrent_orders(0),
+    );
+    match refused {
+        Err(StartError::Config { field, .. }) => assert_eq!(field, "max_concurrent_orders"),
+        other => panic!("a limit of 0 was accepted: {:?}", other.err()),
+    }
+}
+
 /// A CA whose ARI window has opened triggers a renewal at once, ordered with `replaces`
 /// (against a fake directory in front of Pebble, which has no ARI).
 pub fn ari_window_triggers_a_renewal<A: Adapter>(a: &A) {

@@ -37,4 +37,5 @@ conformance!(
     dns_01_issues_a_wildcard_certificate_through_knot,
     account_rollover_and_revocation,
     a_fleet_of_two_orders_once,
+    orders_beyond_the_limit_wait_their_turn,
 );
