@@ -20,15 +20,16 @@ fn node_ip(index: usize) -> String {
     format!("127.0.0.{}", index + 2)
 }
 
-/// The port of every instance's `[admin]` listener (each on its own address).
-fn admin_port() -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(free_port)
+/// The port of every instance's `[admin]` listener (each on its own address): the HTTP-01
+/// port of the test's own Pebble, which no instance listens on otherwise and no other test
+/// running at the same time uses.
+fn admin_port(pebble: &Pebble) -> u16 {
+    pebble.http_port
 }
 
 /// The value of `series` in instance `index`'s `/metrics`.
-fn metric(index: usize, series: &str) -> Option<String> {
-    let url = format!("http://{}:{}/metrics", node_ip(index), admin_port());
+fn metric(pebble: &Pebble, index: usize, series: &str) -> Option<String> {
+    let url = format!("http://{}:{}/metrics", node_ip(index), admin_port(pebble));
     let out = std::process::Command::new("curl")
         .args(["-s", "--max-time", "5", &url])
         .output()
@@ -57,7 +58,7 @@ fn node_config(
         url = redis.url(),
         ip = node_ip(index),
         port = pebble.tls_port,
-        admin = admin_port(),
+        admin = admin_port(pebble),
         up = upstream(),
         first = names[0],
         ca = pebble.directory_ca.display(),
@@ -151,7 +152,7 @@ fn five_instances_order_each_of_twenty_certificates_once_and_renew_each_once() {
     });
     let up = "certloop_fleet_storage_up{listener=\"edge\"}";
     assert_eq!(
-        metric(1, up).as_deref(),
+        metric(&pebble, 1, up).as_deref(),
         Some("0"),
         "the outage is in the metrics"
     );
@@ -174,7 +175,7 @@ fn five_instances_order_each_of_twenty_certificates_once_and_renew_each_once() {
         Duration::from_secs(20),
         || redis.cli(&["ZCARD", "certloop:nodes"]) == "5",
     );
-    assert_eq!(metric(1, up).as_deref(), Some("1"));
+    assert_eq!(metric(&pebble, 1, up).as_deref(), Some("1"));
     assert_eq!(served_everywhere(&pebble, &ips, &names), first);
     assert_eq!(orders(&pebble), 20, "no order after Redis came back empty");
     for (i, name) in names.iter().enumerate() {

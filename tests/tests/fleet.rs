@@ -369,6 +369,91 @@ fn a_fleet_shares_through_redis_over_tls() {
     untrusting.handle.stop();
 }
 
+/// A certificate written to Redis whose notification is lost still reaches an instance, by
+/// its periodic check (every second here): the newer certificate another CA client ordered
+/// is written without a message, and the instance serves it.
+#[test]
+fn a_lost_notification_only_delays_a_new_certificate_until_the_next_check() {
+    let redis = RedisServer::start();
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validation_ports: Some((free_port(), free_port())),
+        ..Default::default()
+    });
+    let name = "quiet.fleet.test";
+    pebble.resolve(name, "127.0.0.2");
+    let tokio = Tokio::default();
+    let quick_checks = RedisSettings::new(redis.url())
+        .key_prefix("fleet:")
+        .check_interval(Duration::from_secs(1));
+    let watching = start(
+        &tokio,
+        &pebble,
+        "127.0.0.2",
+        node_config(&pebble, &redis, &pebble.scratch("cache-watching"), &[name])
+            .fleet_redis(quick_checks),
+    );
+    tokio.block_on(watching.handle.ready()).expect("ready");
+    let root = pebble.issuing_root_pem();
+    let first = fetch_verified_at("127.0.0.2", pebble.tls_port, name, &root)
+        .expect("served")
+        .0;
+
+    // A newer certificate for the same name, from an instance outside the fleet. Pebble's
+    // validity has one-second resolution: it must be issued in a later second to be newer.
+    let unix_second = || {
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+            .expect("clock")
+            .as_secs()
+    };
+    let first_issued = unix_second();
+    wait_until("the next second", Duration::from_secs(3), || {
+        unix_second() > first_issued
+    });
+    pebble.resolve(name, "127.0.0.3");
+    let outside_cache = pebble.scratch("cache-outside");
+    let outside = AcmeConfig::new([name], &outside_cache)
+        .directory_url(&pebble.directory_url)
+        .extra_roots_pem(&pebble.directory_ca);
+    let outsider = start(&tokio, &pebble, "127.0.0.3", outside);
+    tokio.block_on(outsider.handle.ready()).expect("outsider");
+    let newer = fetch_verified_at("127.0.0.3", pebble.tls_port, name, &root)
+        .expect("served")
+        .0;
+    assert_ne!(newer, first);
+    outsider.handle.stop();
+    let stored = || {
+        (std::fs::read_dir(&outside_cache).expect("cache").flatten())
+            .map(|entry| entry.path())
+            .find(|path| {
+                let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                file.starts_with("cached_cert_") && !file.contains('.')
+            })
+    };
+    wait_until(
+        "the outsider's certificate file",
+        Duration::from_secs(10),
+        || stored().is_some(),
+    );
+    let bundle = std::fs::read(stored().expect("stored")).expect("bundle");
+
+    let probe = FleetProbe::new(certloop_smol::SmolRuntime, settings(&redis, "fleet:")).unwrap();
+    smol::block_on(async {
+        let lease = probe.acquire(name).await.unwrap().expect("lease");
+        let written = probe.write_cert_unannounced(&lease, &bundle, &pebble.directory_url);
+        assert!(written.await.unwrap(), "written under a newer token");
+        probe.release(&lease).await;
+    });
+    wait_until(
+        "the instance to serve the certificate it was not told about",
+        Duration::from_secs(10),
+        || {
+            fetch_verified_at("127.0.0.2", pebble.tls_port, name, &root)
+                .is_ok_and(|(leaf, _)| leaf == newer)
+        },
+    );
+    watching.handle.stop();
+}
+
 /// The fleet asks the CA for a certificate's renewal window (ARI) once: an instance serving a
 /// certificate another one fetched the window for takes it from Redis, until the CA's retry
 /// time. Against a fake ARI directory in front of Pebble, whose first window opens at once

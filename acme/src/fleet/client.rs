@@ -76,6 +76,7 @@ if stored[1] == ARGV[1] and stored[2] and tonumber(stored[2]) > token then
 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'token', ARGV[2], 'epoch', ARGV[1], unpack(ARGV, 5))
+redis.call('INCR', KEYS[4])
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
@@ -442,7 +443,11 @@ impl<R: Runtime> RedisClient<R> {
         fields: Vec<(&'static str, Vec<u8>)>,
         notify: Option<Message>,
     ) -> Result<Written, RedisError> {
-        let (fence, epoch) = (self.keys.fence(&lease.id), self.keys.epoch());
+        let (fence, epoch, generation) = (
+            self.keys.fence(&lease.id),
+            self.keys.epoch(),
+            self.keys.generation(),
+        );
         let (channel, message) = (
             self.keys.channel(),
             notify.map(|m| m.encode()).unwrap_or_default(),
@@ -455,6 +460,7 @@ impl<R: Runtime> RedisClient<R> {
                     .key(&fence)
                     .key(&key)
                     .key(&epoch)
+                    .key(&generation)
                     .arg(&lease.epoch)
                     .arg(lease.token)
                     .arg(&channel)
@@ -480,17 +486,30 @@ impl<R: Runtime> RedisClient<R> {
         not_after_ms: u64,
         issuer: &str,
     ) -> Result<Written, RedisError> {
+        self.write_cert_announced(lease, bundle, not_after_ms, issuer, true)
+            .await
+    }
+
+    /// [`Self::write_cert`], announced on the channel or not (a test's lost notification).
+    pub(crate) async fn write_cert_announced(
+        &self,
+        lease: &Lease,
+        bundle: &[u8],
+        not_after_ms: u64,
+        issuer: &str,
+        announce: bool,
+    ) -> Result<Written, RedisError> {
         let fields = vec![
             ("not_after", not_after_ms.to_string().into_bytes()),
             ("bundle", bundle.to_vec()),
             ("issuer", issuer.as_bytes().to_vec()),
             ("writer", self.node.as_bytes().to_vec()),
         ];
-        let notify = Message::Cert {
+        let notify = announce.then(|| Message::Cert {
             node: self.node.clone(),
             id: lease.id.clone(),
-        };
-        self.fenced_write(lease, self.keys.cert(&lease.id), fields, Some(notify))
+        });
+        self.fenced_write(lease, self.keys.cert(&lease.id), fields, notify)
             .await
     }
 
@@ -559,6 +578,20 @@ impl<R: Runtime> RedisClient<R> {
                 pipe.cmd("HMGET").arg(key).arg(&fields[..]);
             }
             pipe.query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// The dataset's epoch and its count of fenced writes: while both are unchanged, no
+    /// record changed.
+    pub(crate) async fn generation(&self) -> Result<(Option<String>, Option<i64>), RedisError> {
+        let (epoch, generation) = (self.keys.epoch(), self.keys.generation());
+        self.run(move |mut c| async move {
+            redis::cmd("MGET")
+                .arg(&epoch)
+                .arg(&generation)
+                .query_async(&mut c)
+                .await
         })
         .await
     }

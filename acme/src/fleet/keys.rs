@@ -11,7 +11,9 @@
 //!   serves, expiring when the CA asked to be asked again, so that the fleet asks once.
 //!
 //! For the fleet: `<prefix>epoch` (a random id set once: a Redis that lost its data gets a
-//! new one, so tokens from before can never be mistaken for new ones), `<prefix>nodes` (a
+//! new one, so tokens from before can never be mistaken for new ones), `<prefix>generation`
+//! (a counter every fenced write increments: the periodic check reads it and compares the
+//! records only when it moved), `<prefix>nodes` (a
 //! sorted set of live nodes by expiry), `<prefix>challenge:<id>` and `<prefix>acks:<id>`
 //! (a published challenge answer and the nodes that installed it), `<prefix>account:<id>`
 //! (the ACME account's credentials per directory and contacts), and the channel
@@ -63,6 +65,9 @@ impl Keys {
     }
     pub(crate) fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)
+    }
+    pub(crate) fn generation(&self) -> String {
+        format!("{}generation", self.prefix)
     }
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)

@@ -57,6 +57,19 @@ impl<R: Runtime> FleetProbe<R> {
         Ok(written.await? == Written::Yes)
     }
 
+    /// Writes `bundle` (issued by the CA at `issuer`, a directory URL) like
+    /// [`Self::write_cert`] but announces nothing, as if the notification were lost:
+    /// instances learn of it from their periodic check.
+    pub async fn write_cert_unannounced(
+        &self,
+        lease: &ProbeLease,
+        bundle: &[u8],
+        issuer: &str,
+    ) -> Result<bool, String> {
+        let written = (self.client).write_cert_announced(&lease.0, bundle, 0, issuer, false);
+        Ok(written.await? == Written::Yes)
+    }
+
     /// The certificate record for `id`: its token and bundle.
     pub async fn cert(&self, id: &str) -> Result<Option<(i64, Vec<u8>)>, String> {
         Ok(self.client.cert(id).await?.map(|c| (c.token, c.bundle)))

@@ -93,6 +93,7 @@ async fn listen<R: Runtime>(fleet: Arc<FleetMember<R>>, listeners: Listeners) {
             .collect(),
         remote: HashMap::new(),
         next_owner: REMOTE_OWNERS,
+        compared_at: None,
     };
     let mut outage = Outage::default();
     let mut wait = FIRST_RECONNECT_WAIT;
@@ -109,6 +110,7 @@ async fn listen<R: Runtime>(fleet: Arc<FleetMember<R>>, listeners: Listeners) {
         };
         let subscribed_at = Instant::now();
         fleet.subscribed.store(true, Ordering::Relaxed);
+        state.compared_at = None;
         let mut messages = pubsub.into_on_message();
         // Whatever changed while not subscribed.
         match state.check(&fleet, &listeners).await {
@@ -166,13 +168,31 @@ struct WatchState {
     /// Challenge answers installed for other instances, by id.
     remote: HashMap<String, ChallengeOwner>,
     next_owner: u64,
+    /// The dataset's epoch and write count at the last complete comparison (reset on each
+    /// new subscription, so the first check after one always compares).
+    compared_at: Option<(Option<String>, Option<i64>)>,
 }
 
 impl WatchState {
     /// Compares every certificate's record version with the one last seen, and reads the
-    /// records (with their bundles) of those that changed. This instance's own writes are
-    /// installed already.
+    /// records (with their bundles) of those that changed; skipped while the fleet's write
+    /// count has not moved since the last comparison (one command instead of one per
+    /// certificate). This instance's own writes are installed already.
     async fn check<R: Runtime>(
+        &mut self,
+        fleet: &FleetMember<R>,
+        listeners: &Listeners,
+    ) -> Result<(), String> {
+        let generation = fleet.client.generation().await?;
+        if self.compared_at.as_ref() == Some(&generation) {
+            return Ok(());
+        }
+        self.compare(fleet, listeners).await?;
+        self.compared_at = Some(generation);
+        Ok(())
+    }
+
+    async fn compare<R: Runtime>(
         &mut self,
         fleet: &FleetMember<R>,
         listeners: &Listeners,
