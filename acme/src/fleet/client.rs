@@ -19,7 +19,8 @@ use crate::runtime::{Runtime, timeout};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a node waiting for another's lease looks again.
+/// How often a node waiting for the account's lease looks again (a certificate's waits for
+/// the holder's notification instead), and the wait when Redis gives no lease time.
 pub(crate) const LEASE_POLL: Duration = Duration::from_millis(250);
 /// How long a node counts as alive after its last heartbeat.
 pub(crate) const NODE_TTL: Duration = Duration::from_secs(3);

@@ -1,6 +1,7 @@
 //! One instance's part in the fleet: ordering under a lease (or taking the certificate another
 //! instance stored), publishing challenge answers to every instance, and the shared account.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,9 @@ pub(crate) struct FleetMember<R: Runtime> {
     /// live, since a publisher waits for the live instances to install its answers.
     pub(crate) subscribed: AtomicBool,
     next_challenge: AtomicU64,
+    /// Orders waiting for another instance's lease, by certificate: closing a sender wakes
+    /// its order when the watch hears that the certificate's record changed.
+    waiting: Mutex<HashMap<String, Vec<async_channel::Sender<()>>>>,
 }
 
 impl<R: Runtime> FleetMember<R> {
@@ -55,7 +59,27 @@ impl<R: Runtime> FleetMember<R> {
             live: Mutex::new(Vec::new()),
             subscribed: AtomicBool::new(false),
             next_challenge: AtomicU64::new(0),
+            waiting: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Wakes every order waiting for another instance's lease on `id`: its record changed.
+    pub(crate) fn record_changed(&self, id: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        // Dropping the senders closes the channels.
+        waiting.remove(id);
+    }
+
+    /// Closes when the watch hears that the record of `id` changed. Taken before looking at
+    /// the record, so that a change between the look and the wait is not missed.
+    fn on_record_change(&self, id: &str) -> async_channel::Receiver<()> {
+        let (sender, receiver) = async_channel::bounded(1);
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let senders = waiting.entry(id.to_owned()).or_default();
+        // Orders that stopped waiting (a wait that timed out) leave their senders behind.
+        senders.retain(|s| s.receiver_count() > 0);
+        senders.push(sender);
+        receiver
     }
 
     fn unreachable(&self, e: &RedisError, served_until: Option<UnixTime>) -> OrderError {
@@ -114,6 +138,7 @@ impl<R: Runtime> FleetMember<R> {
         F: Future<Output = Result<(Certificate, String), OrderError>>,
     {
         let lease = loop {
+            let changed = self.on_record_change(id);
             let unreachable = |e: RedisError| self.unreachable(&e, served_until);
             if let Some((cert, issuer)) = self
                 .newer_shared(id, served_until)
@@ -145,9 +170,13 @@ impl<R: Runtime> FleetMember<R> {
                         certificate = id,
                         "another instance holds the lease (for {left:?} at most); waiting for its certificate"
                     );
-                    self.rt
-                        .sleep(LEASE_POLL.min(left.max(Duration::from_millis(10))))
-                        .await;
+                    // Its notification, or the end of its lease if that never comes (the
+                    // holder died, or the message was lost): then look again.
+                    let notified = async {
+                        let _ = changed.recv().await;
+                    };
+                    let lease_ends = self.rt.sleep(left.max(Duration::from_millis(10)));
+                    futures_lite::future::or(notified, lease_ends).await;
                 }
             }
         };

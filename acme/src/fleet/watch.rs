@@ -217,6 +217,9 @@ impl WatchState {
             .iter()
             .map(|&at| listeners.cert_ids[at].clone())
             .collect();
+        for id in &ids {
+            fleet.record_changed(id);
+        }
         for (at, record) in changed.into_iter().zip(fleet.client.certs(&ids).await?) {
             if let Some(record) = record {
                 self.deliver(listeners, at, record).await;
@@ -247,6 +250,7 @@ impl WatchState {
                 if node == fleet.client.node {
                     return; // this instance's own write: installed already
                 }
+                fleet.record_changed(&id);
                 match fleet.client.cert(&id).await {
                     Ok(Some(record)) => self.deliver(listeners, at, record).await,
                     Ok(None) => {}
