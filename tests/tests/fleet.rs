@@ -119,6 +119,15 @@ fn a_redis_password_is_used_and_never_printed() {
     assert!(!printed.contains("s3cret"), "{printed}");
 }
 
+/// A Pebble that validates on ports of its own, which every instance of the test binds on
+/// its own loopback address.
+fn validating_on_own_ports() -> Pebble {
+    Pebble::start_with(&PebbleOptions {
+        validation_ports: Some((free_port(), free_port())),
+        ..Default::default()
+    })
+}
+
 /// One instance of the fleet on its own loopback address, on either runtime.
 struct Node {
     ip: String,
@@ -187,10 +196,7 @@ fn a_fleet_orders_each_certificate_once_and_every_instance_serves_it() {
         .with_test_writer()
         .try_init();
     let mut redis = RedisServer::start();
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validation_ports: Some((free_port(), free_port())),
-        ..Default::default()
-    });
+    let pebble = validating_on_own_ports();
     let names = ["a.fleet.test", "b.fleet.test", "c.fleet.test"];
     for (name, ip) in names.iter().zip(["127.0.0.2", "127.0.0.3", "127.0.0.4"]) {
         pebble.resolve(name, ip);
@@ -311,10 +317,7 @@ fn a_fleet_orders_each_certificate_once_and_every_instance_serves_it() {
 #[test]
 fn a_fleet_shares_through_redis_over_tls() {
     let redis = RedisServer::start_tls();
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validation_ports: Some((free_port(), free_port())),
-        ..Default::default()
-    });
+    let pebble = validating_on_own_ports();
     let name = "tls.fleet.test";
     pebble.resolve(name, "127.0.0.2");
     let redis_ca = redis.tls_ca.clone().expect("TLS");
@@ -375,10 +378,7 @@ fn a_fleet_shares_through_redis_over_tls() {
 #[test]
 fn a_lost_notification_only_delays_a_new_certificate_until_the_next_check() {
     let redis = RedisServer::start();
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validation_ports: Some((free_port(), free_port())),
-        ..Default::default()
-    });
+    let pebble = validating_on_own_ports();
     let name = "quiet.fleet.test";
     pebble.resolve(name, "127.0.0.2");
     let tokio = Tokio::default();
@@ -461,10 +461,7 @@ fn a_lost_notification_only_delays_a_new_certificate_until_the_next_check() {
 #[test]
 fn the_fleet_asks_the_ca_for_a_renewal_window_once() {
     let redis = RedisServer::start();
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validation_ports: Some((free_port(), free_port())),
-        ..Default::default()
-    });
+    let pebble = validating_on_own_ports();
     let ari = certloop_tests::ari_directory::AriDirectory::start(&pebble);
     let name = "ari.fleet.test";
     pebble.resolve(name, "127.0.0.2");

@@ -53,9 +53,9 @@ fn commands_processed(redis: &RedisServer) -> u64 {
 
 fn run(certs: usize, nodes: usize, fleet: bool) -> Outcome {
     let redis = fleet.then(RedisServer::start);
-    // Long enough that every certificate is issued (and the background measured) before the
-    // first renewal, at half the lifetime.
-    let validity = 60 + certs as u64 / 8;
+    // Long enough that every certificate is issued (eight orders at a time, a few per second
+    // on Pebble) and the background measured before the first renewal, at half the lifetime.
+    let validity = 60 + certs as u64 / 2;
     let pebble = Pebble::start_with(&PebbleOptions {
         validation_ports: Some((free_port(), free_port())),
         validity_secs: Some(validity),
@@ -117,6 +117,12 @@ fn run(certs: usize, nodes: usize, fleet: bool) -> Outcome {
         let rate = (commands_processed(redis) - before) as f64 / at.elapsed().as_secs_f64();
         (rate, commands_processed(redis), Instant::now())
     });
+    let early = renewed.lock().unwrap_or_else(|e| e.into_inner()).len();
+    assert_eq!(
+        (early, orders(&pebble)),
+        (0, issue_orders),
+        "renewals began before the background was measured: a longer validity is needed"
+    );
     let total = certs * nodes;
     wait_until(
         "every instance to serve every renewed certificate",
