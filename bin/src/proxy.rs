@@ -204,10 +204,7 @@ impl Proxy {
         let mut req = req.map(|body| CountedBody::new(body, bytes_in));
         let host = request_host(&req);
         let upgrade = requested_upgrade(req.headers());
-        let base = self.upstream.path().trim_end_matches('/');
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let authority = self.upstream.authority().map_or("", |a| a.as_str());
-        let Ok(uri) = format!("http://{authority}{base}{path}").parse::<Uri>() else {
+        let Some(uri) = upstream_uri(&self.upstream, req.uri()) else {
             return (text(StatusCode::BAD_REQUEST, "bad request target\n"), None);
         };
         *req.uri_mut() = uri;
@@ -284,6 +281,27 @@ impl Proxy {
     }
 }
 
+/// Where a request for `asked` goes: `upstream`'s authority and path prefix, then the
+/// request's path and query.
+fn upstream_uri(upstream: &Uri, asked: &Uri) -> Option<Uri> {
+    let base = upstream.path().trim_end_matches('/');
+    let authority = upstream.authority()?.clone();
+    let path_and_query = match (base, asked.path_and_query()) {
+        // No prefix: the request's own path, shared rather than copied and parsed again.
+        ("", Some(path)) => path.clone(),
+        (_, path) => {
+            let path = path.map_or("/", |p| p.as_str());
+            format!("{base}{path}").parse().ok()?
+        }
+    };
+    Uri::builder()
+        .scheme(hyper::http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
 /// The host the client asked for: `Host`, or the authority of an HTTP/2 request.
 fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned().or_else(|| {
@@ -308,6 +326,14 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names costs less than a lookup per name.
+    let any = headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "upgrade" || HOP_BY_HOP.contains(&name)
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -342,6 +368,44 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn requests_go_to_the_upstream_under_its_path_prefix() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        let cases = [
+            (
+                "http://127.0.0.1:8080",
+                "/a/b?c=d",
+                "http://127.0.0.1:8080/a/b?c=d",
+            ),
+            ("http://127.0.0.1:8080/", "/", "http://127.0.0.1:8080/"),
+            ("http://app:80/api/", "/v1?x", "http://app:80/api/v1?x"),
+            (
+                "http://app/api",
+                "https://example.com/v1",
+                "http://app/api/v1",
+            ),
+        ];
+        for (upstream, asked, expected) in cases {
+            assert_eq!(
+                upstream_uri(&uri(upstream), &uri(asked)),
+                Some(uri(expected)),
+                "{upstream} {asked}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "a lone Upgrade is removed");
     }
 
     #[test]
