@@ -168,7 +168,7 @@ pub(crate) struct Resolved {
 }
 
 /// How many orders talk to the CA at once unless [`AcmeConfig::max_concurrent_orders`] says.
-pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 8;
+pub const DEFAULT_MAX_CONCURRENT_ORDERS: usize = 16;
 
 /// The most CAs a certificate can be ordered from.
 const MAX_ISSUERS: usize = 8;
@@ -324,7 +324,8 @@ impl AcmeConfig {
     /// [`DEFAULT_MAX_CONCURRENT_ORDERS`]); the others wait their turn. A first start with
     /// thousands of certificates then does not send the CA thousands of orders at once (CAs
     /// rate-limit new orders per account, and a test CA can stall under them). The wait counts
-    /// toward the policy's order timeout. At least 1.
+    /// toward the policy's order timeout and, at a first start, toward its startup timeout:
+    /// that must cover about `certificates / limit` orders one after the other. At least 1.
     pub fn max_concurrent_orders(mut self, limit: usize) -> Self {
         self.max_concurrent_orders = limit;
         self

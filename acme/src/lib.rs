@@ -63,10 +63,10 @@ pub use tls::{CertResolver, TlsAlpn01, server_config};
 pub mod embedding {
     pub use crate::{
         AccountInfo, AcmeConfig, AcmeHandle, AcmeOperation, CertResolver, CertStatus,
-        ChallengeKind, DURATION_BUCKETS, Directory, DurationHistogram, FleetStorageStatus,
-        HANDSHAKE_TIMEOUT, Http01Tokens, Issuer, KeyType, LETS_ENCRYPT_PRODUCTION,
-        LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents, MAX_HANDSHAKES,
-        MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
+        ChallengeKind, DEFAULT_MAX_CONCURRENT_ORDERS, DURATION_BUCKETS, Directory,
+        DurationHistogram, FleetStorageStatus, HANDSHAKE_TIMEOUT, Http01Tokens, Issuer, KeyType,
+        LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LifecycleEvent, LifecycleEvents,
+        MAX_HANDSHAKES, MAX_HANDSHAKES_PER_CLIENT, OrderTally, READY_QUEUE, RESPONDER_DEADLINE,
         RESPONDER_MAX_CONNECTIONS, RESPONDER_MAX_PER_CLIENT, RedisSettings, RevocationReason,
         Rfc2136Settings, ServedCert, StartError, StoreError, TlsAlpn01, server_config,
     };

@@ -116,6 +116,7 @@ struct RawListener {
     acme_challenge: Option<Spanned<String>>,
     acme_directory_ca: Option<Spanned<PathBuf>>,
     acme_startup_timeout: Option<Spanned<String>>,
+    acme_max_concurrent_orders: Option<Spanned<i64>>,
     acme_profile: Option<Spanned<String>>,
     acme_key_type: Option<Spanned<String>>,
     acme_issuers: Option<Spanned<Vec<Spanned<RawIssuer>>>>,
@@ -1040,6 +1041,19 @@ fn acme(
     if let Some(profile) = &l.acme_profile {
         config = config.profile(profile.get_ref().clone());
     }
+    if let Some(limit) = &l.acme_max_concurrent_orders {
+        let limit = usize::try_from(*limit.get_ref())
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                src.error(
+                    Some(limit.span()),
+                    key("acme_max_concurrent_orders"),
+                    "must be a whole number of at least 1",
+                )
+            })?;
+        config = config.max_concurrent_orders(limit);
+    }
     for names in certificates {
         config = config.certificate(names);
     }
@@ -1443,6 +1457,11 @@ mod tests {
             no_ca_file.contains(":7: listeners[0].acme_directory_ca")
                 && no_ca_file.contains("/nonexistent/ca.pem"),
             "{no_ca_file}"
+        );
+        let no_orders = err(&format!("{ACME}acme_max_concurrent_orders = 0\n"));
+        assert!(
+            no_orders.contains(":7: listeners[0].acme_max_concurrent_orders: must be"),
+            "{no_orders}"
         );
         let http01 = err(&format!("{ACME}acme_challenge = \"http-01\"\n"));
         assert!(

@@ -451,6 +451,24 @@ fn a_lost_notification_only_delays_a_new_certificate_until_the_next_check() {
                 .is_ok_and(|(leaf, _)| leaf == newer)
         },
     );
+    // While nothing is written, a check reads the write count (`MGET`) and compares no
+    // record (`HMGET`).
+    let calls = |command: &str| -> u64 {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        (stats.lines())
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (compared, checked) = (calls("hmget"), calls("mget"));
+    wait_until("two more checks", Duration::from_secs(10), || {
+        calls("mget") >= checked + 2
+    });
+    assert_eq!(
+        calls("hmget"),
+        compared,
+        "a check without writes compared records"
+    );
     watching.handle.stop();
 }
 

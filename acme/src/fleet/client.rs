@@ -280,10 +280,11 @@ impl<R: Runtime> RedisClient<R> {
                 .map_err(|e| self.failed(&e))?;
             Ok(pubsub)
         };
+        let started = self.rt.wall_clock();
         let subscribed = timeout(&self.rt, CONNECT_TIMEOUT, open)
             .await
             .unwrap_or_else(|| Err(format!("Redis at {} did not answer in time", self.url())));
-        (self.health).record(subscribed.is_ok(), self.rt.wall_clock());
+        self.health.record(subscribed.is_ok(), started);
         subscribed
     }
 
@@ -348,19 +349,30 @@ impl<R: Runtime> RedisClient<R> {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let answered = async {
-            let connection = self.connection().await?;
-            let answer = timeout(&self.rt, COMMAND_TIMEOUT, request(connection)).await;
-            let result = match answer {
-                Some(Ok(value)) => return Ok(value),
-                Some(Err(e)) => self.failed(&e),
-                None => format!("Redis at {} did not answer in time", self.url()),
-            };
-            *self.connection.lock().await = None;
-            Err(result)
-        }
-        .await;
-        (self.health).record(answered.is_ok(), self.rt.wall_clock());
+        let started = self.rt.wall_clock();
+        // Whether Redis answered at all: an error it sent (a script error) does not make it
+        // unreachable.
+        let (answered, reached) = match self.connection().await {
+            Err(e) => (Err(e), false),
+            Ok(connection) => match timeout(&self.rt, COMMAND_TIMEOUT, request(connection)).await {
+                Some(Ok(value)) => (Ok(value), true),
+                failed => {
+                    *self.connection.lock().await = None;
+                    match failed {
+                        Some(Err(e)) => {
+                            let lost =
+                                e.is_io_error() || e.is_connection_dropped() || e.is_timeout();
+                            (Err(self.failed(&e)), !lost)
+                        }
+                        _ => (
+                            Err(format!("Redis at {} did not answer in time", self.url())),
+                            false,
+                        ),
+                    }
+                }
+            },
+        };
+        self.health.record(reached, started);
         answered
     }
 

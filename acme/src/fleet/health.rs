@@ -19,22 +19,35 @@ pub struct FleetStorageStatus {
 
 /// The latest state, updated by every command (`None` before the first one).
 #[derive(Debug, Default)]
-pub(crate) struct StorageHealth(Mutex<Option<FleetStorageStatus>>);
+pub(crate) struct StorageHealth(Mutex<Latest>);
+
+#[derive(Debug, Default)]
+struct Latest {
+    status: Option<FleetStorageStatus>,
+    /// When the command whose outcome set it started.
+    started: Option<UnixTime>,
+}
 
 impl StorageHealth {
-    /// Records a command's outcome at `now`; `since` moves only when the state changes.
-    pub(crate) fn record(&self, reachable: bool, now: UnixTime) {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if state.is_none_or(|s| s.reachable != reachable) {
-            *state = Some(FleetStorageStatus {
+    /// Records the outcome of a command that started at `started`. An outcome older than the
+    /// one recorded is ignored (a command that timed out after Redis came back does not
+    /// report it down again); `since` moves only when the state changes.
+    pub(crate) fn record(&self, reachable: bool, started: UnixTime) {
+        let mut latest = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.started.is_some_and(|newest| started < newest) {
+            return;
+        }
+        latest.started = Some(started);
+        if latest.status.is_none_or(|s| s.reachable != reachable) {
+            latest.status = Some(FleetStorageStatus {
                 reachable,
-                since: now,
+                since: started,
             });
         }
     }
 
     pub(crate) fn get(&self) -> Option<FleetStorageStatus> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).status
     }
 }
 
@@ -66,6 +79,12 @@ mod tests {
             })
         );
         health.record(true, at(5_000));
+        assert_eq!(
+            health.get().map(|s| (s.reachable, s.since)),
+            Some((true, at(5_000)))
+        );
+        // A command that started during the outage and failed late changes nothing.
+        health.record(false, at(3_500));
         assert_eq!(
             health.get().map(|s| (s.reachable, s.since)),
             Some((true, at(5_000)))

@@ -286,8 +286,9 @@ impl<R: Runtime> FleetMember<R> {
         }
     }
 
-    /// The renewal window another instance fetched for the certificate `window.ari_id`
-    /// identifies, with how long until the CA wants to be asked again; `None` if there is none
+    /// The renewal window another instance fetched for the certificate `ari_id` identifies,
+    /// with how long until this instance asks again (the CA's retry time, plus up to a tenth
+    /// of it at random); `None` if there is none
     /// (or Redis is unavailable), and the instance asks the CA itself.
     pub(crate) async fn shared_window(
         &self,
@@ -297,7 +298,10 @@ impl<R: Runtime> FleetMember<R> {
         let key = self.client.keys.renewal_window(id);
         let (value, ttl) = self.client.get_expiring(key).await.ok()??;
         let window = SharedWindow::decode(&value).filter(|w| w.ari_id == ari_id)?;
-        Some((window, ttl?))
+        let ttl = ttl?;
+        // Asked again a little after the window expires, at a random point: the instance that
+        // fetched it asks the CA first and shares the new one before the others look.
+        Some((window, ttl + spread(ttl / 10)))
     }
 
     /// Shares the renewal window this instance fetched, until the CA wants to be asked again.
@@ -453,6 +457,14 @@ impl<R: Runtime> FleetMember<R> {
 }
 
 /// The lease id of an account (distinct from any certificate's names).
+/// A random duration up to `max` (whole milliseconds).
+fn spread(max: Duration) -> Duration {
+    let mut random = [0u8; 8];
+    let _ = crate::tls::provider().secure_random.fill(&mut random);
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(u64::from_be_bytes(random) % max_ms)
+}
+
 fn account_lease_id(id: &str) -> String {
     format!("account:{id}")
 }

@@ -94,6 +94,7 @@ async fn listen<R: Runtime>(fleet: Arc<FleetMember<R>>, listeners: Listeners) {
         remote: HashMap::new(),
         next_owner: REMOTE_OWNERS,
         compared_at: None,
+        skipped: 0,
     };
     let mut outage = Outage::default();
     let mut wait = FIRST_RECONNECT_WAIT;
@@ -171,7 +172,13 @@ struct WatchState {
     /// The dataset's epoch and write count at the last complete comparison (reset on each
     /// new subscription, so the first check after one always compares).
     compared_at: Option<(Option<String>, Option<i64>)>,
+    /// Checks skipped since the last comparison: every [`COMPARE_AT_LEAST_EVERY`]th compares
+    /// anyway, in case a writer did not count its write (an instance of an older version).
+    skipped: u32,
 }
+
+/// A check compares every record at least this often (5 minutes at the default interval).
+const COMPARE_AT_LEAST_EVERY: u32 = 30;
 
 impl WatchState {
     /// Compares every certificate's record version with the one last seen, and reads the
@@ -184,11 +191,12 @@ impl WatchState {
         listeners: &Listeners,
     ) -> Result<(), String> {
         let generation = fleet.client.generation().await?;
-        if self.compared_at.as_ref() == Some(&generation) {
+        if self.compared_at.as_ref() == Some(&generation) && self.skipped < COMPARE_AT_LEAST_EVERY {
+            self.skipped += 1;
             return Ok(());
         }
         self.compare(fleet, listeners).await?;
-        self.compared_at = Some(generation);
+        (self.compared_at, self.skipped) = (Some(generation), 0);
         Ok(())
     }
 
