@@ -123,8 +123,10 @@ fn five_instances_order_each_of_twenty_certificates_once_and_renew_each_once() {
         ..Default::default()
     });
     let names: Vec<String> = (0..20).map(|i| format!("n{i:02}.fleet.test")).collect();
-    // Issued at the first instance (the lease holder may order before the others listen);
-    // the renewal is validated wherever each name resolves, once all five are up.
+    // Issued by the first instance, started alone: the CA validates where a name resolves,
+    // and an instance that is not listening yet would fail the fleet's order (and hold every
+    // instance back with its backoff). The renewal is ordered and validated wherever each
+    // name resolves, once all five are up.
     for name in &names {
         pebble.resolve(name, &node_ip(0));
     }
@@ -132,9 +134,9 @@ fn five_instances_order_each_of_twenty_certificates_once_and_renew_each_once() {
     let configs: Vec<PathBuf> = (0..5)
         .map(|i| node_config(&pebble, &pebble.directory_url, &redis, i, &names))
         .collect();
-    let mut nodes: Vec<Certloop> = (configs.iter())
-        .map(|c| Certloop::start(c, &[], None))
-        .collect();
+    let mut nodes = vec![Certloop::start(&configs[0], &[], None)];
+    nodes[0].wait_ready();
+    nodes.extend(configs[1..].iter().map(|c| Certloop::start(c, &[], None)));
     for node in &mut nodes {
         node.wait_ready();
     }
