@@ -50,12 +50,6 @@ mod supervisor;
 mod tunnel;
 mod watchdog;
 
-/// mimalloc instead of glibc's allocator: a proxied request allocates and frees dozens of small
-/// buffers across worker threads, where glibc's arenas cost several percent of the CPU
-/// (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
