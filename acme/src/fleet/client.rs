@@ -380,7 +380,7 @@ impl<R: Runtime> RedisClient<R> {
     pub(crate) async fn acquire(&self, id: &str) -> Result<Acquired, RedisError> {
         let (lease_key, fence, epoch) =
             (self.keys.lease(id), self.keys.fence(id), self.keys.epoch());
-        let (node, ms, new_epoch) = (self.node.clone(), lease_ms(&self.settings), random_id());
+        let (node, ms, new_epoch) = (self.node.clone(), millis(self.settings.lease), random_id());
         let (token, epoch, busy_ms): (i64, String, i64) = self
             .run(move |mut c| async move {
                 Script::new(ACQUIRE)
@@ -412,7 +412,7 @@ impl<R: Runtime> RedisClient<R> {
         let (key, value, ms) = (
             self.keys.lease(&lease.id),
             lease.value.clone(),
-            lease_ms(&self.settings),
+            millis(self.settings.lease),
         );
         let extended: i64 = self
             .run(move |mut c| async move {
@@ -617,30 +617,29 @@ impl<R: Runtime> RedisClient<R> {
         .await
     }
 
-    /// Sets `key` to `value` for `ttl`, then publishes `notify`.
-    pub(crate) async fn put_and_notify(
+    /// Sets `key` to `value` for `ttl`, then publishes `notify` if given.
+    pub(crate) async fn put_expiring(
         &self,
         key: String,
         value: Vec<u8>,
         ttl: Duration,
-        notify: Message,
+        notify: Option<Message>,
     ) -> Result<(), RedisError> {
-        let (channel, message) = (self.keys.channel(), notify.encode());
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let (channel, message) = (self.keys.channel(), notify.map(|m| m.encode()));
+        // PX must be at least 1.
+        let ms = millis(ttl).max(1);
         self.run(move |mut c| async move {
-            redis::pipe()
-                .cmd("SET")
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
                 .arg(&key)
                 .arg(value.as_slice())
                 .arg("PX")
                 .arg(ms)
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(&channel)
-                .arg(&message)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
+                .ignore();
+            if let Some(message) = &message {
+                pipe.cmd("PUBLISH").arg(&channel).arg(message).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
         })
         .await
     }
@@ -726,29 +725,9 @@ impl<R: Runtime> RedisClient<R> {
         Ok(value.map(|v| (v, ttl)))
     }
 
-    /// Sets `key` to `value` for `ttl`.
-    pub(crate) async fn set_expiring(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<(), RedisError> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.run(move |mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(value.as_slice())
-                .arg("PX")
-                .arg(ms)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
-    }
-
     /// Adds this node to the set at `key` (an acknowledgement), which expires after `ttl`.
     pub(crate) async fn acknowledge(&self, key: String, ttl: Duration) -> Result<(), RedisError> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let ms = millis(ttl);
         let node = self.node.clone();
         self.run(move |mut c| async move {
             redis::pipe()
@@ -777,7 +756,7 @@ impl<R: Runtime> RedisClient<R> {
     /// Records this node as alive for [`NODE_TTL`]; returns the live nodes.
     pub(crate) async fn heartbeat(&self) -> Result<Vec<String>, RedisError> {
         let (nodes, node) = (self.keys.nodes(), self.node.clone());
-        let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(3000);
+        let ttl = millis(NODE_TTL);
         self.run(move |mut c| async move {
             Script::new(HEARTBEAT)
                 .key(&nodes)
@@ -790,15 +769,21 @@ impl<R: Runtime> RedisClient<R> {
     }
 }
 
-fn lease_ms(settings: &RedisSettings) -> u64 {
-    u64::try_from(settings.lease.as_millis()).unwrap_or(u64::MAX)
+/// `d` in whole milliseconds (saturating), as Redis takes durations.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// 64 random bits.
+pub(crate) fn random_u64() -> u64 {
+    let mut random = [0u8; 8];
+    let _ = crate::tls::provider().secure_random.fill(&mut random);
+    u64::from_be_bytes(random)
 }
 
 /// 64 random bits, in hex.
 fn random_id() -> String {
-    let mut random = [0u8; 8];
-    let _ = crate::tls::provider().secure_random.fill(&mut random);
-    format!("{:016x}", u64::from_be_bytes(random))
+    format!("{:016x}", random_u64())
 }
 
 /// A name for this process no other will have: the host, the process id, and 64 random bits.

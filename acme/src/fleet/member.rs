@@ -12,7 +12,7 @@ use certloop_core::{Certificate, FailureKind, OrderError, RetryState, UnixTime};
 use crate::cache::{decode_cert_file, decode_retry_state, encode_retry_state};
 use crate::fleet::challenge::SharedChallenge;
 use crate::fleet::client::{
-    Acquired, LEASE_POLL, Lease, RedisClient, RedisError, SharedCert, Written,
+    Acquired, LEASE_POLL, Lease, RedisClient, RedisError, SharedCert, Written, millis, random_u64,
 };
 use crate::fleet::keys::{Keys, Message};
 use crate::fleet::window::SharedWindow;
@@ -288,8 +288,8 @@ impl<R: Runtime> FleetMember<R> {
 
     /// The renewal window another instance fetched for the certificate `ari_id` identifies,
     /// with how long until this instance asks again (the CA's retry time, plus up to a tenth
-    /// of it at random); `None` if there is none
-    /// (or Redis is unavailable), and the instance asks the CA itself.
+    /// of it at random); `None` if there is none (or Redis is unavailable), and the instance
+    /// asks the CA itself.
     pub(crate) async fn shared_window(
         &self,
         id: &str,
@@ -308,7 +308,7 @@ impl<R: Runtime> FleetMember<R> {
     pub(crate) async fn share_window(&self, id: &str, window: &SharedWindow, ask_again: Duration) {
         let key = self.client.keys.renewal_window(id);
         let shared = (self.client)
-            .set_expiring(key, window.encode().into_bytes(), ask_again)
+            .put_expiring(key, window.encode().into_bytes(), ask_again, None)
             .await;
         if let Err(e) = shared {
             tracing::debug!(
@@ -348,11 +348,11 @@ impl<R: Runtime> FleetMember<R> {
             id: id.clone(),
         };
         if let Err(e) = (self.client)
-            .put_and_notify(
+            .put_expiring(
                 keys.challenge(&id),
                 challenge.encode(),
                 CHALLENGE_TTL,
-                notify,
+                Some(notify),
             )
             .await
         {
@@ -456,15 +456,12 @@ impl<R: Runtime> FleetMember<R> {
     }
 }
 
-/// The lease id of an account (distinct from any certificate's names).
 /// A random duration up to `max` (whole milliseconds).
 fn spread(max: Duration) -> Duration {
-    let mut random = [0u8; 8];
-    let _ = crate::tls::provider().secure_random.fill(&mut random);
-    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
-    Duration::from_millis(u64::from_be_bytes(random) % max_ms)
+    Duration::from_millis(random_u64() % millis(max).max(1))
 }
 
+/// The lease id of an account (distinct from any certificate's names).
 fn account_lease_id(id: &str) -> String {
     format!("account:{id}")
 }
