@@ -30,6 +30,7 @@ pub(crate) struct HttpBuilders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     deadlines: Deadlines,
+    max_request_header_bytes: usize,
 }
 
 impl HttpBuilders {
@@ -56,12 +57,13 @@ impl HttpBuilders {
                 request_header: limits.request_header_timeout,
                 idle: limits.idle_timeout,
             },
+            max_request_header_bytes: limits.max_request_header_bytes,
         }
     }
 }
 
 /// What the IO wrapper, the service and the response bodies tell the watchdog.
-struct Shared {
+pub(crate) struct Shared {
     activity: Mutex<Activity>,
     head_began: Notify,
 }
@@ -74,16 +76,17 @@ impl Shared {
 
 /// A request between its head and its response head. Dropped without [`Self::responded`]
 /// (an HTTP/2 stream reset drops the service future), the request simply ends.
-struct Awaiting(Option<Arc<Shared>>);
+pub(crate) struct Awaiting(Option<Arc<Shared>>);
 
 impl Awaiting {
-    fn start(shared: Arc<Shared>) -> Self {
+    /// A complete request head arrived.
+    pub(crate) fn start(shared: Arc<Shared>) -> Self {
         shared.activity().on_request_start();
         Self(Some(shared))
     }
 
     /// The response head is ready; its body is timed by the returned guard.
-    fn responded(mut self) -> Streaming {
+    pub(crate) fn responded(mut self) -> Streaming {
         let shared = self.0.take().expect("responded once");
         let id = shared.activity().on_response(Instant::now());
         Streaming {
@@ -102,13 +105,14 @@ impl Drop for Awaiting {
 }
 
 /// A response body being sent.
-struct Streaming {
+pub(crate) struct Streaming {
     shared: Option<Arc<Shared>>,
     id: BodyId,
 }
 
 impl Streaming {
-    fn progress(&self) {
+    /// A piece of the body went out.
+    pub(crate) fn progress(&self) {
         if let Some(shared) = &self.shared {
             shared.activity().on_body_progress(self.id, Instant::now());
         }
@@ -175,9 +179,56 @@ impl IoObserver for Arc<Shared> {
     }
 }
 
-/// A hyper connection that can be asked to finish gracefully.
+/// A connection that can be asked to finish gracefully.
 trait Drain: Future {
+    /// The stop signal: finish what is in flight, then close.
     fn drain(self: Pin<&mut Self>);
+
+    /// The watchdog's verdict: begin no other request.
+    fn close(self: Pin<&mut Self>) {
+        self.drain();
+    }
+}
+
+/// How far a connection on the proxy's HTTP/1.1 path is from its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Serving,
+    /// The stop signal: the request in flight, or the first one of a connection that has not
+    /// had one yet, is served, with `Connection: close`.
+    Stopping,
+    /// The watchdog's verdict: no other request begins.
+    Closing,
+}
+
+/// A connection on the proxy's HTTP/1.1 path (`h1`), told how far it is from its end.
+struct ProxiedHttp1 {
+    serving: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ending: watch::Sender<Ending>,
+}
+
+impl Future for ProxiedHttp1 {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.serving.as_mut().poll(cx)
+    }
+}
+
+impl Drain for ProxiedHttp1 {
+    fn drain(self: Pin<&mut Self>) {
+        self.ending.send_if_modified(|ending| {
+            let serving = *ending == Ending::Serving;
+            if serving {
+                *ending = Ending::Stopping;
+            }
+            serving
+        });
+    }
+
+    fn close(self: Pin<&mut Self>) {
+        self.ending.send_replace(Ending::Closing);
+    }
 }
 
 impl<I, S> Drain for http1::UpgradeableConnection<I, S>
@@ -247,6 +298,35 @@ where
     }
 }
 
+/// Serves a TLS connection that negotiated HTTP/1.1 (or nothing) on the proxy's own path,
+/// under the same watchdog as [`serve`].
+pub(crate) fn serve_proxied_http1<T>(
+    io: T,
+    context: crate::h1::Http1Context,
+    builders: &HttpBuilders,
+    stop: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        activity: Mutex::new(Activity::new(Protocol::Http1, Instant::now())),
+        head_began: Notify::new(),
+    });
+    let io = Observed {
+        inner: io,
+        observer: shared.clone(),
+    };
+    let (ending, ending_rx) = watch::channel(Ending::Serving);
+    let context = crate::h1::Http1Context {
+        max_head: builders.max_request_header_bytes,
+        ..context
+    };
+    let serving = Box::pin(crate::h1::serve(io, context, shared.clone(), ending_rx));
+    let conn = ProxiedHttp1 { serving, ending };
+    Box::pin(watch_over(conn, shared, builders.deadlines, stop))
+}
+
 /// Drives `conn`, closing it when the watchdog says so or draining it on `stop`.
 async fn watch_over<C: Drain + Send>(
     conn: C,
@@ -273,7 +353,7 @@ async fn watch_over<C: Drain + Send>(
             (Some(at), _) | (None, Verdict::CheckAt(at)) => at,
             (None, Verdict::Close(reason)) => {
                 tracing::debug!("closing connection: {reason:?}");
-                conn.as_mut().drain();
+                conn.as_mut().close();
                 drop_at = Some(now + CLOSE_GRACE);
                 continue;
             }

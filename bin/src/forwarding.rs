@@ -78,78 +78,102 @@ fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
         && (bits == 0 || (net[whole] ^ ip[whole]) & (0xff << (8 - bits)) == 0)
 }
 
-/// Sets the forwarding headers of a request from `peer` (as [`canonical_ip`] gives it) to the
-/// upstream. `host` is the request's host (the `Host` header or the HTTP/2 authority).
-pub(crate) fn set_forwarding_headers(
-    headers: &mut HeaderMap,
+/// The forwarding headers every request carries upstream.
+pub(crate) const FORWARDING_NAMES: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+    FORWARDED,
+];
+
+/// The forwarding headers a request from `peer` (as [`canonical_ip`] gives it) carries to the
+/// upstream: each name with the one value that replaces the request's own lines of it. `host`
+/// is the request's host (the `Host` header or the HTTP/2 authority); `present(name)` gives
+/// the request's lines of `name`. A forwarding header the plan does not name is removed when
+/// the peer is not trusted, and kept as it came when it is.
+pub(crate) fn forwarding_plan<'a>(
     peer: IpAddr,
     peer_is_trusted: bool,
-    host: Option<&HeaderValue>,
-) {
+    host: Option<&str>,
+    present: impl Fn(&HeaderName) -> Vec<&'a str>,
+) -> Vec<(HeaderName, String)> {
     let peer_text = peer.to_string();
     let forwarded_for = if peer.is_ipv6() {
         format!("for=\"[{peer_text}]\"")
     } else {
         format!("for={peer_text}")
     };
-    let forwarded_element = match host.and_then(|h| h.to_str().ok()) {
+    let forwarded_element = match host {
         Some(host) if is_forwarded_token_safe(host) => {
             format!("{forwarded_for};host=\"{host}\";proto=https")
         }
         _ => format!("{forwarded_for};proto=https"),
     };
+    let mut plan = Vec::with_capacity(5);
     if peer_is_trusted {
-        append_to_list(headers, X_FORWARDED_FOR, &peer_text);
-        append_to_list(headers, FORWARDED, &forwarded_element);
-    } else {
-        let names = [
+        plan.push((
             X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            X_REAL_IP,
-            FORWARDED,
-        ];
-        // Usually there are none to remove: one pass over the names instead of five lookups.
-        if headers.keys().any(|name| names.contains(name)) {
-            for name in names {
-                headers.remove(name);
-            }
-        }
-        insert_text(headers, X_FORWARDED_FOR, &peer_text);
-        insert_text(headers, FORWARDED, &forwarded_element);
+            appended(present(&X_FORWARDED_FOR), &peer_text),
+        ));
+        plan.push((FORWARDED, appended(present(&FORWARDED), &forwarded_element)));
+    } else {
+        plan.push((X_FORWARDED_FOR, peer_text.clone()));
+        plan.push((FORWARDED, forwarded_element));
     }
     // What a trusted proxy said about the original request stands; otherwise ours.
-    if !headers.contains_key(X_REAL_IP) {
-        insert_text(headers, X_REAL_IP, &peer_text);
+    let kept = |name: &HeaderName| peer_is_trusted && !present(name).is_empty();
+    if !kept(&X_REAL_IP) {
+        plan.push((X_REAL_IP, peer_text));
     }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if !kept(&X_FORWARDED_PROTO) {
+        plan.push((X_FORWARDED_PROTO, "https".to_owned()));
     }
     if let Some(host) = host
-        && !headers.contains_key(X_FORWARDED_HOST)
+        && !kept(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+        plan.push((X_FORWARDED_HOST, host.to_owned()));
+    }
+    plan
+}
+
+/// Sets the forwarding headers of a request from `peer` (see [`forwarding_plan`]).
+pub(crate) fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_is_trusted: bool,
+    host: Option<&HeaderValue>,
+) {
+    let host = host.and_then(|h| h.to_str().ok());
+    let plan = forwarding_plan(peer, peer_is_trusted, host, |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    });
+    // Usually there are none to remove: one pass over the names instead of five lookups.
+    if !peer_is_trusted && headers.keys().any(|name| FORWARDING_NAMES.contains(name)) {
+        for name in FORWARDING_NAMES {
+            headers.remove(name);
+        }
+    }
+    for (name, value) in plan {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
     }
 }
 
-/// `existing, value`, joining every existing line of the header into one.
-fn append_to_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut joined: Vec<&str> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+/// `existing, value`: every existing line of a list header joined into one, then `value`.
+fn appended(existing: Vec<&str>, value: &str) -> String {
+    let mut joined: Vec<&str> = existing
+        .into_iter()
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
     joined.push(value);
-    let joined = joined.join(", ");
-    insert_text(headers, name, &joined);
-}
-
-fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
+    joined.join(", ")
 }
 
 /// A host that can be written inside a quoted `Forwarded` parameter as it is.

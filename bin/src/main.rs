@@ -34,6 +34,7 @@ mod config;
 mod connection;
 mod counted_body;
 mod forwarding;
+mod h1;
 mod h2_frames;
 mod limits;
 mod manual;

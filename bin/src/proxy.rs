@@ -22,6 +22,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::admission::Admitted;
 use crate::counted_body::{CountedBody, ReportedBody};
 use crate::forwarding::{IpRange, set_forwarding_headers};
+use crate::h1::UpstreamPool;
 use crate::metrics::ListenerMetrics;
 use crate::tunnel;
 use certloop_acme::adapter::canonical_ip;
@@ -43,16 +44,21 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// One listener's proxy.
 pub(crate) struct Proxy {
-    listener: Arc<str>,
-    upstream: Uri,
-    timeout: Duration,
-    tunnel_idle: Duration,
-    trusted_proxies: Vec<IpRange>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) upstream: Uri,
+    /// The upstream's path prefix without its trailing `/`, for the HTTP/1.1 path.
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
+    pub(crate) tunnel_idle: Duration,
+    pub(crate) trusted_proxies: Vec<IpRange>,
+    /// HTTP/2 requests go upstream through hyper's pooled client...
     client: Client<HttpConnector, CountedBody>,
+    /// ... and HTTP/1.1 requests through the HTTP/1.1 path's own pool.
+    pub(crate) pool: UpstreamPool,
     /// Upgraded tunnels run here, so that shutdown waits for them like for connections.
-    tunnels: TaskTracker,
-    metrics: ListenerMetrics,
-    access_log: Option<AccessLog>,
+    pub(crate) tunnels: TaskTracker,
+    pub(crate) metrics: ListenerMetrics,
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// A listener's current proxy: a reload that changes only the upstream settings replaces it,
@@ -124,9 +130,14 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let port = upstream.port_u16().unwrap_or(80);
+        let host = upstream.host().unwrap_or_default();
+        let pool = UpstreamPool::new(format!("{}:{port}", host));
         Arc::new(Self {
             listener: listener.into(),
+            prefix: upstream.path().trim_end_matches('/').to_owned(),
             upstream,
+            pool,
             timeout,
             tunnel_idle,
             trusted_proxies,
@@ -135,6 +146,11 @@ impl Proxy {
             metrics,
             access_log,
         })
+    }
+
+    /// The upstream's authority as configured: the `Host` of a request that names none.
+    pub(crate) fn authority(&self) -> &str {
+        self.upstream.authority().map_or("", |a| a.as_str())
     }
 
     /// Forwards one request (see [`Self::forward`]), counts its response, and logs it once

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Admitted};
 use crate::connection::{self, HttpBuilders};
+use crate::h1::Http1Context;
 use crate::limits::Limits;
 use crate::metrics::{Handshake, ListenerMetrics};
 use crate::proxy::{ConnectionFacts, ProxyBody, ProxySlot, text};
@@ -163,6 +164,17 @@ pub(crate) async fn serve_tls(
                 tls_version,
                 alpn,
             });
+            if protocol == Protocol::Http1 {
+                let context = Http1Context {
+                    proxy,
+                    facts,
+                    slots: admitted,
+                    max_head: 0, // set from the listener's limits
+                };
+                connection::serve_proxied_http1(tls, context, &ctx.builders, ctx.stop.clone())
+                    .await;
+                return;
+            }
             let handler = move |req: Request<Incoming>| {
                 proxy.current().handle(req, facts.clone(), admitted.clone())
             };

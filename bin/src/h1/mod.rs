@@ -1,0 +1,13 @@
+//! The proxy's own HTTP/1.1 path: a TLS connection that negotiated HTTP/1.1 (or nothing) is
+//! served here rather than by hyper, so that a proxied request costs one parse of each head,
+//! no header map, and no hand-off between tasks (the profile in `docs/performance.md` showed
+//! the cost spread thin over exactly those). HTTP/2 connections and the plain-HTTP listener
+//! stay on hyper.
+
+mod chunked;
+mod head;
+mod pool;
+mod serve;
+
+pub(crate) use pool::UpstreamPool;
+pub(crate) use serve::{Http1Context, serve};

@@ -1,0 +1,68 @@
+//! Idle keep-alive connections to one upstream, shared by a listener's connections: a request
+//! takes the one used last (its socket is the likeliest to be warm), gives it back once its
+//! response has been read to the end, and connects anew when none is idle.
+
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// How long a new upstream connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle upstream connections kept, and for how long.
+const MAX_IDLE: usize = 256;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The idle connections to one upstream.
+pub(crate) struct UpstreamPool {
+    /// `host:port`.
+    authority: String,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+impl UpstreamPool {
+    /// A pool for the upstream at `authority` (`host:port`).
+    pub(crate) fn new(authority: String) -> Self {
+        Self {
+            authority,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection the upstream has not closed, if there is one.
+    pub(crate) fn take(&self) -> Option<TcpStream> {
+        let now = Instant::now();
+        loop {
+            let (stream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            // A read on an idle connection finds nothing unless the upstream closed it (or
+            // said something out of turn): either way it cannot carry a request.
+            let open = matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if open && now.duration_since(since) < IDLE_TIMEOUT {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// A new connection.
+    pub(crate) async fn connect(&self) -> io::Result<TcpStream> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Gives back a connection whose last response was read to the end.
+    pub(crate) fn give_back(&self, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            let now = Instant::now();
+            idle.retain(|(_, since)| now.duration_since(*since) < IDLE_TIMEOUT);
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+        }
+        idle.push((stream, Instant::now()));
+    }
+}

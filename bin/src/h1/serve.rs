@@ -1,0 +1,574 @@
+//! One HTTP/1.1 client connection through the proxy, in one task: read a request head, write
+//! it again for the upstream, pass the body on, read the response head, write it again for
+//! the client, pass the body on, and again. Nothing is parsed twice, no header map is built,
+//! and the upstream connection is driven by the same task. While a connection is idle it
+//! holds no buffer.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::Method;
+use hyper::header::HeaderValue;
+use hyper::http::uri::PathAndQuery;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::chunked::ChunkedBody;
+use super::head::{
+    ForwardedRequest, ForwardedResponse, Framing, Rewrite, forward_request, forward_response,
+    own_response, split_target, switching_head,
+};
+use crate::access_log::Entry;
+use crate::admission::Admitted;
+use crate::connection::{Awaiting, Ending, Shared};
+use crate::observed_io::IoObserver;
+use crate::proxy::{ConnectionFacts, Proxy, ProxySlot};
+use crate::tunnel;
+use certloop_acme::adapter::canonical_ip;
+
+/// How much is read at a time once a message has begun.
+const READ_SIZE: usize = 16 * 1024;
+
+/// What one connection's requests share.
+pub(crate) struct Http1Context {
+    pub(crate) proxy: Arc<ProxySlot>,
+    pub(crate) facts: Arc<ConnectionFacts>,
+    /// Kept by a tunnel the connection turns into.
+    pub(crate) slots: Arc<Admitted>,
+    pub(crate) max_head: usize,
+}
+
+/// Why an exchange with the upstream produced no response to forward.
+enum Failure {
+    /// Connecting, writing or reading failed, or the upstream closed the connection.
+    Unreachable(String),
+    /// The upstream's answer cannot be forwarded.
+    BadAnswer(&'static str),
+    /// The request body was malformed.
+    BadBody,
+    /// The client went away while sending the body.
+    ClientGone,
+}
+
+/// An upstream response head, with the connection it came on and what was read after it.
+struct Answer {
+    upstream: TcpStream,
+    response: ForwardedResponse,
+    /// The bytes read after the head.
+    rest: Vec<u8>,
+}
+
+/// Where the request body stands.
+struct Upload {
+    /// Bytes of the body passed on.
+    sent: u64,
+    /// Whether the body was read to its end (the connection can carry another request).
+    done: bool,
+}
+
+/// Serves requests on `client` until it closes, the watchdog or the stop signal ends it
+/// (through `ending`), or it turns into a tunnel.
+pub(crate) async fn serve<C>(
+    mut client: C,
+    context: Http1Context,
+    watch: Arc<Shared>,
+    mut ending: watch::Receiver<Ending>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf: Vec<u8> = Vec::new();
+    let mut served = 0u64;
+    loop {
+        let proxy = context.proxy.current();
+        let rewrite = proxy.rewrite(context.facts.peer);
+        let request = loop {
+            if !buf.is_empty() {
+                match forward_request(&buf, context.max_head, &rewrite) {
+                    Ok(Some(request)) => break request,
+                    Ok(None) => {}
+                    Err(refusal) => {
+                        let (status, reason, body) = refusal.answer();
+                        let awaiting = Awaiting::start(watch.clone());
+                        let _streaming = awaiting.responded();
+                        proxy.metrics.response(status);
+                        let _ = client
+                            .write_all(&own_response(status, reason, body, true))
+                            .await;
+                        let _ = client.shutdown().await;
+                        return;
+                    }
+                }
+            }
+            let level = *ending.borrow_and_update();
+            if level == Ending::Closing
+                || (level == Ending::Stopping && buf.is_empty() && served > 0)
+            {
+                let _ = client.shutdown().await;
+                return;
+            }
+            let read = tokio::select! {
+                read = read_more(&mut client, &mut buf) => read,
+                _ = ending.changed() => continue,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        served += 1;
+        let awaiting = Awaiting::start(watch.clone());
+        let (started, time) = (Instant::now(), SystemTime::now());
+        let log = proxy
+            .access_log
+            .as_ref()
+            .map(|_| LogFacts::of(&buf, &request));
+        buf.drain(..request.head_len);
+
+        let asked = Instant::now();
+        let keep_client = request.keep_alive && *ending.borrow() == Ending::Serving;
+        let exchange = exchange(&proxy, &mut client, &mut buf, &request, keep_client);
+        let (answer, upload) = match tokio::time::timeout(proxy.timeout, exchange).await {
+            Ok((Ok(answer), upload)) => (Ok(answer), upload),
+            Ok((Err(failure), upload)) => (Err(Some(failure)), upload),
+            Err(_) => (
+                Err(None),
+                Upload {
+                    sent: 0,
+                    done: false,
+                },
+            ),
+        };
+        let upstream_took = answer.is_ok().then(|| asked.elapsed());
+        let keep_client = keep_client && upload.done;
+        let record = |status: u16, bytes_out: u64| {
+            if let (Some(access_log), Some(facts)) = (&proxy.access_log, &log) {
+                access_log.record(&facts.entry(
+                    &proxy,
+                    &context.facts,
+                    time,
+                    status,
+                    (upload.sent, bytes_out),
+                    started.elapsed(),
+                    upstream_took,
+                ));
+            }
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => {
+                let (status, reason, body) = match failure {
+                    None => {
+                        proxy.metrics.upstream_failed(true);
+                        tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream did not answer within {:?}: 504", proxy.timeout);
+                        (504, "Gateway Timeout", "upstream timed out\n")
+                    }
+                    Some(Failure::Unreachable(e)) => {
+                        proxy.metrics.upstream_failed(false);
+                        tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream unreachable: {e}: 502");
+                        (502, "Bad Gateway", "upstream unreachable\n")
+                    }
+                    Some(Failure::BadAnswer(e)) => {
+                        proxy.metrics.upstream_failed(false);
+                        tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream answer not forwarded: {e}: 502");
+                        (502, "Bad Gateway", "bad upstream response\n")
+                    }
+                    Some(Failure::BadBody) => (400, "Bad Request", "malformed chunked body\n"),
+                    Some(Failure::ClientGone) => return,
+                };
+                let _streaming = awaiting.responded();
+                proxy.metrics.response(status);
+                let response = own_response(status, reason, body, !keep_client);
+                let sent = client.write_all(&response).await.and(client.flush().await);
+                record(status, body.len() as u64);
+                if sent.is_err() || !keep_client {
+                    let _ = client.shutdown().await;
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Some(took) = upstream_took {
+            proxy.metrics.upstream_answered(took);
+        }
+        let status = answer.response.status;
+        proxy.metrics.response(status);
+        if status == 101 {
+            let streaming = awaiting.responded();
+            record(101, 0);
+            drop(streaming);
+            upgrade(client, buf, answer, &proxy, context.slots.clone());
+            return;
+        }
+        let streaming = awaiting.responded();
+        let keep_client = keep_client && !answer.response.close;
+        let mut sent = 0;
+        let relayed = relay_body(&mut client, answer, &proxy, &mut sent, || {
+            streaming.progress();
+        })
+        .await;
+        drop(streaming);
+        record(status, sent);
+        if relayed.is_err() || !keep_client {
+            let _ = client.shutdown().await;
+            return;
+        }
+        if buf.is_empty() {
+            // Nothing of the next request yet: let the idle connection hold no buffer.
+            buf = Vec::new();
+        } else {
+            // The next request began while this one was served: its head is timed from now.
+            watch.read(&buf);
+        }
+    }
+}
+
+/// Reads what the client sent next into `buf`. A connection waiting for a request reads one
+/// byte first, so that an idle connection holds no buffer; the rest of the head follows
+/// from the TLS layer's buffer.
+async fn read_more<C: AsyncRead + Unpin>(client: &mut C, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() == 0 {
+        let mut first = [0u8; 1];
+        let n = client.read(&mut first).await?;
+        if n == 1 {
+            buf.reserve(READ_SIZE);
+            buf.push(first[0]);
+        }
+        return Ok(n);
+    }
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    client.read_buf(buf).await
+}
+
+/// Sends `request` (with its body, the start of which is in `buf`) upstream and reads the
+/// response head. A connection from the pool that turns out closed is replaced once, when the
+/// request has no body to send again.
+async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    request: &ForwardedRequest,
+    keep_client: bool,
+) -> (Result<Answer, Failure>, Upload) {
+    let mut upload = Upload {
+        sent: 0,
+        done: request.framing == Framing::Empty,
+    };
+    let mut pooled = proxy.pool.take();
+    loop {
+        let reused = pooled.is_some();
+        let mut upstream = match pooled.take() {
+            Some(upstream) => upstream,
+            None => match proxy.pool.connect().await {
+                Ok(upstream) => upstream,
+                Err(e) => return (Err(Failure::Unreachable(e.to_string())), upload),
+            },
+        };
+        let sent = match request.framing {
+            Framing::Empty => upstream
+                .write_all(&request.upstream_head)
+                .await
+                .map_err(|e| Failure::Unreachable(e.to_string())),
+            framing => upload_body(client, &mut upstream, buf, request, framing, &mut upload).await,
+        };
+        let answer = match sent {
+            Ok(()) => read_response_head(upstream, request, keep_client).await,
+            Err(failure) => Err((failure, true)),
+        };
+        match answer {
+            Ok(answer) => return (Ok(answer), upload),
+            // Nothing came back on a connection the upstream had closed: send it again.
+            Err((Failure::Unreachable(_), true)) if reused && request.framing == Framing::Empty => {
+            }
+            Err((failure, _)) => return (Err(failure), upload),
+        }
+    }
+}
+
+/// Sends the head and the body, of `framing`, whose first bytes are in `buf`; bytes after the
+/// body stay in `buf`.
+async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    upstream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: &ForwardedRequest,
+    framing: Framing,
+    upload: &mut Upload,
+) -> Result<(), Failure> {
+    let mut chunked = ChunkedBody::default();
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    // How much of `bytes` is body, and whether the body ends there.
+    let mut take = |bytes: &[u8]| -> Result<(usize, bool), Failure> {
+        if framing == Framing::Chunked {
+            let n = chunked.feed(bytes).map_err(|_| Failure::BadBody)?;
+            Ok((n, chunked.is_done()))
+        } else {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+            left -= n as u64;
+            Ok((n, left == 0))
+        }
+    };
+    let (n, mut done) = take(buf)?;
+    let mut out = Vec::with_capacity(request.upstream_head.len() + n);
+    out.extend_from_slice(&request.upstream_head);
+    out.extend_from_slice(&buf[..n]);
+    buf.drain(..n);
+    upload.sent += n as u64;
+    upstream
+        .write_all(&out)
+        .await
+        .map_err(|e| Failure::Unreachable(e.to_string()))?;
+    if !done && request.expects_continue && upload.sent == 0 {
+        let continued = client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        continued
+            .and(client.flush().await)
+            .map_err(|_| Failure::ClientGone)?;
+    }
+    while !done {
+        buf.reserve(READ_SIZE);
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(Failure::ClientGone),
+            Ok(_) => {}
+        }
+        let (n, end) = take(buf)?;
+        done = end;
+        upstream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        buf.drain(..n);
+        upload.sent += n as u64;
+    }
+    upload.done = true;
+    Ok(())
+}
+
+/// Reads the response head (informational responses other than 101 are dropped). The flag
+/// says whether nothing at all came back.
+async fn read_response_head(
+    mut upstream: TcpStream,
+    request: &ForwardedRequest,
+    keep_client: bool,
+) -> Result<Answer, (Failure, bool)> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let mut nothing_yet = true;
+    loop {
+        if !bytes.is_empty() {
+            match forward_response(&bytes, request, keep_client) {
+                Ok(Some(response)) if response.status == 101 && request.upgrade => {
+                    let rest = bytes.split_off(response.head_len);
+                    let mut response = response;
+                    response.client_head = switching_head(&bytes);
+                    return Ok(Answer {
+                        upstream,
+                        response,
+                        rest,
+                    });
+                }
+                Ok(Some(response)) if response.status < 200 => {
+                    if response.status == 101 {
+                        return Err((
+                            Failure::BadAnswer("101 to a request that asked no upgrade"),
+                            false,
+                        ));
+                    }
+                    bytes.drain(..response.head_len);
+                    continue;
+                }
+                Ok(Some(response)) => {
+                    let rest = bytes.split_off(response.head_len);
+                    return Ok(Answer {
+                        upstream,
+                        response,
+                        rest,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err((Failure::BadAnswer(e), false)),
+            }
+        }
+        if bytes.capacity() - bytes.len() < READ_SIZE / 4 {
+            bytes.reserve(READ_SIZE);
+        }
+        match upstream.read_buf(&mut bytes).await {
+            Ok(0) => {
+                let e = Failure::Unreachable("the upstream closed the connection".into());
+                return Err((e, nothing_yet));
+            }
+            Ok(_) => nothing_yet = false,
+            Err(e) => return Err((Failure::Unreachable(e.to_string()), nothing_yet)),
+        }
+    }
+}
+
+/// Sends the response head and body to the client, telling `progress` each time a piece
+/// went out and counting the body bytes into `sent`; gives the upstream connection back when
+/// it can carry another request. An error means either side failed (the client connection
+/// must close).
+async fn relay_body<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    answer: Answer,
+    proxy: &Proxy,
+    sent: &mut u64,
+    progress: impl Fn(),
+) -> io::Result<()> {
+    let Answer {
+        mut upstream,
+        response,
+        rest: mut bytes,
+    } = answer;
+    let mut chunked = ChunkedBody::default();
+    let mut left = match response.framing {
+        Framing::Length(n) => n,
+        Framing::Empty => 0,
+        Framing::Chunked | Framing::UntilClose => u64::MAX,
+    };
+    let mut out = response.client_head;
+    let mut done = left == 0;
+    loop {
+        let n = match response.framing {
+            Framing::Chunked => chunked
+                .feed(&bytes)
+                .map_err(|_| io::Error::other("malformed chunked response"))?,
+            _ => usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len()),
+        };
+        if response.framing == Framing::Chunked {
+            done = chunked.is_done();
+        } else if response.framing != Framing::UntilClose {
+            left -= n as u64;
+            done = left == 0;
+        }
+        *sent += n as u64;
+        if out.is_empty() {
+            client.write_all(&bytes[..n]).await?;
+        } else {
+            // The head goes out with the body's first bytes, in one TLS record.
+            out.extend_from_slice(&bytes[..n]);
+            client.write_all(&out).await?;
+            out = Vec::new();
+        }
+        progress();
+        let extra = bytes.len() > n;
+        if done {
+            client.flush().await?;
+            if response.upstream_reusable && !extra {
+                proxy.pool.give_back(upstream);
+            }
+            return Ok(());
+        }
+        bytes.clear();
+        if bytes.capacity() < READ_SIZE {
+            bytes.reserve(READ_SIZE);
+        }
+        client.flush().await?;
+        if upstream.read_buf(&mut bytes).await? == 0 {
+            if response.framing == Framing::UntilClose {
+                return Ok(());
+            }
+            return Err(io::Error::other(
+                "the upstream closed the connection mid-body",
+            ));
+        }
+    }
+}
+
+/// Turns the connection into a tunnel to the upstream, after the 101 and whatever either side
+/// sent past its head.
+fn upgrade<C>(mut client: C, buf: Vec<u8>, answer: Answer, proxy: &Proxy, slots: Arc<Admitted>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Answer {
+        mut upstream,
+        response,
+        rest,
+    } = answer;
+    let (listener, idle) = (proxy.listener.clone(), proxy.tunnel_idle);
+    proxy.tunnels.spawn(async move {
+        let _slots = slots;
+        let mut head = response.client_head;
+        head.extend_from_slice(&rest);
+        let opened = async {
+            client.write_all(&head).await?;
+            client.flush().await?;
+            upstream.write_all(&buf).await
+        };
+        if let Err(e) = opened.await {
+            tracing::warn!(listener = %listener, "upgrade failed: {e}");
+            return;
+        }
+        let end = tunnel::run(client, upstream, idle).await;
+        tracing::debug!(listener = %listener, "tunnel ended: {end:?}");
+    });
+}
+
+/// What the access log needs from a request head, taken before the head's bytes go.
+struct LogFacts {
+    method: Method,
+    path: Option<PathAndQuery>,
+    host: Option<HeaderValue>,
+    http10: bool,
+}
+
+impl LogFacts {
+    fn of(bytes: &[u8], request: &ForwardedRequest) -> Self {
+        let target = std::str::from_utf8(&bytes[request.target.clone()]).unwrap_or("/");
+        let path = split_target(target).map_or("/", |(path, _)| path);
+        Self {
+            method: Method::from_bytes(&bytes[request.method.clone()]).unwrap_or(Method::GET),
+            path: PathAndQuery::try_from(path).ok(),
+            host: request
+                .host
+                .clone()
+                .and_then(|h| HeaderValue::from_bytes(&bytes[h]).ok()),
+            http10: request.http10,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &self,
+        proxy: &Proxy,
+        connection: &ConnectionFacts,
+        time: SystemTime,
+        status: u16,
+        (bytes_in, bytes_out): (u64, u64),
+        duration: Duration,
+        upstream: Option<Duration>,
+    ) -> Entry {
+        Entry {
+            time,
+            listener: proxy.listener.clone(),
+            client: connection.peer,
+            host: self.host.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            version: if self.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+            status,
+            bytes_in,
+            bytes_out,
+            duration,
+            upstream,
+            tls_version: connection.tls_version,
+            alpn: connection.alpn,
+        }
+    }
+}
+
+impl Proxy {
+    /// How a request from `client` is written for this proxy's upstream.
+    fn rewrite(&self, client: std::net::SocketAddr) -> Rewrite<'_> {
+        let peer = canonical_ip(client.ip());
+        Rewrite {
+            prefix: &self.prefix,
+            authority: self.authority(),
+            peer,
+            peer_is_trusted: self.trusted_proxies.iter().any(|r| r.contains(peer)),
+        }
+    }
+}
