@@ -1,0 +1,258 @@
+//! The proxy's own HTTP/1.1 path against raw clients: message framing (pipelining, chunked
+//! bodies both ways, `Expect: 100-continue`, HEAD, HTTP/1.0), what it refuses (ambiguous
+//! framing), and pooled upstream connections the upstream has closed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use certloop_tests::pebble::free_port;
+use common::{Certloop, Scratch, manual_pair, peer_closed, tls_connect, upstream};
+
+const NAME: &str = "h1.test";
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// One response as the client saw it: the head's lines and the body (de-chunked).
+struct Response {
+    head: Vec<String>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn status(&self) -> &str {
+        self.head[0].split(' ').nth(1).unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.iter().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response from `reader`; `head_request` for the answer to a HEAD.
+fn read_response(reader: &mut BufReader<&mut Tls>, head_request: bool) -> Response {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("response line");
+        let line = line.trim_end().to_owned();
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let mut response = Response {
+        head,
+        body: Vec::new(),
+    };
+    if head_request || response.status().starts_with('1') {
+        return response;
+    }
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|te| te == "chunked")
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).expect("chunk size");
+            let size = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).expect("chunk");
+            if size == 0 {
+                break;
+            }
+            response.body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = response.header("content-length") {
+        response.body = vec![0u8; length.parse().expect("length")];
+        reader.read_exact(&mut response.body).expect("body");
+    } else {
+        reader
+            .read_to_end(&mut response.body)
+            .expect("body to close");
+    }
+    response
+}
+
+/// An upstream that answers one request per connection and then closes it, although its
+/// answer does not say so: every connection the proxy keeps for later is dead when reused.
+fn closing_upstream() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
+    let scratch = Scratch::new("http1");
+    let (cert, key, ca_pem) = manual_pair(&scratch.0, "h1", NAME);
+    let (closing_port, accepted) = closing_upstream();
+    let (port, closing_listener) = (free_port(), free_port());
+    let listener = |name: &str, port: u16, upstream: u16| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\n\
+             upstream = \"http://127.0.0.1:{upstream}\"\ntls_mode = \"manual\"\n\
+             tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let config = scratch.path("certloop.toml");
+    let text =
+        listener("app", port, upstream()) + &listener("closing", closing_listener, closing_port);
+    std::fs::write(&config, text).expect("config");
+    let mut proxy = Certloop::start(&config, &[], None);
+    proxy.wait_ready();
+    let connect = |port| tls_connect(port, NAME, &ca_pem, b"http/1.1");
+
+    // Two requests in one write are answered in order on the same connection.
+    let mut tls = connect(port);
+    let pipelined = format!(
+        "GET /first HTTP/1.1\r\nHost: {NAME}\r\n\r\nGET /second HTTP/1.1\r\nHost: {NAME}\r\n\r\n"
+    );
+    tls.write_all(pipelined.as_bytes()).expect("write");
+    let mut reader = BufReader::new(&mut tls);
+    let first = read_response(&mut reader, false);
+    let second = read_response(&mut reader, false);
+    assert!(
+        first.text().starts_with("upstream saw GET /first"),
+        "{}",
+        first.text()
+    );
+    assert!(
+        second.text().starts_with("upstream saw GET /second"),
+        "{}",
+        second.text()
+    );
+
+    // A chunked request body reaches the upstream whole, and the next request on the
+    // connection is found after it.
+    let chunked = format!(
+        "POST /upload HTTP/1.1\r\nHost: {NAME}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+         GET /after-chunked HTTP/1.1\r\nHost: {NAME}\r\n\r\n"
+    );
+    reader
+        .get_mut()
+        .write_all(chunked.as_bytes())
+        .expect("write");
+    let upload = read_response(&mut reader, false);
+    assert!(
+        upload.text().contains("body-bytes: 11\n"),
+        "{}",
+        upload.text()
+    );
+    let after = read_response(&mut reader, false);
+    assert!(
+        after.text().starts_with("upstream saw GET /after-chunked"),
+        "{}",
+        after.text()
+    );
+
+    // Expect: 100-continue is answered before the client sends its body.
+    let expecting = format!(
+        "PUT /expect HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    );
+    reader
+        .get_mut()
+        .write_all(expecting.as_bytes())
+        .expect("write");
+    let continued = read_response(&mut reader, false);
+    assert_eq!(continued.status(), "100");
+    reader.get_mut().write_all(b"data").expect("body");
+    let put = read_response(&mut reader, false);
+    assert!(put.text().contains("body-bytes: 4\n"), "{}", put.text());
+
+    // A streamed answer without a length reaches the client chunked, and a HEAD answer
+    // keeps its length without a body; the connection carries on after both.
+    let drip = format!("GET /drip?ms=1&chunks=3 HTTP/1.1\r\nHost: {NAME}\r\n\r\n");
+    reader.get_mut().write_all(drip.as_bytes()).expect("write");
+    let dripped = read_response(&mut reader, false);
+    assert_eq!(
+        dripped.header("transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    assert_eq!(dripped.body, vec![b'd'; 3 * 1024]);
+    let head = format!("HEAD /head HTTP/1.1\r\nHost: {NAME}\r\n\r\n");
+    reader.get_mut().write_all(head.as_bytes()).expect("write");
+    let headed = read_response(&mut reader, true);
+    assert_eq!(headed.status(), "200");
+    assert!(
+        headed.header("content-length").is_some(),
+        "{:?}",
+        headed.head
+    );
+    let last = format!("GET /last HTTP/1.1\r\nHost: {NAME}\r\n\r\n");
+    reader.get_mut().write_all(last.as_bytes()).expect("write");
+    let last = read_response(&mut reader, false);
+    assert!(
+        last.text().starts_with("upstream saw GET /last"),
+        "{}",
+        last.text()
+    );
+
+    // HTTP/1.0 without keep-alive: one answer, then the connection closes.
+    let mut tls = connect(port);
+    tls.write_all(b"GET /old HTTP/1.0\r\n\r\n").expect("write");
+    let mut reader = BufReader::new(&mut tls);
+    let old = read_response(&mut reader, false);
+    assert!(
+        old.text().starts_with("upstream saw GET /old"),
+        "{}",
+        old.text()
+    );
+    assert_eq!(old.header("connection").as_deref(), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap_or(0), 0);
+
+    // Framing two parsers could read differently is refused, and the connection closed.
+    let mut tls = connect(port);
+    let smuggle = format!(
+        "POST /smuggle HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 4\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hidden HTTP/1.1\r\n\r\n"
+    );
+    tls.write_all(smuggle.as_bytes()).expect("write");
+    let mut reader = BufReader::new(&mut tls);
+    let refused = read_response(&mut reader, false);
+    assert_eq!(refused.status(), "400");
+    assert!(peer_closed(&reader.get_ref().sock));
+
+    // Every pooled connection to the closing upstream is dead when reused: each request
+    // still gets its answer, on a new connection.
+    let mut tls = connect(closing_listener);
+    let mut reader = BufReader::new(&mut tls);
+    for i in 0..3 {
+        let request = format!("GET /{i} HTTP/1.1\r\nHost: {NAME}\r\n\r\n");
+        reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("write");
+        let response = read_response(&mut reader, false);
+        assert_eq!((response.status(), response.text().as_str()), ("200", "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
