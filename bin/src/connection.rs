@@ -289,11 +289,11 @@ where
     match protocol {
         Protocol::Http1 => {
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            Box::pin(watch_over(conn, shared, builders.deadlines, stop))
+            Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
         }
         Protocol::Http2 => {
             let conn = builders.http2.serve_connection(io, service);
-            Box::pin(watch_over(conn, shared, builders.deadlines, stop))
+            Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
         }
     }
 }
@@ -324,17 +324,17 @@ where
     };
     let serving = Box::pin(crate::h1::serve(io, context, shared.clone(), ending_rx));
     let conn = ProxiedHttp1 { serving, ending };
-    Box::pin(watch_over(conn, shared, builders.deadlines, stop))
+    Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
 }
 
-/// Drives `conn`, closing it when the watchdog says so or draining it on `stop`.
+/// Drives `conn`, closing it when the watchdog says so or draining it on `stop`. (`conn` comes
+/// boxed: moved into this future, it would be kept twice, as argument and as pinned local.)
 async fn watch_over<C: Drain + Send>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     shared: Arc<Shared>,
     deadlines: Deadlines,
     mut stop: watch::Receiver<bool>,
 ) {
-    tokio::pin!(conn);
     let mut stopping = *stop.borrow_and_update();
     if stopping {
         shared.activity().on_stop(Instant::now());

@@ -9,7 +9,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use certloop_tests::pebble::free_port;
+use std::time::Duration;
+
+use certloop_tests::pebble::{free_port, wait_until};
 use common::{Certloop, Scratch, manual_pair, peer_closed, tls_connect, upstream};
 
 const NAME: &str = "h1.test";
@@ -239,7 +241,11 @@ fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
     let mut reader = BufReader::new(&mut tls);
     let refused = read_response(&mut reader, false);
     assert_eq!(refused.status(), "400");
-    assert!(peer_closed(&reader.get_ref().sock));
+    wait_until(
+        "the refused connection to close",
+        Duration::from_secs(5),
+        || peer_closed(&reader.get_ref().sock),
+    );
 
     // Every pooled connection to the closing upstream is dead when reused: each request
     // still gets its answer, on a new connection.

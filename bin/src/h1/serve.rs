@@ -70,156 +70,204 @@ struct Upload {
 
 /// Serves requests on `client` until it closes, the watchdog or the stop signal ends it
 /// (through `ending`), or it turns into a tunnel.
-pub(crate) async fn serve<C>(
+///
+/// Not an `async fn`: that would keep its arguments twice in the future (as arguments and as
+/// locals), and the TLS stream is over a kilobyte, held for the connection's whole life.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<C>(
     mut client: C,
     context: Http1Context,
     watch: Arc<Shared>,
     mut ending: watch::Receiver<Ending>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut served = 0u64;
-    loop {
-        let proxy = context.proxy.current();
-        let rewrite = proxy.rewrite(context.facts.peer);
-        let request = loop {
-            if !buf.is_empty() {
-                match forward_request(&buf, context.max_head, &rewrite) {
-                    Ok(Some(request)) => break request,
-                    Ok(None) => {}
-                    Err(refusal) => {
-                        let (status, reason, body) = refusal.answer();
-                        let awaiting = Awaiting::start(watch.clone());
-                        let _streaming = awaiting.responded();
-                        proxy.metrics.response(status);
-                        let _ = client
-                            .write_all(&own_response(status, reason, body, true))
-                            .await;
-                        let _ = client.shutdown().await;
-                        return;
+    async move {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut served = 0u64;
+        loop {
+            let proxy = context.proxy.current();
+            let rewrite = proxy.rewrite(context.facts.peer);
+            let request = loop {
+                if !buf.is_empty() {
+                    match forward_request(&buf, context.max_head, &rewrite) {
+                        Ok(Some(request)) => break request,
+                        Ok(None) => {}
+                        Err(refusal) => {
+                            let (status, reason, body) = refusal.answer();
+                            let awaiting = Awaiting::start(watch.clone());
+                            let _streaming = awaiting.responded();
+                            proxy.metrics.response(status);
+                            let _ = client
+                                .write_all(&own_response(status, reason, body, true))
+                                .await;
+                            let _ = client.shutdown().await;
+                            return;
+                        }
                     }
                 }
-            }
-            let level = *ending.borrow_and_update();
-            if level == Ending::Closing
-                || (level == Ending::Stopping && buf.is_empty() && served > 0)
-            {
-                let _ = client.shutdown().await;
-                return;
-            }
-            let read = tokio::select! {
-                read = read_more(&mut client, &mut buf) => read,
-                _ = ending.changed() => continue,
-            };
-            if !matches!(read, Ok(n) if n > 0) {
-                return;
-            }
-        };
-        served += 1;
-        let awaiting = Awaiting::start(watch.clone());
-        let (started, time) = (Instant::now(), SystemTime::now());
-        let log = proxy
-            .access_log
-            .as_ref()
-            .map(|_| LogFacts::of(&buf, &request));
-        buf.drain(..request.head_len);
-
-        let asked = Instant::now();
-        let keep_client = request.keep_alive && *ending.borrow() == Ending::Serving;
-        let exchange = exchange(&proxy, &mut client, &mut buf, &request, keep_client);
-        let (answer, upload) = match tokio::time::timeout(proxy.timeout, exchange).await {
-            Ok((Ok(answer), upload)) => (Ok(answer), upload),
-            Ok((Err(failure), upload)) => (Err(Some(failure)), upload),
-            Err(_) => (
-                Err(None),
-                Upload {
-                    sent: 0,
-                    done: false,
-                },
-            ),
-        };
-        let upstream_took = answer.is_ok().then(|| asked.elapsed());
-        let keep_client = keep_client && upload.done;
-        let record = |status: u16, bytes_out: u64| {
-            if let (Some(access_log), Some(facts)) = (&proxy.access_log, &log) {
-                access_log.record(&facts.entry(
-                    &proxy,
-                    &context.facts,
-                    time,
-                    status,
-                    (upload.sent, bytes_out),
-                    started.elapsed(),
-                    upstream_took,
-                ));
-            }
-        };
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(failure) => {
-                let (status, reason, body) = match failure {
-                    None => {
-                        proxy.metrics.upstream_failed(true);
-                        tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream did not answer within {:?}: 504", proxy.timeout);
-                        (504, "Gateway Timeout", "upstream timed out\n")
-                    }
-                    Some(Failure::Unreachable(e)) => {
-                        proxy.metrics.upstream_failed(false);
-                        tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream unreachable: {e}: 502");
-                        (502, "Bad Gateway", "upstream unreachable\n")
-                    }
-                    Some(Failure::BadAnswer(e)) => {
-                        proxy.metrics.upstream_failed(false);
-                        tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream answer not forwarded: {e}: 502");
-                        (502, "Bad Gateway", "bad upstream response\n")
-                    }
-                    Some(Failure::BadBody) => (400, "Bad Request", "malformed chunked body\n"),
-                    Some(Failure::ClientGone) => return,
-                };
-                let _streaming = awaiting.responded();
-                proxy.metrics.response(status);
-                let response = own_response(status, reason, body, !keep_client);
-                let sent = client.write_all(&response).await.and(client.flush().await);
-                record(status, body.len() as u64);
-                if sent.is_err() || !keep_client {
+                let level = *ending.borrow_and_update();
+                if level == Ending::Closing
+                    || (level == Ending::Stopping && buf.is_empty() && served > 0)
+                {
                     let _ = client.shutdown().await;
                     return;
                 }
-                continue;
+                let read = tokio::select! {
+                    read = read_more(&mut client, &mut buf) => read,
+                    _ = ending.changed() => continue,
+                };
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            };
+            served += 1;
+            let serving = *ending.borrow() == Ending::Serving;
+            // Boxed: the states of a request in flight would otherwise stay in the connection's
+            // future, idle or not.
+            // (Built in a statement of its own: a temporary in the awaiting statement would keep
+            // its storage in the connection's future.)
+            let next = Box::pin(one_request(
+                &mut client,
+                &mut buf,
+                &request,
+                &proxy,
+                &context,
+                &watch,
+                serving,
+            ));
+            match next.await {
+                Next::KeepAlive if buf.is_empty() => {
+                    // Nothing of the next request yet: let the idle connection hold no buffer.
+                    buf = Vec::new();
+                }
+                // The next request began while this one was served: its head is timed from now.
+                Next::KeepAlive => watch.read(&buf),
+                Next::Close => {
+                    let _ = client.shutdown().await;
+                    return;
+                }
+                Next::Upgrade(answer) => {
+                    upgrade(client, buf, answer, &proxy, context.slots.clone());
+                    return;
+                }
             }
-        };
-        if let Some(took) = upstream_took {
-            proxy.metrics.upstream_answered(took);
         }
-        let status = answer.response.status;
-        proxy.metrics.response(status);
-        if status == 101 {
-            let streaming = awaiting.responded();
-            record(101, 0);
-            drop(streaming);
-            upgrade(client, buf, answer, &proxy, context.slots.clone());
-            return;
+    }
+}
+
+/// What a connection does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: the connection becomes a tunnel.
+    Upgrade(Answer),
+}
+
+/// Forwards one request whose head is at the start of `buf`, and its response; `serving` is
+/// false once the connection is told to end.
+async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    request: &ForwardedRequest,
+    proxy: &Proxy,
+    context: &Http1Context,
+    watch: &Arc<Shared>,
+    serving: bool,
+) -> Next {
+    let awaiting = Awaiting::start(watch.clone());
+    let (started, time) = (Instant::now(), SystemTime::now());
+    let log = proxy
+        .access_log
+        .as_ref()
+        .map(|_| LogFacts::of(buf, request));
+    buf.drain(..request.head_len);
+
+    let asked = Instant::now();
+    let keep_client = request.keep_alive && serving;
+    let exchange = exchange(proxy, client, buf, request, keep_client);
+    let (answer, upload) = match tokio::time::timeout(proxy.timeout, exchange).await {
+        Ok((Ok(answer), upload)) => (Ok(answer), upload),
+        Ok((Err(failure), upload)) => (Err(Some(failure)), upload),
+        Err(_) => (
+            Err(None),
+            Upload {
+                sent: 0,
+                done: false,
+            },
+        ),
+    };
+    let upstream_took = answer.is_ok().then(|| asked.elapsed());
+    let keep_client = keep_client && upload.done;
+    let record = |status: u16, bytes_out: u64| {
+        if let (Some(access_log), Some(facts)) = (&proxy.access_log, &log) {
+            access_log.record(&facts.entry(
+                proxy,
+                &context.facts,
+                time,
+                status,
+                (upload.sent, bytes_out),
+                started.elapsed(),
+                upstream_took,
+            ));
         }
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(failure) => {
+            let (status, reason, body) = match failure {
+                None => {
+                    proxy.metrics.upstream_failed(true);
+                    tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream did not answer within {:?}: 504", proxy.timeout);
+                    (504, "Gateway Timeout", "upstream timed out\n")
+                }
+                Some(Failure::Unreachable(e)) => {
+                    proxy.metrics.upstream_failed(false);
+                    tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream unreachable: {e}: 502");
+                    (502, "Bad Gateway", "upstream unreachable\n")
+                }
+                Some(Failure::BadAnswer(e)) => {
+                    proxy.metrics.upstream_failed(false);
+                    tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream answer not forwarded: {e}: 502");
+                    (502, "Bad Gateway", "bad upstream response\n")
+                }
+                Some(Failure::BadBody) => (400, "Bad Request", "malformed chunked body\n"),
+                Some(Failure::ClientGone) => return Next::Close,
+            };
+            let _streaming = awaiting.responded();
+            proxy.metrics.response(status);
+            let response = own_response(status, reason, body, !keep_client);
+            let sent = client.write_all(&response).await.and(client.flush().await);
+            record(status, body.len() as u64);
+            return if sent.is_err() || !keep_client {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            };
+        }
+    };
+    if let Some(took) = upstream_took {
+        proxy.metrics.upstream_answered(took);
+    }
+    let status = answer.response.status;
+    proxy.metrics.response(status);
+    if status == 101 {
         let streaming = awaiting.responded();
-        let keep_client = keep_client && !answer.response.close;
-        let mut sent = 0;
-        let relayed = relay_body(&mut client, answer, &proxy, &mut sent, || {
-            streaming.progress();
-        })
-        .await;
+        record(101, 0);
         drop(streaming);
-        record(status, sent);
-        if relayed.is_err() || !keep_client {
-            let _ = client.shutdown().await;
-            return;
-        }
-        if buf.is_empty() {
-            // Nothing of the next request yet: let the idle connection hold no buffer.
-            buf = Vec::new();
-        } else {
-            // The next request began while this one was served: its head is timed from now.
-            watch.read(&buf);
-        }
+        return Next::Upgrade(answer);
+    }
+    let streaming = awaiting.responded();
+    let keep_client = keep_client && !answer.response.close;
+    let mut sent = 0;
+    let relayed = relay_body(client, answer, proxy, &mut sent, || streaming.progress()).await;
+    drop(streaming);
+    record(status, sent);
+    if relayed.is_err() || !keep_client {
+        Next::Close
+    } else {
+        Next::KeepAlive
     }
 }
 
