@@ -13,18 +13,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::admission::Admitted;
 use crate::counted_body::{CountedBody, ReportedBody};
 use crate::forwarding::{IpRange, set_forwarding_headers};
-use crate::h1::UpstreamPool;
+use crate::h1::{UpstreamPool, for_h2};
 use crate::metrics::ListenerMetrics;
-use crate::tunnel;
 use certloop_acme::adapter::canonical_ip;
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
@@ -51,9 +46,7 @@ pub(crate) struct Proxy {
     pub(crate) timeout: Duration,
     pub(crate) tunnel_idle: Duration,
     pub(crate) trusted_proxies: Vec<IpRange>,
-    /// HTTP/2 requests go upstream through hyper's pooled client...
-    client: Client<HttpConnector, CountedBody>,
-    /// ... and HTTP/1.1 requests through the HTTP/1.1 path's own pool.
+    /// Idle connections to the upstream, for both client protocols.
     pub(crate) pool: UpstreamPool,
     /// Upgraded tunnels run here, so that shutdown waits for them like for connections.
     pub(crate) tunnels: TaskTracker,
@@ -123,13 +116,6 @@ impl Proxy {
         metrics: ListenerMetrics,
         access_log: Option<AccessLog>,
     ) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let port = upstream.port_u16().unwrap_or(80);
         let host = upstream.host().unwrap_or_default();
         let pool = UpstreamPool::new(format!("{}:{port}", host));
@@ -141,7 +127,6 @@ impl Proxy {
             timeout,
             tunnel_idle,
             trusted_proxies,
-            client,
             tunnels,
             metrics,
             access_log,
@@ -159,13 +144,9 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         connection: Arc<ConnectionFacts>,
-        slots: Arc<Admitted>,
     ) -> Response<ProxyBody> {
         let Some(log) = self.access_log.clone() else {
-            let (response, _) = self
-                .clone()
-                .forward(req, connection.peer, slots, None)
-                .await;
+            let (response, _) = self.clone().forward(req, connection.peer, None).await;
             self.metrics.response(response.status().as_u16());
             return response;
         };
@@ -179,7 +160,7 @@ impl Proxy {
         };
         let bytes_in = Arc::new(AtomicU64::new(0));
         let (response, upstream) = (self.clone())
-            .forward(req, connection.peer, slots, Some(bytes_in.clone()))
+            .forward(req, connection.peer, Some(bytes_in.clone()))
             .await;
         let status = response.status().as_u16();
         self.metrics.response(status);
@@ -207,19 +188,17 @@ impl Proxy {
         })
     }
 
-    /// Forwards one request from `client`, whose connection holds `slots`: an upgraded tunnel
-    /// keeps them for as long as it lives. The request body's bytes are counted into
-    /// `bytes_in` when given; the upstream's time to answer is returned with the response.
+    /// Forwards one HTTP/2 request from `client` (HTTP/1.1 connections take the `h1` path). The
+    /// request body's bytes are counted into `bytes_in` when given; the upstream's time to
+    /// answer is returned with the response.
     async fn forward(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
-        slots: Arc<Admitted>,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> (Response<ProxyBody>, Option<Duration>) {
         let mut req = req.map(|body| CountedBody::new(body, bytes_in));
         let host = request_host(&req);
-        let upgrade = requested_upgrade(req.headers());
         let Some(uri) = upstream_uri(&self.upstream, req.uri()) else {
             return (text(StatusCode::BAD_REQUEST, "bad request target\n"), None);
         };
@@ -227,19 +206,14 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
-        }
         let peer = canonical_ip(client.ip());
         let trusted = self.trusted_proxies.iter().any(|r| r.contains(peer));
         set_forwarding_headers(headers, peer, trusted, host.as_ref());
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let asked = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let answer = tokio::time::timeout(self.timeout, for_h2::send(&self, req)).await;
         let upstream = match &answer {
             Ok(Ok(_)) => {
                 let took = asked.elapsed();
@@ -264,34 +238,7 @@ impl Proxy {
                 tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream unreachable: {e}: 502");
                 text(StatusCode::BAD_GATEWAY, "upstream unreachable\n")
             }
-            Ok(Ok(mut response)) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(client_upgrade) = client_upgrade
-                {
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    let (listener, idle) = (self.listener.clone(), self.tunnel_idle);
-                    self.tunnels.spawn(async move {
-                        let _slots = slots;
-                        match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                            Ok((client, upstream)) => {
-                                let (client, upstream) =
-                                    (TokioIo::new(client), TokioIo::new(upstream));
-                                let end = tunnel::run(client, upstream, idle).await;
-                                tracing::debug!(listener = %listener, "tunnel ended: {end:?}");
-                            }
-                            Err(e) => tracing::warn!(listener = %listener, "upgrade failed: {e}"),
-                        }
-                    });
-                    let response =
-                        response.map(|_| Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
-                    return (response, upstream);
-                }
-                strip_hop_by_hop(response.headers_mut());
-                response.map(|body| {
-                    body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                        .boxed()
-                })
-            }
+            Ok(Ok(response)) => response.map(BodyExt::boxed),
         };
         (response, upstream)
     }
@@ -325,19 +272,6 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     })
-}
-
-/// The protocol a client asks to upgrade to (`Connection: upgrade` plus `Upgrade`).
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
@@ -422,21 +356,5 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "a lone Upgrade is removed");
-    }
-
-    #[test]
-    fn detects_upgrades() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(
-            requested_upgrade(&h),
-            Some(HeaderValue::from_static("websocket"))
-        );
-        h.remove(header::CONNECTION);
-        assert_eq!(requested_upgrade(&h), None);
     }
 }

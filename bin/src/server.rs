@@ -175,9 +175,7 @@ pub(crate) async fn serve_tls(
                     .await;
                 return;
             }
-            let handler = move |req: Request<Incoming>| {
-                proxy.current().handle(req, facts.clone(), admitted.clone())
-            };
+            let handler = move |req: Request<Incoming>| proxy.current().handle(req, facts.clone());
             connection::serve(
                 tls,
                 protocol,

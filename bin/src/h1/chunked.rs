@@ -1,7 +1,10 @@
-//! Where a chunked body ends (RFC 9112 §7.1), pure: the bytes are passed on as they are, so
-//! this only follows the chunk sizes, extensions and trailer lines to find the end, and
-//! refuses what a lenient parser elsewhere could read differently (a bare LF, a size that
-//! overflows, an endless extension).
+//! Chunked bodies (RFC 9112 §7.1), pure. Towards an HTTP/1.1 client the bytes are passed on
+//! as they are, so this only follows the chunk sizes, extensions and trailer lines to find the
+//! end; towards an HTTP/2 client it also says where the data is. Either way it refuses what a
+//! lenient parser elsewhere could read differently (a bare LF, a size that overflows, an
+//! endless extension).
+
+use std::ops::Range;
 
 /// The longest chunk extension, and the longest trailer section.
 const MAX_EXTENSION: usize = 4096;
@@ -70,19 +73,28 @@ impl ChunkedBody {
     /// (all, or up to its end).
     pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
         let mut at = 0;
+        while at < bytes.len() && !self.is_done() {
+            at += self.next_data(&bytes[at..])?.0;
+        }
+        Ok(at)
+    }
+
+    /// Follows `bytes` up to the end of the first run of chunk data in them: returns how many
+    /// bytes that took, and where the data is (empty when there was none).
+    pub(crate) fn next_data(&mut self, bytes: &[u8]) -> Result<(usize, Range<usize>), BadChunk> {
+        let mut at = 0;
         while at < bytes.len() {
             if let State::Data { left } = self.state {
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(bytes.len() - at);
-                at += take;
                 let left = left - take as u64;
                 self.state = if left == 0 {
                     State::DataCr
                 } else {
                     State::Data { left }
                 };
-                continue;
+                return Ok((at + take, at..at + take));
             }
             if self.state == State::Done {
                 break;
@@ -90,7 +102,7 @@ impl ChunkedBody {
             self.state = self.step(bytes[at])?;
             at += 1;
         }
-        Ok(at)
+        Ok((at, at..at))
     }
 
     fn step(&mut self, byte: u8) -> Result<State, BadChunk> {
@@ -174,6 +186,25 @@ mod tests {
         }
         assert_eq!(follow(b"0\r\n\r\n", 100), Ok((5, true)));
         assert_eq!(follow(b"5\r\nhel", 100), Ok((6, false)));
+    }
+
+    #[test]
+    fn the_data_is_found_in_any_split() {
+        let body = b"5\r\nhello\r\nA;x=y\r\n0123456789\r\n0\r\nT: 1\r\n\r\nnext";
+        for step in 1..body.len() {
+            let (mut chunked, mut data, mut taken) = (ChunkedBody::default(), Vec::new(), 0);
+            for piece in body.chunks(step) {
+                let mut at = 0;
+                while at < piece.len() && !chunked.is_done() {
+                    let (used, run) = chunked.next_data(&piece[at..]).unwrap();
+                    data.extend_from_slice(&piece[at..][run]);
+                    at += used;
+                }
+                taken += at;
+            }
+            assert_eq!(data, b"hello0123456789", "pieces of {step}");
+            assert_eq!(taken, body.len() - 4, "pieces of {step}");
+        }
     }
 
     #[test]

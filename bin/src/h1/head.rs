@@ -246,6 +246,72 @@ pub(crate) fn forward_response(
     request: &ForwardedRequest,
     keep_client: bool,
 ) -> Result<Option<ForwardedResponse>, &'static str> {
+    let mut close = false;
+    let parsed = parse_response(
+        bytes,
+        request.is_head,
+        request.http10,
+        |status, reason, lines, framing| {
+            if status < 200 {
+                return Vec::new();
+            }
+            close = !keep_client || framing == Framing::UntilClose;
+            let mut head = Vec::with_capacity(bytes.len() + 64);
+            head.extend_from_slice(b"HTTP/1.1 ");
+            head.extend_from_slice(status.to_string().as_bytes());
+            head.push(b' ');
+            head.extend_from_slice(reason.as_bytes());
+            head.extend_from_slice(b"\r\n");
+            for (name, value) in lines {
+                line(&mut head, name.as_bytes(), value);
+            }
+            match framing {
+                Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
+                Framing::Chunked => line(&mut head, b"transfer-encoding", b"chunked"),
+                Framing::Empty | Framing::UntilClose => {}
+            }
+            if close {
+                line(&mut head, b"connection", b"close");
+            } else if request.http10 {
+                line(&mut head, b"connection", b"keep-alive");
+            }
+            head.extend_from_slice(b"\r\n");
+            head
+        },
+    )?;
+    Ok(parsed.map(|parsed| ForwardedResponse {
+        head_len: parsed.head_len,
+        status: parsed.status,
+        client_head: parsed.written,
+        framing: parsed.framing,
+        upstream_reusable: parsed.upstream_reusable,
+        close,
+    }))
+}
+
+/// An upstream response head, parsed.
+pub(crate) struct ParsedResponse<W> {
+    /// The head's length in the upstream's bytes.
+    pub(crate) head_len: usize,
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
+    /// Whether the upstream connection can carry another request after this response.
+    pub(crate) upstream_reusable: bool,
+    /// What the caller wrote from the status and the header lines to pass on.
+    pub(crate) written: W,
+}
+
+/// Parses the upstream's response head at the start of `bytes`, to a `HEAD` request or not,
+/// of HTTP/1.0 or not, and hands `write` the status, the reason, the header lines the client
+/// may see (hop-by-hop and framing headers removed; a length kept when the body is empty,
+/// since it then states the length a body would have) and the body's framing. `Ok(None)` while
+/// the head is incomplete; `Err` when the answer cannot be forwarded.
+pub(crate) fn parse_response<W>(
+    bytes: &[u8],
+    is_head: bool,
+    http10: bool,
+    write: impl FnOnce(u16, &str, &mut dyn Iterator<Item = (&str, &[u8])>, Framing) -> W,
+) -> Result<Option<ParsedResponse<W>>, &'static str> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let head_len = match response.parse(bytes) {
@@ -260,21 +326,11 @@ pub(crate) fn forward_response(
         return Err("malformed response head");
     };
     let facts = HeaderFacts::of(response.headers).map_err(|_| "malformed response framing")?;
-    if status < 200 {
-        return Ok(Some(ForwardedResponse {
-            head_len,
-            status,
-            client_head: Vec::new(),
-            framing: Framing::Empty,
-            upstream_reusable: true,
-            close: false,
-        }));
-    }
-    let framing = if request.is_head || status == 204 || status == 304 {
+    let framing = if status < 200 || is_head || status == 204 || status == 304 {
         Framing::Empty
     } else {
         match (facts.chunked, facts.length) {
-            (Some(true), _) if !request.http10 => Framing::Chunked,
+            (Some(true), _) if !http10 => Framing::Chunked,
             (Some(_), _) => return Err("unsupported response transfer coding"),
             (None, Some(n)) => Framing::Length(n),
             (None, None) => Framing::UntilClose,
@@ -285,47 +341,26 @@ pub(crate) fn forward_response(
     } else {
         !facts.connection_has("close")
     };
-    let close = !keep_client || framing == Framing::UntilClose;
-    let mut head = Vec::with_capacity(head_len + 64);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(status.to_string().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(response.reason.unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for header in response.headers.iter() {
-        let name = header.name;
-        // A HEAD or 304 answer states the length the body would have: kept as it came.
-        let keep_length = framing == Framing::Empty
-            && facts.chunked.is_none()
-            && name.eq_ignore_ascii_case("content-length");
-        if !keep_length
-            && (NOT_PASSED[..10]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n))
-                || facts.connection_names(name))
-        {
-            continue;
-        }
-        line(&mut head, name.as_bytes(), header.value);
-    }
-    match framing {
-        Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => line(&mut head, b"transfer-encoding", b"chunked"),
-        Framing::Empty | Framing::UntilClose => {}
-    }
-    if close {
-        line(&mut head, b"connection", b"close");
-    } else if request.http10 {
-        line(&mut head, b"connection", b"keep-alive");
-    }
-    head.extend_from_slice(b"\r\n");
-    Ok(Some(ForwardedResponse {
+    let keep_length = framing == Framing::Empty && facts.chunked.is_none();
+    let mut passed = response
+        .headers
+        .iter()
+        .filter(|header| {
+            let name = header.name;
+            (keep_length && name.eq_ignore_ascii_case("content-length"))
+                || !(NOT_PASSED[..10]
+                    .iter()
+                    .any(|n| name.eq_ignore_ascii_case(n))
+                    || facts.connection_names(name))
+        })
+        .map(|header| (header.name, header.value));
+    let written = write(status, response.reason.unwrap_or(""), &mut passed, framing);
+    Ok(Some(ParsedResponse {
         head_len,
         status,
-        client_head: head,
         framing,
         upstream_reusable: upstream_keeps && framing != Framing::UntilClose,
-        close,
+        written,
     }))
 }
 
@@ -475,7 +510,8 @@ pub(super) fn split_target(target: &str) -> Result<(&str, Option<&str>), Refusal
     Ok((if path.is_empty() { "/" } else { path }, Some(authority)))
 }
 
-fn line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends the header line `name: value`.
+pub(super) fn line(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.extend_from_slice(name);
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);

@@ -2,9 +2,11 @@
 //! served here rather than by hyper, so that a proxied request costs one parse of each head,
 //! no header map, and no hand-off between tasks (the profile in `docs/performance.md` showed
 //! the cost spread thin over exactly those). HTTP/2 connections and the plain-HTTP listener
-//! stay on hyper.
+//! stay on hyper's servers, but HTTP/2 streams reach the upstream through this path's pool
+//! (`for_h2`).
 
 mod chunked;
+pub(crate) mod for_h2;
 mod head;
 mod pool;
 mod serve;

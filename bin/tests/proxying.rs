@@ -1,6 +1,7 @@
 //! The proxy's own HTTP/1.1 path against raw clients: message framing (pipelining, chunked
 //! bodies both ways, `Expect: 100-continue`, HEAD, HTTP/1.0), what it refuses (ambiguous
-//! framing), and pooled upstream connections the upstream has closed.
+//! framing), and pooled upstream connections the upstream has closed; and HTTP/2 streams,
+//! which reach the upstream through the same pool, with curl.
 
 mod common;
 
@@ -108,9 +109,10 @@ fn closing_upstream() -> (u16, Arc<AtomicUsize>) {
     (port, accepted)
 }
 
-#[test]
-fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
-    let scratch = Scratch::new("http1");
+/// A certloop with two manual listeners: `app` in front of the test upstream, `closing` in
+/// front of [`closing_upstream`]. Returns it, their ports, the connections the closing
+/// upstream accepted, and the CA's PEM.
+fn two_listeners(scratch: &Scratch) -> (Certloop, u16, u16, Arc<AtomicUsize>, String) {
     let (cert, key, ca_pem) = manual_pair(&scratch.0, "h1", NAME);
     let (closing_port, accepted) = closing_upstream();
     let (port, closing_listener) = (free_port(), free_port());
@@ -129,6 +131,13 @@ fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
     std::fs::write(&config, text).expect("config");
     let mut proxy = Certloop::start(&config, &[], None);
     proxy.wait_ready();
+    (proxy, port, closing_listener, accepted, ca_pem)
+}
+
+#[test]
+fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
+    let scratch = Scratch::new("http1");
+    let (_proxy, port, closing_listener, accepted, ca_pem) = two_listeners(&scratch);
     let connect = |port| tls_connect(port, NAME, &ca_pem, b"http/1.1");
 
     // Two requests in one write are answered in order on the same connection.
@@ -260,5 +269,76 @@ fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
         let response = read_response(&mut reader, false);
         assert_eq!((response.status(), response.text().as_str()), ("200", "ok"));
     }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn http2_streams_reach_the_upstream_through_the_same_pool() {
+    let scratch = Scratch::new("http2");
+    let (_proxy, port, closing_listener, accepted, ca_pem) = two_listeners(&scratch);
+    let ca = scratch.path("ca.pem");
+    std::fs::write(&ca, &ca_pem).expect("CA");
+    let ca = ca.display().to_string();
+    let curl = |port: u16, args: &[&str]| {
+        let resolve = format!("{NAME}:{port}:127.0.0.1");
+        let mut all = vec!["--http2", "--cacert", &ca, "--resolve", &resolve, "-sS"];
+        all.extend_from_slice(args);
+        let out = common::curl(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        common::stdout(&out)
+    };
+    let url = |port: u16, path: &str| format!("https://{NAME}:{port}{path}");
+
+    // A body with a length, and one without (sent chunked upstream), arrive whole.
+    let with_length = curl(port, &["--data-binary", "0123456789", &url(port, "/len")]);
+    assert!(
+        with_length.contains("upstream saw POST /len"),
+        "{with_length}"
+    );
+    assert!(with_length.contains("body-bytes: 10\n"), "{with_length}");
+    let body = scratch.path("body");
+    std::fs::write(&body, vec![b'x'; 100_000]).expect("body");
+    let streamed = format!("@{}", body.display());
+    let piped = curl(
+        port,
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &streamed,
+            &url(port, "/piped"),
+        ],
+    );
+    assert!(piped.contains("body-bytes: 100000\n"), "{piped}");
+
+    // An answer streamed without a length, a large one, and a HEAD, all on one connection.
+    let dripped = curl(port, &[&url(port, "/drip?ms=1&chunks=5")]);
+    assert_eq!(dripped, "d".repeat(5 * 1024));
+    let big = curl(
+        port,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{http_version}",
+            &url(port, "/big?mb=3"),
+        ],
+    );
+    assert_eq!(big, format!("{} 2", 3 << 20));
+    let head = curl(port, &["-I", &url(port, "/head")]);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+
+    // Every pooled connection to the closing upstream is dead when reused: the requests,
+    // streamed over one HTTP/2 connection, still get their answers.
+    let paths: Vec<String> = (0..3)
+        .map(|i| url(closing_listener, &format!("/{i}")))
+        .collect();
+    let mut args = vec!["-Z", "--parallel-max", "1"];
+    args.extend(paths.iter().map(String::as_str));
+    assert_eq!(curl(closing_listener, &args), "okokok");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }

@@ -1,0 +1,330 @@
+//! HTTP/2 streams to the upstream, through the HTTP/1.1 path's pool: the request head is
+//! written straight from hyper's request (whose headers the proxy has already rewritten), the
+//! response head is parsed once into hyper's response, and the response body is read by the
+//! stream's own task as hyper asks for it. No connection task, no channel between tasks.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::ChunkedBody;
+use super::head::{Framing, ParsedResponse, line, parse_response};
+use crate::proxy::Proxy;
+
+/// How much is read from the upstream at a time.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Sends `req` to `proxy`'s upstream and returns its response once the head has arrived; the
+/// body follows as hyper reads it. A pooled connection the upstream has closed is replaced
+/// once, when the request has no body to send again.
+pub(crate) async fn send<B>(
+    proxy: &Arc<Proxy>,
+    mut req: Request<B>,
+) -> Result<Response<UpstreamBody>, String>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let framing = if req.body().is_end_stream() {
+        Framing::Empty
+    } else {
+        match req.body().size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
+    };
+    let head = request_head(&req, framing, proxy.authority());
+    let is_head = req.method() == Method::HEAD;
+    let mut pooled = proxy.pool.take();
+    loop {
+        let reused = pooled.is_some();
+        let mut upstream = match pooled.take() {
+            Some(upstream) => upstream,
+            None => proxy.pool.connect().await.map_err(|e| e.to_string())?,
+        };
+        let sent = match framing {
+            Framing::Empty => upstream.write_all(&head).await.map_err(|e| e.to_string()),
+            _ => upload(&mut upstream, &head, req.body_mut(), framing).await,
+        };
+        let answer = match sent {
+            Ok(()) => response_head(upstream, is_head).await,
+            Err(e) => Err((e, true)),
+        };
+        match answer {
+            Ok((upstream, bytes, parsed)) => {
+                let ParsedResponse {
+                    status,
+                    framing,
+                    upstream_reusable,
+                    written: headers,
+                    ..
+                } = parsed;
+                let mut body = UpstreamBody {
+                    upstream: Some(upstream),
+                    bytes,
+                    framing,
+                    left: match framing {
+                        Framing::Length(n) => n,
+                        _ => 0,
+                    },
+                    chunked: ChunkedBody::default(),
+                    reusable: upstream_reusable,
+                    proxy: proxy.clone(),
+                };
+                if body.is_end_stream() {
+                    body.finish();
+                }
+                let mut response = Response::new(body);
+                *response.status_mut() =
+                    StatusCode::from_u16(status).map_err(|_| "bad status".to_owned())?;
+                *response.headers_mut() = headers;
+                return Ok(response);
+            }
+            // Nothing came back on a connection the upstream had closed: send it again.
+            Err((_, true)) if reused && framing == Framing::Empty => {}
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// The request head for the upstream, from a request whose headers are already rewritten.
+fn request_head<B>(req: &Request<B>, framing: Framing, authority: &str) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if !req.headers().contains_key(header::HOST) {
+        line(&mut head, b"host", authority.as_bytes());
+    }
+    for (name, value) in req.headers() {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            line(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    match framing {
+        Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => line(&mut head, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Sends the head, then the body as it arrives, of `framing`.
+async fn upload<B>(
+    upstream: &mut TcpStream,
+    head: &[u8],
+    body: &mut B,
+    framing: Framing,
+) -> Result<(), String>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let failed = |e: io::Error| e.to_string();
+    upstream.write_all(head).await.map_err(failed)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("request body: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not passed on
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == Framing::Chunked {
+            let size = format!("{:x}\r\n", data.len());
+            upstream.write_all(size.as_bytes()).await.map_err(failed)?;
+            upstream.write_all(&data).await.map_err(failed)?;
+            upstream.write_all(b"\r\n").await.map_err(failed)?;
+        } else {
+            upstream.write_all(&data).await.map_err(failed)?;
+        }
+    }
+    if framing == Framing::Chunked {
+        upstream.write_all(b"0\r\n\r\n").await.map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Reads the response head (informational responses are dropped) and makes its header lines
+/// hyper's. The flag of an error says whether nothing at all came back.
+async fn response_head(
+    mut upstream: TcpStream,
+    is_head: bool,
+) -> Result<(TcpStream, BytesMut, ParsedResponse<HeaderMap>), (String, bool)> {
+    let mut bytes = BytesMut::with_capacity(READ_SIZE);
+    let mut nothing_yet = true;
+    loop {
+        if !bytes.is_empty() {
+            let parsed = parse_response(&bytes, is_head, false, |_, _, lines, _| {
+                let mut headers = HeaderMap::with_capacity(lines.size_hint().0);
+                for (name, value) in lines {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_bytes(value),
+                    ) {
+                        headers.append(name, value);
+                    }
+                }
+                headers
+            })
+            .map_err(|e| (e.to_owned(), false))?;
+            match parsed {
+                Some(parsed) if parsed.status < 200 => {
+                    bytes.advance(parsed.head_len);
+                    continue;
+                }
+                Some(parsed) => {
+                    bytes.advance(parsed.head_len);
+                    return Ok((upstream, bytes, parsed));
+                }
+                None => {}
+            }
+        }
+        bytes.reserve(READ_SIZE / 4);
+        match upstream.read_buf(&mut bytes).await {
+            Ok(0) => return Err(("the upstream closed the connection".into(), nothing_yet)),
+            Ok(_) => nothing_yet = false,
+            Err(e) => return Err((e.to_string(), nothing_yet)),
+        }
+    }
+}
+
+/// A response body read from the upstream connection as hyper asks for it; the connection
+/// goes back to the pool when the body has been read to its end.
+pub(crate) struct UpstreamBody {
+    /// `None` once the body has ended.
+    upstream: Option<TcpStream>,
+    /// Read and not yet handed on.
+    bytes: BytesMut,
+    framing: Framing,
+    /// What is left of a body of known length.
+    left: u64,
+    chunked: ChunkedBody,
+    reusable: bool,
+    proxy: Arc<Proxy>,
+}
+
+impl UpstreamBody {
+    /// The body ended: the connection goes back to the pool if it can carry another request.
+    fn finish(&mut self) {
+        if let Some(upstream) = self.upstream.take()
+            && self.reusable
+            && self.bytes.is_empty()
+        {
+            self.proxy.pool.give_back(upstream);
+        }
+    }
+
+    /// The next piece of body already read, if any.
+    fn next_piece(&mut self) -> Result<Option<Bytes>, io::Error> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        let piece = match self.framing {
+            Framing::Empty => None,
+            Framing::UntilClose => Some(self.bytes.split().freeze()),
+            Framing::Length(_) => {
+                let n = usize::try_from(self.left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.bytes.len());
+                self.left -= n as u64;
+                Some(self.bytes.split_to(n).freeze())
+            }
+            Framing::Chunked => {
+                let (used, data) = self
+                    .chunked
+                    .next_data(&self.bytes)
+                    .map_err(|_| io::Error::other("malformed chunked response body"))?;
+                let mut taken = self.bytes.split_to(used);
+                taken.truncate(data.end);
+                taken.advance(data.start);
+                Some(taken.freeze())
+            }
+        };
+        Ok(piece.filter(|p| !p.is_empty()))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.upstream.is_none() {
+                return Poll::Ready(None);
+            }
+            let piece = this.next_piece();
+            if this.is_end_stream() {
+                this.finish();
+            }
+            match piece {
+                Ok(Some(piece)) => return Poll::Ready(Some(Ok(Frame::data(piece)))),
+                Err(e) => {
+                    this.upstream = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(None) if this.upstream.is_none() => return Poll::Ready(None),
+                // The chunked framing read so far carried no data: there may be more of it.
+                Ok(None) if !this.bytes.is_empty() => continue,
+                Ok(None) => {}
+            }
+            let Some(upstream) = this.upstream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            this.bytes.reserve(READ_SIZE);
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(upstream),
+                cx,
+                &mut this.bytes
+            ));
+            match read {
+                Ok(0) if this.framing == Framing::UntilClose => this.upstream = None,
+                Ok(0) => {
+                    this.upstream = None;
+                    let e = io::Error::other("the upstream closed the connection mid-body");
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.upstream = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.upstream.is_none()
+            || match self.framing {
+                Framing::Empty => true,
+                Framing::Length(_) => self.left == 0,
+                Framing::Chunked => self.chunked.is_done(),
+                Framing::UntilClose => false,
+            }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(_) => SizeHint::with_exact(self.left),
+            _ => SizeHint::default(),
+        }
+    }
+}
