@@ -11,31 +11,19 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::counted_body::{CountedBody, ReportedBody};
-use crate::forwarding::{IpRange, set_forwarding_headers};
-use crate::h1::{UpstreamPool, for_h2};
+use crate::forwarding::IpRange;
+use crate::h1::UpstreamPool;
+use crate::h1::for_h2::{self, SendError};
 use crate::metrics::ListenerMetrics;
-use certloop_acme::adapter::canonical_ip;
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
 pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
 
 /// One listener's proxy.
 pub(crate) struct Proxy {
@@ -197,72 +185,29 @@ impl Proxy {
         client: SocketAddr,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> (Response<ProxyBody>, Option<Duration>) {
-        let mut req = req.map(|body| CountedBody::new(body, bytes_in));
-        let host = request_host(&req);
-        let Some(uri) = upstream_uri(&self.upstream, req.uri()) else {
-            return (text(StatusCode::BAD_REQUEST, "bad request target\n"), None);
-        };
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        let peer = canonical_ip(client.ip());
-        let trusted = self.trusted_proxies.iter().any(|r| r.contains(peer));
-        set_forwarding_headers(headers, peer, trusted, host.as_ref());
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
-        }
+        let req = req.map(|body| CountedBody::new(body, bytes_in));
         let asked = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, for_h2::send(&self, req)).await;
-        let upstream = match &answer {
-            Ok(Ok(_)) => {
+        let answer = tokio::time::timeout(self.timeout, for_h2::send(&self, req, client)).await;
+        let response = match answer {
+            Ok(Ok(response)) => {
                 let took = asked.elapsed();
                 self.metrics.upstream_answered(took);
-                Some(took)
+                return (response.map(BodyExt::boxed), Some(took));
             }
-            Ok(Err(_)) => {
+            Ok(Err(SendError::BadRequest(what))) => text(StatusCode::BAD_REQUEST, what),
+            Ok(Err(SendError::Upstream(e))) => {
                 self.metrics.upstream_failed(false);
-                None
-            }
-            Err(_) => {
-                self.metrics.upstream_failed(true);
-                None
-            }
-        };
-        let response = match answer {
-            Err(_) => {
-                tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream did not answer within {:?}: 504", self.timeout);
-                text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
-            }
-            Ok(Err(e)) => {
                 tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream unreachable: {e}: 502");
                 text(StatusCode::BAD_GATEWAY, "upstream unreachable\n")
             }
-            Ok(Ok(response)) => response.map(BodyExt::boxed),
+            Err(_) => {
+                self.metrics.upstream_failed(true);
+                tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream did not answer within {:?}: 504", self.timeout);
+                text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+            }
         };
-        (response, upstream)
+        (response, None)
     }
-}
-
-/// Where a request for `asked` goes: `upstream`'s authority and path prefix, then the
-/// request's path and query.
-fn upstream_uri(upstream: &Uri, asked: &Uri) -> Option<Uri> {
-    let base = upstream.path().trim_end_matches('/');
-    let authority = upstream.authority()?.clone();
-    let path_and_query = match (base, asked.path_and_query()) {
-        // No prefix: the request's own path, shared rather than copied and parsed again.
-        ("", Some(path)) => path.clone(),
-        (_, path) => {
-            let path = path.map_or("/", |p| p.as_str());
-            format!("{base}{path}").parse().ok()?
-        }
-    };
-    Uri::builder()
-        .scheme(hyper::http::uri::Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
 }
 
 /// The host the client asked for: `Host`, or the authority of an HTTP/2 request.
@@ -272,89 +217,4 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     })
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names costs less than a lookup per name.
-    let any = headers.keys().any(|name| {
-        let name = name.as_str();
-        name == "upgrade" || HOP_BY_HOP.contains(&name)
-    });
-    if !any {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn requests_go_to_the_upstream_under_its_path_prefix() {
-        let uri = |s: &str| s.parse::<Uri>().unwrap();
-        let cases = [
-            (
-                "http://127.0.0.1:8080",
-                "/a/b?c=d",
-                "http://127.0.0.1:8080/a/b?c=d",
-            ),
-            ("http://127.0.0.1:8080/", "/", "http://127.0.0.1:8080/"),
-            ("http://app:80/api/", "/v1?x", "http://app:80/api/v1?x"),
-            (
-                "http://app/api",
-                "https://example.com/v1",
-                "http://app/api/v1",
-            ),
-        ];
-        for (upstream, asked, expected) in cases {
-            assert_eq!(
-                upstream_uri(&uri(upstream), &uri(asked)),
-                Some(uri(expected)),
-                "{upstream} {asked}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_message_without_hop_by_hop_headers_is_left_alone() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("a.test"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 2);
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 2, "a lone Upgrade is removed");
-    }
 }

@@ -4,32 +4,44 @@
 //! stream's own task as hyper asks for it. No connection task, no channel between tasks.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::ChunkedBody;
-use super::head::{Framing, ParsedResponse, line, parse_response};
+use super::head::{
+    Framing, HeaderFacts, Outgoing, ParsedResponse, Refusal, parse_response, upstream_head,
+};
+use super::pool::{READ_SIZE, Upstream};
 use crate::proxy::Proxy;
 
-/// How much is read from the upstream at a time.
-const READ_SIZE: usize = 16 * 1024;
+/// Why a request got no response from the upstream.
+pub(crate) enum SendError {
+    /// The request itself cannot be forwarded (400).
+    BadRequest(&'static str),
+    /// The upstream could not be reached, or its answer cannot be forwarded (502).
+    Upstream(String),
+}
 
-/// Sends `req` to `proxy`'s upstream and returns its response once the head has arrived; the
-/// body follows as hyper reads it. A pooled connection the upstream has closed is replaced
-/// once, when the request has no body to send again.
+/// Sends `req`, from `client`, to `proxy`'s upstream and returns its response once the head
+/// has arrived; the body follows as hyper reads it. The head is written from the request as
+/// it came (hop-by-hop headers left out, forwarding headers set: `head::upstream_head`). A
+/// pooled connection the upstream has closed is replaced once, when the request has no body
+/// to send again.
 pub(crate) async fn send<B>(
     proxy: &Arc<Proxy>,
     mut req: Request<B>,
-) -> Result<Response<UpstreamBody>, String>
+    client: SocketAddr,
+) -> Result<Response<UpstreamBody>, SendError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -42,25 +54,59 @@ where
             None => Framing::Chunked,
         }
     };
-    let head = request_head(&req, framing, proxy.authority());
+    let head = {
+        let lines: Vec<(&str, &[u8])> = req
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        let lines = lines.iter().copied();
+        let facts = HeaderFacts::of(lines.clone()).map_err(|refusal| {
+            SendError::BadRequest(match refusal {
+                Refusal::Malformed(what) => what,
+                _ => "bad request head\n",
+            })
+        })?;
+        let host = facts
+            .host
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let outgoing = Outgoing {
+            method: req.method().as_str(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            http10: false,
+            host,
+            framing,
+            upgrade: None,
+        };
+        upstream_head(&outgoing, &proxy.rewrite(client), lines, &facts)
+    };
     let is_head = req.method() == Method::HEAD;
+    let failed = |e: String| SendError::Upstream(e);
     let mut pooled = proxy.pool.take();
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
             Some(upstream) => upstream,
-            None => proxy.pool.connect().await.map_err(|e| e.to_string())?,
+            None => proxy
+                .pool
+                .connect()
+                .await
+                .map_err(|e| failed(e.to_string()))?,
         };
         let sent = match framing {
-            Framing::Empty => upstream.write_all(&head).await.map_err(|e| e.to_string()),
-            _ => upload(&mut upstream, &head, req.body_mut(), framing).await,
+            Framing::Empty => upstream
+                .stream
+                .write_all(&head)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => upload(&mut upstream.stream, &head, req.body_mut(), framing).await,
         };
         let answer = match sent {
             Ok(()) => response_head(upstream, is_head).await,
             Err(e) => Err((e, true)),
         };
         match answer {
-            Ok((upstream, bytes, parsed)) => {
+            Ok((upstream, parsed)) => {
                 let ParsedResponse {
                     status,
                     framing,
@@ -70,7 +116,6 @@ where
                 } = parsed;
                 let mut body = UpstreamBody {
                     upstream: Some(upstream),
-                    bytes,
                     framing,
                     left: match framing {
                         Framing::Length(n) => n,
@@ -84,41 +129,16 @@ where
                     body.finish();
                 }
                 let mut response = Response::new(body);
-                *response.status_mut() =
-                    StatusCode::from_u16(status).map_err(|_| "bad status".to_owned())?;
+                *response.status_mut() = StatusCode::from_u16(status)
+                    .map_err(|_| failed("bad response status".to_owned()))?;
                 *response.headers_mut() = headers;
                 return Ok(response);
             }
             // Nothing came back on a connection the upstream had closed: send it again.
             Err((_, true)) if reused && framing == Framing::Empty => {}
-            Err((e, _)) => return Err(e),
+            Err((e, _)) => return Err(failed(e)),
         }
     }
-}
-
-/// The request head for the upstream, from a request whose headers are already rewritten.
-fn request_head<B>(req: &Request<B>, framing: Framing, authority: &str) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(req.method().as_str().as_bytes());
-    head.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !req.headers().contains_key(header::HOST) {
-        line(&mut head, b"host", authority.as_bytes());
-    }
-    for (name, value) in req.headers() {
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            line(&mut head, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    match framing {
-        Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => line(&mut head, b"transfer-encoding", b"chunked"),
-        Framing::Empty | Framing::UntilClose => {}
-    }
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// Sends the head, then the body as it arrives, of `framing`.
@@ -160,14 +180,13 @@ where
 /// Reads the response head (informational responses are dropped) and makes its header lines
 /// hyper's. The flag of an error says whether nothing at all came back.
 async fn response_head(
-    mut upstream: TcpStream,
+    mut upstream: Upstream,
     is_head: bool,
-) -> Result<(TcpStream, BytesMut, ParsedResponse<HeaderMap>), (String, bool)> {
-    let mut bytes = BytesMut::with_capacity(READ_SIZE);
+) -> Result<(Upstream, ParsedResponse<HeaderMap>), (String, bool)> {
     let mut nothing_yet = true;
     loop {
-        if !bytes.is_empty() {
-            let parsed = parse_response(&bytes, is_head, false, |_, _, lines, _| {
+        if !upstream.buf.is_empty() {
+            let parsed = parse_response(&upstream.buf, is_head, false, |_, _, lines, _| {
                 let mut headers = HeaderMap::with_capacity(lines.size_hint().0);
                 for (name, value) in lines {
                     if let (Ok(name), Ok(value)) = (
@@ -182,18 +201,18 @@ async fn response_head(
             .map_err(|e| (e.to_owned(), false))?;
             match parsed {
                 Some(parsed) if parsed.status < 200 => {
-                    bytes.advance(parsed.head_len);
+                    upstream.buf.advance(parsed.head_len);
                     continue;
                 }
                 Some(parsed) => {
-                    bytes.advance(parsed.head_len);
-                    return Ok((upstream, bytes, parsed));
+                    upstream.buf.advance(parsed.head_len);
+                    return Ok((upstream, parsed));
                 }
                 None => {}
             }
         }
-        bytes.reserve(READ_SIZE / 4);
-        match upstream.read_buf(&mut bytes).await {
+        upstream.buf.reserve(READ_SIZE / 4);
+        match upstream.stream.read_buf(&mut upstream.buf).await {
             Ok(0) => return Err(("the upstream closed the connection".into(), nothing_yet)),
             Ok(_) => nothing_yet = false,
             Err(e) => return Err((e.to_string(), nothing_yet)),
@@ -205,9 +224,7 @@ async fn response_head(
 /// goes back to the pool when the body has been read to its end.
 pub(crate) struct UpstreamBody {
     /// `None` once the body has ended.
-    upstream: Option<TcpStream>,
-    /// Read and not yet handed on.
-    bytes: BytesMut,
+    upstream: Option<Upstream>,
     framing: Framing,
     /// What is left of a body of known length.
     left: u64,
@@ -221,7 +238,7 @@ impl UpstreamBody {
     fn finish(&mut self) {
         if let Some(upstream) = self.upstream.take()
             && self.reusable
-            && self.bytes.is_empty()
+            && upstream.buf.is_empty()
         {
             self.proxy.pool.give_back(upstream);
         }
@@ -229,25 +246,28 @@ impl UpstreamBody {
 
     /// The next piece of body already read, if any.
     fn next_piece(&mut self) -> Result<Option<Bytes>, io::Error> {
-        if self.bytes.is_empty() {
+        let Some(Upstream { buf, .. }) = self.upstream.as_mut() else {
+            return Ok(None);
+        };
+        if buf.is_empty() {
             return Ok(None);
         }
         let piece = match self.framing {
             Framing::Empty => None,
-            Framing::UntilClose => Some(self.bytes.split().freeze()),
+            Framing::UntilClose => Some(buf.split().freeze()),
             Framing::Length(_) => {
                 let n = usize::try_from(self.left)
                     .unwrap_or(usize::MAX)
-                    .min(self.bytes.len());
+                    .min(buf.len());
                 self.left -= n as u64;
-                Some(self.bytes.split_to(n).freeze())
+                Some(buf.split_to(n).freeze())
             }
             Framing::Chunked => {
                 let (used, data) = self
                     .chunked
-                    .next_data(&self.bytes)
+                    .next_data(buf)
                     .map_err(|_| io::Error::other("malformed chunked response body"))?;
-                let mut taken = self.bytes.split_to(used);
+                let mut taken = buf.split_to(used);
                 taken.truncate(data.end);
                 taken.advance(data.start);
                 Some(taken.freeze())
@@ -267,32 +287,32 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         loop {
-            if this.upstream.is_none() {
-                return Poll::Ready(None);
-            }
             let piece = this.next_piece();
             if this.is_end_stream() {
                 this.finish();
             }
+            let Some(upstream) = this.upstream.as_mut() else {
+                return Poll::Ready(match piece {
+                    Ok(Some(piece)) => Some(Ok(Frame::data(piece))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e.into())),
+                });
+            };
             match piece {
                 Ok(Some(piece)) => return Poll::Ready(Some(Ok(Frame::data(piece)))),
                 Err(e) => {
                     this.upstream = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }
-                Ok(None) if this.upstream.is_none() => return Poll::Ready(None),
                 // The chunked framing read so far carried no data: there may be more of it.
-                Ok(None) if !this.bytes.is_empty() => continue,
+                Ok(None) if !upstream.buf.is_empty() => continue,
                 Ok(None) => {}
             }
-            let Some(upstream) = this.upstream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            this.bytes.reserve(READ_SIZE);
+            upstream.buf.reserve(READ_SIZE);
             let read = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(upstream),
+                Pin::new(&mut upstream.stream),
                 cx,
-                &mut this.bytes
+                &mut upstream.buf
             ));
             match read {
                 Ok(0) if this.framing == Framing::UntilClose => this.upstream = None,
@@ -309,7 +329,6 @@ impl Body for UpstreamBody {
             }
         }
     }
-
     fn is_end_stream(&self) -> bool {
         self.upstream.is_none()
             || match self.framing {

@@ -127,7 +127,7 @@ pub(crate) fn forward_request(
     };
     let http10 = minor == 0;
     let at = |s: &[u8]| offset_of(bytes, s);
-    let facts = HeaderFacts::of(request.headers)?;
+    let facts = HeaderFacts::of(header_lines(request.headers))?;
     let framing = match (facts.chunked, facts.length) {
         (Some(_), Some(_)) => {
             return Err(Refusal::Malformed(
@@ -151,60 +151,15 @@ pub(crate) fn forward_request(
     };
     let upgrade = !http10 && facts.upgrade.is_some() && facts.connection_has("upgrade");
 
-    let mut head = Vec::with_capacity(head_len + 256);
-    head.extend_from_slice(method.as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(rewrite.prefix.as_bytes());
-    head.extend_from_slice(path.as_bytes());
-    head.extend_from_slice(if http10 {
-        b" HTTP/1.0\r\n"
-    } else {
-        b" HTTP/1.1\r\n"
-    });
-    line(
-        &mut head,
-        b"host",
-        host.unwrap_or(rewrite.authority).as_bytes(),
-    );
-    let plan = forwarding_plan(rewrite.peer, rewrite.peer_is_trusted, host, |name| {
-        request
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
-            .filter_map(|h| std::str::from_utf8(h.value).ok())
-            .collect()
-    });
-    for header in request.headers.iter() {
-        let name = header.name;
-        let replaced = FORWARDING_NAMES
-            .iter()
-            .any(|f| name.eq_ignore_ascii_case(f.as_str()))
-            && (!rewrite.peer_is_trusted
-                || plan
-                    .iter()
-                    .any(|(p, _)| name.eq_ignore_ascii_case(p.as_str())));
-        if replaced
-            || NOT_PASSED.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || name.eq_ignore_ascii_case("expect")
-            || facts.connection_names(name)
-        {
-            continue;
-        }
-        line(&mut head, name.as_bytes(), header.value);
-    }
-    for (name, value) in &plan {
-        line(&mut head, name.as_str().as_bytes(), value.as_bytes());
-    }
-    match framing {
-        Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => line(&mut head, b"transfer-encoding", b"chunked"),
-        Framing::Empty | Framing::UntilClose => {}
-    }
-    if let (true, Some(protocol)) = (upgrade, facts.upgrade) {
-        line(&mut head, b"connection", b"upgrade");
-        line(&mut head, b"upgrade", protocol);
-    }
-    head.extend_from_slice(b"\r\n");
+    let outgoing = Outgoing {
+        method,
+        path,
+        http10,
+        host,
+        framing,
+        upgrade: facts.upgrade.filter(|_| upgrade),
+    };
+    let head = upstream_head(&outgoing, rewrite, header_lines(request.headers), &facts);
     Ok(Some(ForwardedRequest {
         head_len,
         upstream_head: head,
@@ -221,6 +176,92 @@ pub(crate) fn forward_request(
         target: at(target.as_bytes()),
         host: host.map(|h| at(h.as_bytes())),
     }))
+}
+
+/// A request as the upstream receives it, besides the header lines passed on.
+pub(crate) struct Outgoing<'a> {
+    pub(crate) method: &'a str,
+    /// The path and query (without the upstream's prefix).
+    pub(crate) path: &'a str,
+    pub(crate) http10: bool,
+    /// The host the client asked for; the upstream's authority when `None`.
+    pub(crate) host: Option<&'a str>,
+    pub(crate) framing: Framing,
+    /// The protocol of an upgrade the client asks for.
+    pub(crate) upgrade: Option<&'a [u8]>,
+}
+
+/// The request head for the upstream: `request`'s line under the upstream's prefix, its host,
+/// the header `lines` that are not hop-by-hop (nor named by `Connection`), nor forwarding
+/// headers the plan replaces, nor framing; then the forwarding headers and the framing.
+pub(crate) fn upstream_head<'h>(
+    request: &Outgoing<'_>,
+    rewrite: &Rewrite<'_>,
+    lines: impl Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    facts: &HeaderFacts<'h>,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(request.method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(rewrite.prefix.as_bytes());
+    head.extend_from_slice(request.path.as_bytes());
+    head.extend_from_slice(if request.http10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    let host = request.host.unwrap_or(rewrite.authority);
+    line(&mut head, b"host", host.as_bytes());
+    let plan = forwarding_plan(
+        rewrite.peer,
+        rewrite.peer_is_trusted,
+        request.host,
+        |name| {
+            lines
+                .clone()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
+                .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+                .collect()
+        },
+    );
+    for (name, value) in lines {
+        let replaced = FORWARDING_NAMES
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_str()))
+            && (!rewrite.peer_is_trusted
+                || plan
+                    .iter()
+                    .any(|(p, _)| name.eq_ignore_ascii_case(p.as_str())));
+        if replaced
+            || NOT_PASSED.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || name.eq_ignore_ascii_case("expect")
+            || facts.connection_names(name)
+        {
+            continue;
+        }
+        line(&mut head, name.as_bytes(), value);
+    }
+    for (name, value) in &plan {
+        line(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match request.framing {
+        Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => line(&mut head, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    if let Some(protocol) = request.upgrade {
+        line(&mut head, b"connection", b"upgrade");
+        line(&mut head, b"upgrade", protocol);
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// httparse's header lines as name and value.
+fn header_lines<'h>(
+    headers: &[httparse::Header<'h>],
+) -> impl Iterator<Item = (&'h str, &'h [u8])> + Clone {
+    headers.iter().map(|h| (h.name, h.value))
 }
 
 /// A response head, written again for the client.
@@ -325,7 +366,8 @@ pub(crate) fn parse_response<W>(
     let (Some(status), Some(minor)) = (response.code, response.version) else {
         return Err("malformed response head");
     };
-    let facts = HeaderFacts::of(response.headers).map_err(|_| "malformed response framing")?;
+    let facts = HeaderFacts::of(header_lines(response.headers))
+        .map_err(|_| "malformed response framing")?;
     let framing = if status < 200 || is_head || status == 204 || status == 304 {
         Framing::Empty
     } else {
@@ -407,12 +449,13 @@ pub(crate) fn own_response(status: u16, reason: &str, body: &str, close: bool) -
 }
 
 /// What the proxy needs from a head's header lines.
-struct HeaderFacts<'h> {
+pub(crate) struct HeaderFacts<'h> {
     /// `Some(true)` when `Transfer-Encoding` is exactly `chunked`; `Some(false)` for any
     /// other coding.
     chunked: Option<bool>,
     length: Option<u64>,
-    host: Option<&'h str>,
+    /// The `Host` header.
+    pub(crate) host: Option<&'h str>,
     upgrade: Option<&'h [u8]>,
     expect: Option<&'h [u8]>,
     /// The `Connection` header's lines.
@@ -420,7 +463,8 @@ struct HeaderFacts<'h> {
 }
 
 impl<'h> HeaderFacts<'h> {
-    fn of(headers: &[httparse::Header<'h>]) -> Result<Self, Refusal> {
+    /// The facts of the header `lines`; `Err` for framing or a host that cannot be trusted.
+    pub(crate) fn of(lines: impl Iterator<Item = (&'h str, &'h [u8])>) -> Result<Self, Refusal> {
         let mut facts = Self {
             chunked: None,
             length: None,
@@ -429,8 +473,7 @@ impl<'h> HeaderFacts<'h> {
             expect: None,
             connection: Vec::new(),
         };
-        for header in headers {
-            let (name, value) = (header.name, header.value);
+        for (name, value) in lines {
             // Header names are compared by length first: most differ there.
             if name.eq_ignore_ascii_case("content-length") {
                 let length = std::str::from_utf8(value)

@@ -1,24 +1,35 @@
 //! Idle keep-alive connections to one upstream, shared by a listener's connections: a request
 //! takes the one used last (its socket is the likeliest to be warm), gives it back once its
-//! response has been read to the end, and connects anew when none is idle.
+//! response has been read to the end, and connects anew when none is idle. Each connection
+//! keeps its read buffer, so that a request allocates none.
 
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 /// How long a new upstream connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The read buffer each connection starts with (it grows for larger heads).
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 /// Idle upstream connections kept, and for how long.
 const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One connection to the upstream.
+pub(crate) struct Upstream {
+    pub(crate) stream: TcpStream,
+    /// What was read from the stream and not used yet.
+    pub(crate) buf: BytesMut,
+}
 
 /// The idle connections to one upstream.
 pub(crate) struct UpstreamPool {
     /// `host:port`.
     authority: String,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<(Upstream, Instant)>>,
 }
 
 impl UpstreamPool {
@@ -31,30 +42,34 @@ impl UpstreamPool {
     }
 
     /// An idle connection the upstream has not closed, if there is one.
-    pub(crate) fn take(&self) -> Option<TcpStream> {
+    pub(crate) fn take(&self) -> Option<Upstream> {
         let now = Instant::now();
         loop {
-            let (stream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let (upstream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             // A read on an idle connection finds nothing unless the upstream closed it (or
             // said something out of turn): either way it cannot carry a request.
-            let open = matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            let open = matches!(upstream.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             if open && now.duration_since(since) < IDLE_TIMEOUT {
-                return Some(stream);
+                return Some(upstream);
             }
         }
     }
 
     /// A new connection.
-    pub(crate) async fn connect(&self) -> io::Result<TcpStream> {
+    pub(crate) async fn connect(&self) -> io::Result<Upstream> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(Upstream {
+            stream,
+            buf: BytesMut::with_capacity(READ_SIZE),
+        })
     }
 
     /// Gives back a connection whose last response was read to the end.
-    pub(crate) fn give_back(&self, stream: TcpStream) {
+    pub(crate) fn give_back(&self, mut upstream: Upstream) {
+        upstream.buf.clear();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_IDLE {
             let now = Instant::now();
@@ -63,6 +78,6 @@ impl UpstreamPool {
                 idle.remove(0);
             }
         }
-        idle.push((stream, Instant::now()));
+        idle.push((upstream, Instant::now()));
     }
 }

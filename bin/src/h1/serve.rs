@@ -8,6 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Buf;
 use hyper::Method;
 use hyper::header::HeaderValue;
 use hyper::http::uri::PathAndQuery;
@@ -20,6 +21,7 @@ use super::head::{
     ForwardedRequest, ForwardedResponse, Framing, Rewrite, forward_request, forward_response,
     own_response, split_target, switching_head,
 };
+use super::pool::{READ_SIZE, Upstream};
 use crate::access_log::Entry;
 use crate::admission::Admitted;
 use crate::connection::{Awaiting, Ending, Shared};
@@ -27,9 +29,6 @@ use crate::observed_io::IoObserver;
 use crate::proxy::{ConnectionFacts, Proxy, ProxySlot};
 use crate::tunnel;
 use certloop_acme::adapter::canonical_ip;
-
-/// How much is read at a time once a message has begun.
-const READ_SIZE: usize = 16 * 1024;
 
 /// What one connection's requests share.
 pub(crate) struct Http1Context {
@@ -52,12 +51,11 @@ enum Failure {
     ClientGone,
 }
 
-/// An upstream response head, with the connection it came on and what was read after it.
+/// An upstream response head, with the connection it came on (whose buffer holds what was
+/// read after the head).
 struct Answer {
-    upstream: TcpStream,
+    upstream: Upstream,
     response: ForwardedResponse,
-    /// The bytes read after the head.
-    rest: Vec<u8>,
 }
 
 /// Where the request body stands.
@@ -316,10 +314,21 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
         };
         let sent = match request.framing {
             Framing::Empty => upstream
+                .stream
                 .write_all(&request.upstream_head)
                 .await
                 .map_err(|e| Failure::Unreachable(e.to_string())),
-            framing => upload_body(client, &mut upstream, buf, request, framing, &mut upload).await,
+            framing => {
+                upload_body(
+                    client,
+                    &mut upstream.stream,
+                    buf,
+                    request,
+                    framing,
+                    &mut upload,
+                )
+                .await
+            }
         };
         let answer = match sent {
             Ok(()) => read_response_head(upstream, request, keep_client).await,
@@ -399,51 +408,37 @@ async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
 /// Reads the response head (informational responses other than 101 are dropped). The flag
 /// says whether nothing at all came back.
 async fn read_response_head(
-    mut upstream: TcpStream,
+    mut upstream: Upstream,
     request: &ForwardedRequest,
     keep_client: bool,
 ) -> Result<Answer, (Failure, bool)> {
-    let mut bytes: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let mut nothing_yet = true;
     loop {
-        if !bytes.is_empty() {
-            match forward_response(&bytes, request, keep_client) {
-                Ok(Some(response)) if response.status == 101 && request.upgrade => {
-                    let rest = bytes.split_off(response.head_len);
-                    let mut response = response;
-                    response.client_head = switching_head(&bytes);
-                    return Ok(Answer {
-                        upstream,
-                        response,
-                        rest,
-                    });
+        if !upstream.buf.is_empty() {
+            match forward_response(&upstream.buf, request, keep_client) {
+                Ok(Some(mut response)) if response.status == 101 && request.upgrade => {
+                    response.client_head = switching_head(&upstream.buf[..response.head_len]);
+                    upstream.buf.advance(response.head_len);
+                    return Ok(Answer { upstream, response });
                 }
                 Ok(Some(response)) if response.status < 200 => {
                     if response.status == 101 {
-                        return Err((
-                            Failure::BadAnswer("101 to a request that asked no upgrade"),
-                            false,
-                        ));
+                        let e = Failure::BadAnswer("101 to a request that asked no upgrade");
+                        return Err((e, false));
                     }
-                    bytes.drain(..response.head_len);
+                    upstream.buf.advance(response.head_len);
                     continue;
                 }
                 Ok(Some(response)) => {
-                    let rest = bytes.split_off(response.head_len);
-                    return Ok(Answer {
-                        upstream,
-                        response,
-                        rest,
-                    });
+                    upstream.buf.advance(response.head_len);
+                    return Ok(Answer { upstream, response });
                 }
                 Ok(None) => {}
                 Err(e) => return Err((Failure::BadAnswer(e), false)),
             }
         }
-        if bytes.capacity() - bytes.len() < READ_SIZE / 4 {
-            bytes.reserve(READ_SIZE);
-        }
-        match upstream.read_buf(&mut bytes).await {
+        upstream.buf.reserve(READ_SIZE / 4);
+        match upstream.stream.read_buf(&mut upstream.buf).await {
             Ok(0) => {
                 let e = Failure::Unreachable("the upstream closed the connection".into());
                 return Err((e, nothing_yet));
@@ -468,7 +463,6 @@ async fn relay_body<C: AsyncWrite + Unpin>(
     let Answer {
         mut upstream,
         response,
-        rest: mut bytes,
     } = answer;
     let mut chunked = ChunkedBody::default();
     let mut left = match response.framing {
@@ -479,9 +473,10 @@ async fn relay_body<C: AsyncWrite + Unpin>(
     let mut out = response.client_head;
     let mut done = left == 0;
     loop {
+        let bytes = &upstream.buf;
         let n = match response.framing {
             Framing::Chunked => chunked
-                .feed(&bytes)
+                .feed(bytes)
                 .map_err(|_| io::Error::other("malformed chunked response"))?,
             _ => usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len()),
         };
@@ -501,7 +496,7 @@ async fn relay_body<C: AsyncWrite + Unpin>(
             out = Vec::new();
         }
         progress();
-        let extra = bytes.len() > n;
+        let extra = upstream.buf.len() > n;
         if done {
             client.flush().await?;
             if response.upstream_reusable && !extra {
@@ -509,12 +504,10 @@ async fn relay_body<C: AsyncWrite + Unpin>(
             }
             return Ok(());
         }
-        bytes.clear();
-        if bytes.capacity() < READ_SIZE {
-            bytes.reserve(READ_SIZE);
-        }
+        upstream.buf.clear();
+        upstream.buf.reserve(READ_SIZE);
         client.flush().await?;
-        if upstream.read_buf(&mut bytes).await? == 0 {
+        if upstream.stream.read_buf(&mut upstream.buf).await? == 0 {
             if response.framing == Framing::UntilClose {
                 return Ok(());
             }
@@ -534,23 +527,22 @@ where
     let Answer {
         mut upstream,
         response,
-        rest,
     } = answer;
     let (listener, idle) = (proxy.listener.clone(), proxy.tunnel_idle);
     proxy.tunnels.spawn(async move {
         let _slots = slots;
         let mut head = response.client_head;
-        head.extend_from_slice(&rest);
+        head.extend_from_slice(&upstream.buf);
         let opened = async {
             client.write_all(&head).await?;
             client.flush().await?;
-            upstream.write_all(&buf).await
+            upstream.stream.write_all(&buf).await
         };
         if let Err(e) = opened.await {
             tracing::warn!(listener = %listener, "upgrade failed: {e}");
             return;
         }
-        let end = tunnel::run(client, upstream, idle).await;
+        let end = tunnel::run(client, upstream.stream, idle).await;
         tracing::debug!(listener = %listener, "tunnel ended: {end:?}");
     });
 }
@@ -610,7 +602,7 @@ impl LogFacts {
 
 impl Proxy {
     /// How a request from `client` is written for this proxy's upstream.
-    fn rewrite(&self, client: std::net::SocketAddr) -> Rewrite<'_> {
+    pub(crate) fn rewrite(&self, client: std::net::SocketAddr) -> Rewrite<'_> {
         let peer = canonical_ip(client.ip());
         Rewrite {
             prefix: &self.prefix,
