@@ -4,6 +4,7 @@
 # the demo upstream); h2load drives certloop alone while `perf record` samples it, then the
 # hottest functions (self time) and the share of each library are printed. The full report
 # stays in target/profile-proxy/perf.data (`perf report -i ...`).
+# PERF_CALL_GRAPH="--call-graph dwarf" gives callers where frame pointers are missing.
 # Usage: scripts/profile-proxy.sh [h1|h2|resumed] [CONNECTIONS]   (default h1 20; `resumed`:
 # tls-handshakes' resumed TLS 1.3 connections, one request each, instead of h2load)
 set -euo pipefail
@@ -20,12 +21,12 @@ if [ "$protocol" = resumed ]; then
     cargo build -q --release -p certloop-tests --bin tls-handshakes
     export BENCH_CERT=$dir/cert.pem
     target/release/tls-handshakes "$cl" 1 resumed >/dev/null # warm-up
-    perf record -F 2999 -g -p "$certloop_pid" -o "$dir/perf.data" -- sleep 6 2>/dev/null &
+    perf record -F 2999 ${PERF_CALL_GRAPH:--g} -p "$certloop_pid" -o "$dir/perf.data" -- sleep 6 2>/dev/null &
     perf_pid=$!
     echo "rate, share resumed: $(target/release/tls-handshakes "$cl" 5 resumed)"
 else
     h2load "${flags[@]}" -n 5000 -c "$connections" -t 1 --connect-to "127.0.0.1:$cl" "$target" >/dev/null 2>&1 # warm-up
-    perf record -F 2999 -g -p "$certloop_pid" -o "$dir/perf.data" -- sleep 6 2>/dev/null &
+    perf record -F 2999 ${PERF_CALL_GRAPH:--g} -p "$certloop_pid" -o "$dir/perf.data" -- sleep 6 2>/dev/null &
     perf_pid=$!
     h2load "${flags[@]}" -n 1000000 -D 5 -c "$connections" -t 1 --connect-to "127.0.0.1:$cl" "$target" 2>&1 | grep 'finished in'
 fi
