@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 
 use super::chunked::ChunkedBody;
 use super::head::{
-    Framing, HeaderFacts, Outgoing, ParsedResponse, Refusal, parse_response, upstream_head,
+    Framing, HeaderFacts, IDEMPOTENT, Outgoing, ParsedResponse, Refusal, parse_response,
+    upstream_head,
 };
 use super::pool::{READ_SIZE, Upstream};
 use crate::proxy::Proxy;
@@ -46,6 +47,10 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    if req.method() == Method::CONNECT {
+        return Err(SendError::BadRequest("CONNECT is not supported\n"));
+    }
+    let idempotent = IDEMPOTENT.contains(&req.method().as_str());
     let framing = if req.body().is_end_stream() {
         Framing::Empty
     } else {
@@ -135,7 +140,7 @@ where
                 return Ok(response);
             }
             // Nothing came back on a connection the upstream had closed: send it again.
-            Err((_, true)) if reused && framing == Framing::Empty => {}
+            Err((_, true)) if reused && framing == Framing::Empty && idempotent => {}
             Err((e, _)) => return Err(failed(e)),
         }
     }
@@ -200,6 +205,10 @@ async fn response_head(
             })
             .map_err(|e| (e.to_owned(), false))?;
             match parsed {
+                // Nothing asked for an upgrade: what follows a 101 is not HTTP.
+                Some(parsed) if parsed.status == 101 => {
+                    return Err(("101 to a request that asked no upgrade".into(), false));
+                }
                 Some(parsed) if parsed.status < 200 => {
                     upstream.buf.advance(parsed.head_len);
                     continue;

@@ -12,6 +12,9 @@ use crate::forwarding::{FORWARDING_NAMES, forwarding_plan};
 /// The most header lines a head may have (hyper's default); more is answered with 431.
 const MAX_HEADERS: usize = 100;
 
+/// The methods a request may be sent again with (RFC 9110 §9.2.2).
+pub(crate) const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
+
 /// The largest upstream response head.
 const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
@@ -100,6 +103,9 @@ pub(crate) struct ForwardedRequest {
     pub(crate) expects_continue: bool,
     /// The client asks to upgrade the connection (WebSocket and the like).
     pub(crate) upgrade: bool,
+    /// Sending it twice has the effect of sending it once (RFC 9110 §9.2.2), so it may be sent
+    /// again on a new connection when a pooled one turns out closed.
+    pub(crate) idempotent: bool,
     /// Where the method, the request target and the host (if any) are in the client's bytes.
     pub(crate) method: Range<usize>,
     pub(crate) target: Range<usize>,
@@ -143,13 +149,20 @@ pub(crate) fn forward_request(
         return Err(Refusal::Malformed("CONNECT is not supported\n"));
     }
     let (path, target_authority) = split_target(target)?;
-    let host = facts.host.or(target_authority);
+    // An absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2).
+    let host = target_authority.or(facts.host);
     let keep_alive = if http10 {
         facts.connection_has("keep-alive")
     } else {
         !facts.connection_has("close")
     };
-    let upgrade = !http10 && facts.upgrade.is_some() && facts.connection_has("upgrade");
+    // `h2c` means nothing over TLS, and a tunnel to an h2c upstream would carry requests the
+    // proxy never rewrites: such a request is forwarded without its upgrade.
+    let upgrade = !http10
+        && facts.connection_has("upgrade")
+        && facts
+            .upgrade
+            .is_some_and(|protocol| !trimmed(protocol).eq_ignore_ascii_case(b"h2c"));
 
     let outgoing = Outgoing {
         method,
@@ -168,10 +181,12 @@ pub(crate) fn forward_request(
         http10,
         keep_alive,
         expects_continue: framing != Framing::Empty
+            && !http10
             && facts
                 .expect
                 .is_some_and(|e| e.eq_ignore_ascii_case(b"100-continue")),
         upgrade,
+        idempotent: IDEMPOTENT.contains(&method),
         method: at(method.as_bytes()),
         target: at(target.as_bytes()),
         host: host.map(|h| at(h.as_bytes())),
@@ -233,6 +248,7 @@ pub(crate) fn upstream_head<'h>(
                     .iter()
                     .any(|(p, _)| name.eq_ignore_ascii_case(p.as_str())));
         if replaced
+            || forwarding_alias(name)
             || NOT_PASSED.iter().any(|n| name.eq_ignore_ascii_case(n))
             || name.eq_ignore_ascii_case("expect")
             || facts.connection_names(name)
@@ -255,6 +271,19 @@ pub(crate) fn upstream_head<'h>(
     }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// Whether `name` is a forwarding header spelt with underscores (`X_Forwarded_For`), which
+/// CGI-style upstreams read as the header itself: never passed on.
+fn forwarding_alias(name: &str) -> bool {
+    name.contains('_')
+        && FORWARDING_NAMES.iter().any(|f| {
+            f.as_str().len() == name.len()
+                && f.as_str()
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
 }
 
 /// httparse's header lines as name and value.
@@ -325,7 +354,8 @@ pub(crate) fn forward_response(
         status: parsed.status,
         client_head: parsed.written,
         framing: parsed.framing,
-        upstream_reusable: parsed.upstream_reusable,
+        // An HTTP/1.0 request went upstream without keep-alive: the upstream closes after it.
+        upstream_reusable: parsed.upstream_reusable && !request.http10,
         close,
     }))
 }
@@ -363,7 +393,7 @@ pub(crate) fn parse_response<W>(
         Ok(httparse::Status::Partial) => return Err("response head too large"),
         Err(_) => return Err("malformed response head"),
     };
-    let (Some(status), Some(minor)) = (response.code, response.version) else {
+    let (Some(status @ 100..), Some(minor)) = (response.code, response.version) else {
         return Err("malformed response head");
     };
     let facts = HeaderFacts::of(header_lines(response.headers))
@@ -547,7 +577,9 @@ pub(super) fn split_target(target: &str) -> Result<(&str, Option<&str>), Refusal
         .ok_or(Refusal::Malformed("bad request target\n"))?;
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    if authority.is_empty() {
+    // Host, port and IPv6 brackets only: no userinfo, no fragment, nothing a list could split.
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b);
+    if authority.is_empty() || !authority.bytes().all(plain) {
         return Err(Refusal::Malformed("bad request target\n"));
     }
     Ok((if path.is_empty() { "/" } else { path }, Some(authority)))
@@ -687,6 +719,36 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_headers_under_other_spellings_and_h2c_upgrades_do_not_pass() {
+        let out = upstream_head(
+            "GET / HTTP/1.1\r\nHost: a.test\r\nX_Forwarded_For: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\n\
+             Connection: Upgrade\r\nUpgrade: h2c\r\nX_Other: 1\r\n\r\n",
+        );
+        assert!(!out.contains("6.6.6.6"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
+        assert!(out.contains("X_Other: 1\r\n"), "{out}");
+        let r = forward("GET http://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8(r.upstream_head)
+                .unwrap()
+                .contains("host: b.test\r\n")
+        );
+        for bad in [
+            "GET http://u@b.test/ HTTP/1.1\r\n\r\n",
+            "GET http://a,b/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(forward(bad).unwrap_err().answer().0, 400, "{bad}");
+        }
+        let r = forward("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!r.expects_continue);
+        assert!(!r.idempotent);
+    }
+
+    #[test]
     fn a_head_over_the_limit_is_refused_complete_or_not() {
         let long = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(100));
         assert!(forward_request(long.as_bytes(), 64, &rewrite(false)).is_err());
@@ -780,6 +842,10 @@ mod tests {
         assert_eq!((r.framing, r.upstream_reusable), (Framing::Empty, false));
         let r = respond("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &old, true);
         assert!(
+            !r.upstream_reusable,
+            "an HTTP/1.0 request went upstream without keep-alive"
+        );
+        assert!(
             String::from_utf8(r.client_head)
                 .unwrap()
                 .contains("connection: keep-alive\r\n")
@@ -790,6 +856,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 099 Odd\r\n\r\n",
         ] {
             assert!(
                 forward_response(bad.as_bytes(), &get, true).is_err(),

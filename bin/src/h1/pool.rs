@@ -3,6 +3,7 @@
 //! response has been read to the end, and connects anew when none is idle. Each connection
 //! keeps its read buffer, so that a request allocates none.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ pub(crate) struct Upstream {
 pub(crate) struct UpstreamPool {
     /// `host:port`.
     authority: String,
-    idle: Mutex<Vec<(Upstream, Instant)>>,
+    /// Oldest first.
+    idle: Mutex<VecDeque<(Upstream, Instant)>>,
 }
 
 impl UpstreamPool {
@@ -37,7 +39,7 @@ impl UpstreamPool {
     pub(crate) fn new(authority: String) -> Self {
         Self {
             authority,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -45,11 +47,12 @@ impl UpstreamPool {
     pub(crate) fn take(&self) -> Option<Upstream> {
         let now = Instant::now();
         loop {
-            let (upstream, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            // A read on an idle connection finds nothing unless the upstream closed it (or
-            // said something out of turn): either way it cannot carry a request.
-            let open = matches!(upstream.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-            if open && now.duration_since(since) < IDLE_TIMEOUT {
+            let (upstream, since) = self
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_back()?;
+            if now.duration_since(since) < IDLE_TIMEOUT && still_open(&upstream) {
                 return Some(upstream);
             }
         }
@@ -68,16 +71,26 @@ impl UpstreamPool {
     }
 
     /// Gives back a connection whose last response was read to the end.
+    /// Each time, the oldest idle connection is dropped if it has been idle too long or the
+    /// upstream has closed it, so that closed connections do not pile up after a burst.
     pub(crate) fn give_back(&self, mut upstream: Upstream) {
         upstream.buf.clear();
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= MAX_IDLE {
-            let now = Instant::now();
-            idle.retain(|(_, since)| now.duration_since(*since) < IDLE_TIMEOUT);
-            if idle.len() >= MAX_IDLE {
-                idle.remove(0);
-            }
+        if let Some((oldest, since)) = idle.front()
+            && (now.duration_since(*since) >= IDLE_TIMEOUT || !still_open(oldest))
+        {
+            idle.pop_front();
         }
-        idle.push((upstream, Instant::now()));
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back((upstream, now));
     }
+}
+
+/// Whether an idle connection can still carry a request: a read on it finds nothing unless the
+/// upstream closed it (or said something out of turn).
+fn still_open(upstream: &Upstream) -> bool {
+    matches!(upstream.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }

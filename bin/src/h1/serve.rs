@@ -88,6 +88,15 @@ where
             let proxy = context.proxy.current();
             let rewrite = proxy.rewrite(context.facts.peer);
             let request = loop {
+                // Checked first: past the watchdog's verdict not even a head already read is
+                // served.
+                let level = *ending.borrow_and_update();
+                if level == Ending::Closing
+                    || (level == Ending::Stopping && buf.is_empty() && served > 0)
+                {
+                    let _ = client.shutdown().await;
+                    return;
+                }
                 if !buf.is_empty() {
                     match forward_request(&buf, context.max_head, &rewrite) {
                         Ok(Some(request)) => break request,
@@ -105,13 +114,6 @@ where
                         }
                     }
                 }
-                let level = *ending.borrow_and_update();
-                if level == Ending::Closing
-                    || (level == Ending::Stopping && buf.is_empty() && served > 0)
-                {
-                    let _ = client.shutdown().await;
-                    return;
-                }
                 let read = tokio::select! {
                     read = read_more(&mut client, &mut buf) => read,
                     _ = ending.changed() => continue,
@@ -121,7 +123,6 @@ where
                 }
             };
             served += 1;
-            let serving = *ending.borrow() == Ending::Serving;
             // Boxed: the states of a request in flight would otherwise stay in the connection's
             // future, idle or not.
             // (Built in a statement of its own: a temporary in the awaiting statement would keep
@@ -133,7 +134,7 @@ where
                 &proxy,
                 &context,
                 &watch,
-                serving,
+                &ending,
             ));
             match next.await {
                 Next::KeepAlive if buf.is_empty() => {
@@ -163,8 +164,8 @@ enum Next {
     Upgrade(Answer),
 }
 
-/// Forwards one request whose head is at the start of `buf`, and its response; `serving` is
-/// false once the connection is told to end.
+/// Forwards one request whose head is at the start of `buf`, and its response; past the
+/// `ending` signal, the response says `Connection: close`.
 async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     buf: &mut Vec<u8>,
@@ -172,7 +173,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
     context: &Http1Context,
     watch: &Arc<Shared>,
-    serving: bool,
+    ending: &watch::Receiver<Ending>,
 ) -> Next {
     let awaiting = Awaiting::start(watch.clone());
     let (started, time) = (Instant::now(), SystemTime::now());
@@ -183,8 +184,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
     buf.drain(..request.head_len);
 
     let asked = Instant::now();
-    let keep_client = request.keep_alive && serving;
-    let exchange = exchange(proxy, client, buf, request, keep_client);
+    let exchange = exchange(proxy, client, buf, request, ending);
     let (answer, upload) = match tokio::time::timeout(proxy.timeout, exchange).await {
         Ok((Ok(answer), upload)) => (Ok(answer), upload),
         Ok((Err(failure), upload)) => (Err(Some(failure)), upload),
@@ -197,7 +197,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
         ),
     };
     let upstream_took = answer.is_ok().then(|| asked.elapsed());
-    let keep_client = keep_client && upload.done;
+    let keep_client = request.keep_alive && upload.done && *ending.borrow() == Ending::Serving;
     let record = |status: u16, bytes_out: u64| {
         if let (Some(access_log), Some(facts)) = (&proxy.access_log, &log) {
             access_log.record(&facts.entry(
@@ -296,7 +296,7 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     buf: &mut Vec<u8>,
     request: &ForwardedRequest,
-    keep_client: bool,
+    ending: &watch::Receiver<Ending>,
 ) -> (Result<Answer, Failure>, Upload) {
     let mut upload = Upload {
         sent: 0,
@@ -331,14 +331,14 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let answer = match sent {
-            Ok(()) => read_response_head(upstream, request, keep_client).await,
+            Ok(()) => read_response_head(upstream, request, ending).await,
             Err(failure) => Err((failure, true)),
         };
         match answer {
             Ok(answer) => return (Ok(answer), upload),
             // Nothing came back on a connection the upstream had closed: send it again.
-            Err((Failure::Unreachable(_), true)) if reused && request.framing == Framing::Empty => {
-            }
+            Err((Failure::Unreachable(_), true))
+                if reused && request.framing == Framing::Empty && request.idempotent => {}
             Err((failure, _)) => return (Err(failure), upload),
         }
     }
@@ -359,23 +359,38 @@ async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
         Framing::Length(n) => n,
         _ => u64::MAX,
     };
-    // How much of `bytes` is body, and whether the body ends there.
-    let mut take = |bytes: &[u8]| -> Result<(usize, bool), Failure> {
-        if framing == Framing::Chunked {
-            let n = chunked.feed(bytes).map_err(|_| Failure::BadBody)?;
-            Ok((n, chunked.is_done()))
-        } else {
+    // Appends to `out` what of `bytes` is body; returns how many bytes that took, and whether
+    // the body ends there. A chunked body is written again with chunks of its data alone: no
+    // client's extensions or trailers reach the upstream.
+    let mut take = |bytes: &[u8], out: &mut Vec<u8>| -> Result<(usize, bool), Failure> {
+        if framing != Framing::Chunked {
             let n = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
             left -= n as u64;
-            Ok((n, left == 0))
+            out.extend_from_slice(&bytes[..n]);
+            return Ok((n, left == 0));
         }
+        let mut at = 0;
+        while at < bytes.len() && !chunked.is_done() {
+            let (used, data) = chunked
+                .next_data(&bytes[at..])
+                .map_err(|_| Failure::BadBody)?;
+            if !data.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&bytes[at..][data]);
+                out.extend_from_slice(b"\r\n");
+            }
+            at += used;
+        }
+        if chunked.is_done() {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Ok((at, chunked.is_done()))
     };
-    let (n, mut done) = take(buf)?;
-    let mut out = Vec::with_capacity(request.upstream_head.len() + n);
+    let mut out = Vec::with_capacity(request.upstream_head.len() + buf.len() + 16);
     out.extend_from_slice(&request.upstream_head);
-    out.extend_from_slice(&buf[..n]);
+    let (n, mut done) = take(buf, &mut out)?;
     buf.drain(..n);
-    upload.sent += n as u64;
+    upload.sent += (out.len() - request.upstream_head.len()) as u64;
     upstream
         .write_all(&out)
         .await
@@ -392,14 +407,15 @@ async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
             Ok(0) | Err(_) => return Err(Failure::ClientGone),
             Ok(_) => {}
         }
-        let (n, end) = take(buf)?;
+        out.clear();
+        let (n, end) = take(buf, &mut out)?;
         done = end;
         upstream
-            .write_all(&buf[..n])
+            .write_all(&out)
             .await
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
         buf.drain(..n);
-        upload.sent += n as u64;
+        upload.sent += out.len() as u64;
     }
     upload.done = true;
     Ok(())
@@ -410,11 +426,14 @@ async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
 async fn read_response_head(
     mut upstream: Upstream,
     request: &ForwardedRequest,
-    keep_client: bool,
+    ending: &watch::Receiver<Ending>,
 ) -> Result<Answer, (Failure, bool)> {
     let mut nothing_yet = true;
     loop {
         if !upstream.buf.is_empty() {
+            // Decided as the head is written, so that a stop signal that came while the
+            // upstream worked still closes with `Connection: close`.
+            let keep_client = request.keep_alive && *ending.borrow() == Ending::Serving;
             match forward_response(&upstream.buf, request, keep_client) {
                 Ok(Some(mut response)) if response.status == 101 && request.upgrade => {
                     response.client_head = switching_head(&upstream.buf[..response.head_len]);
