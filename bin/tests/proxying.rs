@@ -109,13 +109,45 @@ fn closing_upstream() -> (u16, Arc<AtomicUsize>) {
     (port, accepted)
 }
 
-/// A certloop with two manual listeners: `app` in front of the test upstream, `closing` in
-/// front of [`closing_upstream`]. Returns it, their ports, the connections the closing
-/// upstream accepted, and the CA's PEM.
-fn two_listeners(scratch: &Scratch) -> (Certloop, u16, u16, Arc<AtomicUsize>, String) {
+/// An upstream that answers 413 as soon as it has a request's head, without reading the body,
+/// and keeps every connection open.
+fn early_answering_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig\n",
+            );
+            kept.push(stream);
+        }
+    });
+    port
+}
+
+/// A certloop with three manual listeners: `app` in front of the test upstream, `closing` in
+/// front of [`closing_upstream`], `early` in front of [`early_answering_upstream`].
+struct Listeners {
+    _proxy: Certloop,
+    app: u16,
+    closing: u16,
+    /// Connections the closing upstream accepted.
+    accepted: Arc<AtomicUsize>,
+    early: u16,
+    ca_pem: String,
+}
+
+fn listeners(scratch: &Scratch) -> Listeners {
     let (cert, key, ca_pem) = manual_pair(&scratch.0, "h1", NAME);
-    let (closing_port, accepted) = closing_upstream();
-    let (port, closing_listener) = (free_port(), free_port());
+    let (closing_upstream, accepted) = closing_upstream();
+    let (app, closing, early) = (free_port(), free_port(), free_port());
     let listener = |name: &str, port: u16, upstream: u16| {
         format!(
             "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\n\
@@ -126,18 +158,33 @@ fn two_listeners(scratch: &Scratch) -> (Certloop, u16, u16, Arc<AtomicUsize>, St
         )
     };
     let config = scratch.path("certloop.toml");
-    let text =
-        listener("app", port, upstream()) + &listener("closing", closing_listener, closing_port);
+    let text = listener("app", app, upstream())
+        + &listener("closing", closing, closing_upstream)
+        + &listener("early", early, early_answering_upstream());
     std::fs::write(&config, text).expect("config");
     let mut proxy = Certloop::start(&config, &[], None);
     proxy.wait_ready();
-    (proxy, port, closing_listener, accepted, ca_pem)
+    Listeners {
+        _proxy: proxy,
+        app,
+        closing,
+        accepted,
+        early,
+        ca_pem,
+    }
 }
 
 #[test]
 fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
     let scratch = Scratch::new("http1");
-    let (_proxy, port, closing_listener, accepted, ca_pem) = two_listeners(&scratch);
+    let Listeners {
+        _proxy,
+        app: port,
+        closing: closing_listener,
+        accepted,
+        early,
+        ca_pem,
+    } = listeners(&scratch);
     let connect = |port| tls_connect(port, NAME, &ca_pem, b"http/1.1");
 
     // Two requests in one write are answered in order on the same connection.
@@ -270,12 +317,35 @@ fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
         assert_eq!((response.status(), response.text().as_str()), ("200", "ok"));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // An upstream that answers before reading the body: the client gets that answer (not a
+    // 504 after upstream_timeout) while the rest of its body is still unsent, and the
+    // connection closes after it.
+    let mut tls = connect(early);
+    let upload =
+        format!("POST /upload HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 10000000\r\n\r\n");
+    tls.write_all(upload.as_bytes()).expect("write");
+    tls.write_all(&[b'u'; 65_536]).expect("part of the body");
+    let mut reader = BufReader::new(&mut tls);
+    let early_answer = read_response(&mut reader, false);
+    assert_eq!(
+        (early_answer.status(), early_answer.text().as_str()),
+        ("413", "big\n")
+    );
+    assert_eq!(early_answer.header("connection").as_deref(), Some("close"));
 }
 
 #[test]
 fn http2_streams_reach_the_upstream_through_the_same_pool() {
     let scratch = Scratch::new("http2");
-    let (_proxy, port, closing_listener, accepted, ca_pem) = two_listeners(&scratch);
+    let Listeners {
+        _proxy,
+        app: port,
+        closing: closing_listener,
+        accepted,
+        ca_pem,
+        ..
+    } = listeners(&scratch);
     let ca = scratch.path("ca.pem");
     std::fs::write(&ca, &ca_pem).expect("CA");
     let ca = ca.display().to_string();

@@ -13,7 +13,6 @@ use hyper::Method;
 use hyper::header::HeaderValue;
 use hyper::http::uri::PathAndQuery;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::chunked::ChunkedBody;
@@ -319,23 +318,39 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
                 .await
                 .map_err(|e| Failure::Unreachable(e.to_string())),
             framing => {
-                upload_body(
-                    client,
-                    &mut upstream.stream,
-                    buf,
-                    request,
-                    framing,
-                    &mut upload,
-                )
-                .await
+                // An upstream may answer before it has read the whole body (a 401, a 413): its
+                // answer is forwarded at once, the rest of the body is not sent, and both
+                // connections close after it.
+                upstream.buf.reserve(READ_SIZE / 4);
+                let (reader, mut writer) = upstream.stream.split();
+                let answered = async {
+                    loop {
+                        if reader.as_ref().readable().await.is_err() {
+                            return;
+                        }
+                        match reader.as_ref().try_read_buf(&mut upstream.buf) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            _ => return,
+                        }
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    sent = upload_body(client, &mut writer, buf, request, framing, &mut upload) => sent,
+                    () = answered => Ok(()),
+                }
             }
         };
         let answer = match sent {
-            Ok(()) => read_response_head(upstream, request, ending).await,
+            Ok(()) => read_response_head(upstream, request, ending, upload.done).await,
             Err(failure) => Err((failure, true)),
         };
         match answer {
-            Ok(answer) => return (Ok(answer), upload),
+            Ok(mut answer) => {
+                // A body that was not sent whole leaves the upstream connection mid-request.
+                answer.response.upstream_reusable &= upload.done;
+                return (Ok(answer), upload);
+            }
             // Nothing came back on a connection the upstream had closed: send it again.
             Err((Failure::Unreachable(_), true))
                 if reused && request.framing == Framing::Empty && request.idempotent => {}
@@ -348,7 +363,7 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
 /// body stay in `buf`.
 async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
-    upstream: &mut TcpStream,
+    upstream: &mut (impl AsyncWrite + Unpin),
     buf: &mut Vec<u8>,
     request: &ForwardedRequest,
     framing: Framing,
@@ -427,13 +442,15 @@ async fn read_response_head(
     mut upstream: Upstream,
     request: &ForwardedRequest,
     ending: &watch::Receiver<Ending>,
+    body_sent: bool,
 ) -> Result<Answer, (Failure, bool)> {
     let mut nothing_yet = true;
     loop {
         if !upstream.buf.is_empty() {
             // Decided as the head is written, so that a stop signal that came while the
             // upstream worked still closes with `Connection: close`.
-            let keep_client = request.keep_alive && *ending.borrow() == Ending::Serving;
+            let keep_client =
+                request.keep_alive && body_sent && *ending.borrow() == Ending::Serving;
             match forward_response(&upstream.buf, request, keep_client) {
                 Ok(Some(mut response)) if response.status == 101 && request.upgrade => {
                     response.client_head = switching_head(&upstream.buf[..response.head_len]);
