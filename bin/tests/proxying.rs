@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use std::time::Duration;
 
@@ -109,11 +109,14 @@ fn closing_upstream() -> (u16, Arc<AtomicUsize>) {
     (port, accepted)
 }
 
-/// An upstream that answers 413 as soon as it has a request's head, without reading the body,
-/// and keeps every connection open.
-fn early_answering_upstream() -> u16 {
+/// An upstream that answers before it reads a request's body: `POST /continue` gets a
+/// `100 Continue` (then `continued` is set), its 4-byte body is read and answered `200 ok`;
+/// anything else gets a 413 at once, its body is never read, and the connection stays open.
+fn early_answering_upstream() -> (u16, Arc<AtomicBool>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let continued = Arc::new(AtomicBool::new(false));
+    let flag = continued.clone();
     std::thread::spawn(move || {
         let mut kept = Vec::new();
         for stream in listener.incoming() {
@@ -123,13 +126,22 @@ fn early_answering_upstream() -> u16 {
             while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
                 head.push(byte[0]);
             }
-            let _ = stream.write_all(
-                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig\n",
-            );
+            if head.starts_with(b"POST /continue ") {
+                let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                flag.store(true, Ordering::SeqCst);
+                let mut body = [0u8; 4];
+                if stream.read_exact(&mut body).is_ok() {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            } else {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig\n",
+                );
+            }
             kept.push(stream);
         }
     });
-    port
+    (port, continued)
 }
 
 /// A certloop with three manual listeners: `app` in front of the test upstream, `closing` in
@@ -141,12 +153,15 @@ struct Listeners {
     /// Connections the closing upstream accepted.
     accepted: Arc<AtomicUsize>,
     early: u16,
+    /// Set once the early-answering upstream has sent its `100 Continue`.
+    continued: Arc<AtomicBool>,
     ca_pem: String,
 }
 
 fn listeners(scratch: &Scratch) -> Listeners {
     let (cert, key, ca_pem) = manual_pair(&scratch.0, "h1", NAME);
     let (closing_upstream, accepted) = closing_upstream();
+    let (early_upstream, continued) = early_answering_upstream();
     let (app, closing, early) = (free_port(), free_port(), free_port());
     let listener = |name: &str, port: u16, upstream: u16| {
         format!(
@@ -160,7 +175,7 @@ fn listeners(scratch: &Scratch) -> Listeners {
     let config = scratch.path("certloop.toml");
     let text = listener("app", app, upstream())
         + &listener("closing", closing, closing_upstream)
-        + &listener("early", early, early_answering_upstream());
+        + &listener("early", early, early_upstream);
     std::fs::write(&config, text).expect("config");
     let mut proxy = Certloop::start(&config, &[], None);
     proxy.wait_ready();
@@ -170,6 +185,7 @@ fn listeners(scratch: &Scratch) -> Listeners {
         closing,
         accepted,
         early,
+        continued,
         ca_pem,
     }
 }
@@ -183,6 +199,7 @@ fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
         closing: closing_listener,
         accepted,
         early,
+        continued: upstream_continued,
         ca_pem,
     } = listeners(&scratch);
     let connect = |port| tls_connect(port, NAME, &ca_pem, b"http/1.1");
@@ -333,6 +350,20 @@ fn http1_framing_pipelining_and_a_pool_of_closed_upstream_connections() {
         ("413", "big\n")
     );
     assert_eq!(early_answer.header("connection").as_deref(), Some("close"));
+
+    // An informational answer before the body is not the answer: the body still goes up.
+    let mut tls = connect(early);
+    let head = format!("POST /continue HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 4\r\n\r\n");
+    tls.write_all(head.as_bytes()).expect("write");
+    wait_until(
+        "the upstream's 100 Continue",
+        Duration::from_secs(5),
+        || upstream_continued.load(Ordering::SeqCst),
+    );
+    tls.write_all(b"body").expect("body");
+    let mut reader = BufReader::new(&mut tls);
+    let answer = read_response(&mut reader, false);
+    assert_eq!((answer.status(), answer.text().as_str()), ("200", "ok"));
 }
 
 #[test]

@@ -323,13 +323,23 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
                 // connections close after it.
                 upstream.buf.reserve(READ_SIZE / 4);
                 let (reader, mut writer) = upstream.stream.split();
+                // Informational answers (a 100, a 103) are dropped: the upstream still wants
+                // the body.
                 let answered = async {
                     loop {
                         if reader.as_ref().readable().await.is_err() {
                             return;
                         }
                         match reader.as_ref().try_read_buf(&mut upstream.buf) {
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        match forward_response(&upstream.buf, request, false) {
+                            Ok(Some(head)) if head.status < 200 && head.status != 101 => {
+                                upstream.buf.advance(head.head_len);
+                            }
+                            Ok(None) => {}
                             _ => return,
                         }
                     }
