@@ -18,9 +18,11 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{AccessLog, Entry};
 use crate::counted_body::{CountedBody, ReportedBody};
 use crate::forwarding::IpRange;
+use crate::h1::Rewrite;
 use crate::h1::UpstreamPool;
 use crate::h1::for_h2::{self, SendError};
 use crate::metrics::ListenerMetrics;
+use certloop_acme::adapter::canonical_ip;
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
 pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -67,6 +69,24 @@ pub(crate) struct ConnectionFacts {
     pub(crate) tls_version: &'static str,
     /// `h2`, `http/1.1`, or `-` when none was negotiated.
     pub(crate) alpn: &'static str,
+}
+
+/// Why the upstream gave no answer to forward.
+pub(crate) enum UpstreamFailure<'a> {
+    /// Not within the listener's `upstream_timeout`.
+    TimedOut,
+    /// Connecting, writing or reading failed, or the upstream closed the connection.
+    Unreachable(&'a str),
+    /// The upstream's answer cannot be forwarded.
+    BadAnswer(&'a str),
+}
+
+/// The HTTP/2 response of [`Proxy::upstream_failed`]'s answer.
+fn failed_answer((status, _, body): (u16, &'static str, &'static str)) -> Response<ProxyBody> {
+    text(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        body,
+    )
 }
 
 /// A short text response.
@@ -119,6 +139,43 @@ impl Proxy {
             metrics,
             access_log,
         })
+    }
+
+    /// How a request from `client` is written for this proxy's upstream.
+    pub(crate) fn rewrite(&self, client: SocketAddr) -> Rewrite<'_> {
+        let peer = canonical_ip(client.ip());
+        Rewrite {
+            prefix: &self.prefix,
+            authority: self.authority(),
+            peer,
+            peer_is_trusted: self.trusted_proxies.iter().any(|r| r.contains(peer)),
+        }
+    }
+
+    /// Counts and logs a request the upstream gave no answer to; returns the status, reason
+    /// and body to answer it with (the same on HTTP/1.1 and HTTP/2).
+    pub(crate) fn upstream_failed(
+        &self,
+        failure: &UpstreamFailure<'_>,
+    ) -> (u16, &'static str, &'static str) {
+        let (listener, upstream) = (&self.listener, &self.upstream);
+        match failure {
+            UpstreamFailure::TimedOut => {
+                self.metrics.upstream_failed(true);
+                tracing::warn!(listener = %listener, upstream = %upstream, "upstream did not answer within {:?}: 504", self.timeout);
+                (504, "Gateway Timeout", "upstream timed out\n")
+            }
+            UpstreamFailure::Unreachable(e) => {
+                self.metrics.upstream_failed(false);
+                tracing::warn!(listener = %listener, upstream = %upstream, "upstream unreachable: {e}: 502");
+                (502, "Bad Gateway", "upstream unreachable\n")
+            }
+            UpstreamFailure::BadAnswer(e) => {
+                self.metrics.upstream_failed(false);
+                tracing::warn!(listener = %listener, upstream = %upstream, "upstream answer not forwarded: {e}: 502");
+                (502, "Bad Gateway", "bad upstream response\n")
+            }
+        }
     }
 
     /// The upstream's authority as configured: the `Host` of a request that names none.
@@ -196,15 +253,9 @@ impl Proxy {
             }
             Ok(Err(SendError::BadRequest(what))) => text(StatusCode::BAD_REQUEST, what),
             Ok(Err(SendError::Upstream(e))) => {
-                self.metrics.upstream_failed(false);
-                tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream unreachable: {e}: 502");
-                text(StatusCode::BAD_GATEWAY, "upstream unreachable\n")
+                failed_answer(self.upstream_failed(&UpstreamFailure::Unreachable(&e)))
             }
-            Err(_) => {
-                self.metrics.upstream_failed(true);
-                tracing::warn!(listener = %self.listener, upstream = %self.upstream, "upstream did not answer within {:?}: 504", self.timeout);
-                text(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
-            }
+            Err(_) => failed_answer(self.upstream_failed(&UpstreamFailure::TimedOut)),
         };
         (response, None)
     }

@@ -63,6 +63,16 @@ impl Default for ChunkedBody {
     }
 }
 
+/// The chunk that ends a chunked body (with an empty trailer section).
+pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` to `out` as one chunk (`data` must not be empty: that is the last chunk).
+pub(crate) fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
 impl ChunkedBody {
     /// Whether the body's last byte has been seen.
     pub(crate) fn is_done(&self) -> bool {

@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::chunked::ChunkedBody;
+use super::chunked::{ChunkedBody, LAST_CHUNK, encode_chunk};
 use super::head::{
     Framing, HeaderFacts, IDEMPOTENT, Outgoing, ParsedResponse, Refusal, parse_response,
     upstream_head,
@@ -168,16 +168,15 @@ where
             continue;
         }
         if framing == Framing::Chunked {
-            let size = format!("{:x}\r\n", data.len());
-            upstream.write_all(size.as_bytes()).await.map_err(failed)?;
-            upstream.write_all(&data).await.map_err(failed)?;
-            upstream.write_all(b"\r\n").await.map_err(failed)?;
+            let mut chunk = Vec::with_capacity(data.len() + 16);
+            encode_chunk(&mut chunk, &data);
+            upstream.write_all(&chunk).await.map_err(failed)?;
         } else {
             upstream.write_all(&data).await.map_err(failed)?;
         }
     }
     if framing == Framing::Chunked {
-        upstream.write_all(b"0\r\n\r\n").await.map_err(failed)?;
+        upstream.write_all(LAST_CHUNK).await.map_err(failed)?;
     }
     Ok(())
 }

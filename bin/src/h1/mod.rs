@@ -11,5 +11,6 @@ mod head;
 mod pool;
 mod serve;
 
+pub(crate) use head::Rewrite;
 pub(crate) use pool::UpstreamPool;
 pub(crate) use serve::{Http1Context, serve};

@@ -15,19 +15,18 @@ use hyper::http::uri::PathAndQuery;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::chunked::ChunkedBody;
+use super::chunked::{ChunkedBody, LAST_CHUNK, encode_chunk};
 use super::head::{
-    ForwardedRequest, ForwardedResponse, Framing, Rewrite, forward_request, forward_response,
-    own_response, split_target, switching_head,
+    ForwardedRequest, ForwardedResponse, Framing, forward_request, forward_response, own_response,
+    split_target, switching_head,
 };
 use super::pool::{READ_SIZE, Upstream};
 use crate::access_log::Entry;
 use crate::admission::Admitted;
 use crate::connection::{Awaiting, Ending, Shared};
 use crate::observed_io::IoObserver;
-use crate::proxy::{ConnectionFacts, Proxy, ProxySlot};
+use crate::proxy::{ConnectionFacts, Proxy, ProxySlot, UpstreamFailure};
 use crate::tunnel;
-use certloop_acme::adapter::canonical_ip;
 
 /// What one connection's requests share.
 pub(crate) struct Http1Context {
@@ -124,8 +123,6 @@ where
             served += 1;
             // Boxed: the states of a request in flight would otherwise stay in the connection's
             // future, idle or not.
-            // (Built in a statement of its own: a temporary in the awaiting statement would keep
-            // its storage in the connection's future.)
             let next = Box::pin(one_request(
                 &mut client,
                 &mut buf,
@@ -175,6 +172,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
     ending: &watch::Receiver<Ending>,
 ) -> Next {
     let awaiting = Awaiting::start(watch.clone());
+    // The start of the request, for the log, and of the upstream's time to answer.
     let (started, time) = (Instant::now(), SystemTime::now());
     let log = proxy
         .access_log
@@ -182,7 +180,6 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
         .map(|_| LogFacts::of(buf, request));
     buf.drain(..request.head_len);
 
-    let asked = Instant::now();
     let exchange = exchange(proxy, client, buf, request, ending);
     let (answer, upload) = match tokio::time::timeout(proxy.timeout, exchange).await {
         Ok((Ok(answer), upload)) => (Ok(answer), upload),
@@ -195,7 +192,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
             },
         ),
     };
-    let upstream_took = answer.is_ok().then(|| asked.elapsed());
+    let upstream_took = answer.is_ok().then(|| started.elapsed());
     let keep_client = request.keep_alive && upload.done && *ending.borrow() == Ending::Serving;
     let record = |status: u16, bytes_out: u64| {
         if let (Some(access_log), Some(facts)) = (&proxy.access_log, &log) {
@@ -214,20 +211,12 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(answer) => answer,
         Err(failure) => {
             let (status, reason, body) = match failure {
-                None => {
-                    proxy.metrics.upstream_failed(true);
-                    tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream did not answer within {:?}: 504", proxy.timeout);
-                    (504, "Gateway Timeout", "upstream timed out\n")
-                }
+                None => proxy.upstream_failed(&UpstreamFailure::TimedOut),
                 Some(Failure::Unreachable(e)) => {
-                    proxy.metrics.upstream_failed(false);
-                    tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream unreachable: {e}: 502");
-                    (502, "Bad Gateway", "upstream unreachable\n")
+                    proxy.upstream_failed(&UpstreamFailure::Unreachable(&e))
                 }
                 Some(Failure::BadAnswer(e)) => {
-                    proxy.metrics.upstream_failed(false);
-                    tracing::warn!(listener = %proxy.listener, upstream = %proxy.upstream, "upstream answer not forwarded: {e}: 502");
-                    (502, "Bad Gateway", "bad upstream response\n")
+                    proxy.upstream_failed(&UpstreamFailure::BadAnswer(e))
                 }
                 Some(Failure::BadBody) => (400, "Bad Request", "malformed chunked body\n"),
                 Some(Failure::ClientGone) => return Next::Close,
@@ -400,14 +389,12 @@ async fn upload_body<C: AsyncRead + AsyncWrite + Unpin>(
                 .next_data(&bytes[at..])
                 .map_err(|_| Failure::BadBody)?;
             if !data.is_empty() {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(&bytes[at..][data]);
-                out.extend_from_slice(b"\r\n");
+                encode_chunk(out, &bytes[at..][data]);
             }
             at += used;
         }
         if chunked.is_done() {
-            out.extend_from_slice(b"0\r\n\r\n");
+            out.extend_from_slice(LAST_CHUNK);
         }
         Ok((at, chunked.is_done()))
     };
@@ -642,19 +629,6 @@ impl LogFacts {
             upstream,
             tls_version: connection.tls_version,
             alpn: connection.alpn,
-        }
-    }
-}
-
-impl Proxy {
-    /// How a request from `client` is written for this proxy's upstream.
-    pub(crate) fn rewrite(&self, client: std::net::SocketAddr) -> Rewrite<'_> {
-        let peer = canonical_ip(client.ip());
-        Rewrite {
-            prefix: &self.prefix,
-            authority: self.authority(),
-            peer,
-            peer_is_trusted: self.trusted_proxies.iter().any(|r| r.contains(peer)),
         }
     }
 }
