@@ -674,7 +674,9 @@ impl<R: Runtime> Driver<R> {
                         }
                         let ordered = async {
                             let _slot = order_slots.acquire().await;
-                            let cert = context.order(&names, replacing.as_ref(), owner).await?;
+                            let cert = context
+                                .order(&names, replacing.as_ref(), served_until, owner)
+                                .await?;
                             Ok((cert, context.directory_url.clone()))
                         };
                         let result = match &fleet {

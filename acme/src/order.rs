@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certloop_core::{CertBundle, Certificate, FailureKind, OrderError};
+use certloop_core::{CertBundle, Certificate, FailureKind, OrderError, UnixTime};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
     ExternalAccountKey, Identifier, Key, NewAccount, NewOrder, OrderStatus, Problem,
@@ -319,11 +319,13 @@ impl<R: Runtime> AcmeContext<R> {
     /// Runs one order to a certificate for `domains`, publishing its challenge answers as
     /// `owner` (they are removed when the order ends, however it ends: DNS-01 records too, in
     /// the background when the order task is cancelled). `replacing` (sent as ARI `replaces`)
-    /// must only be given when the directory supports ARI.
+    /// must only be given when the directory supports ARI. `served_until` is the end of
+    /// validity of the certificate served now, if any.
     pub(crate) async fn order(
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
+        served_until: Option<UnixTime>,
         owner: ChallengeOwner,
     ) -> Result<Certificate, OrderError> {
         let mut published = PublishedRecords {
@@ -340,6 +342,7 @@ impl<R: Runtime> AcmeContext<R> {
             .order_publishing(
                 domains,
                 replacing,
+                served_until,
                 owner,
                 &mut published.records,
                 &mut shared.ids,
@@ -356,6 +359,7 @@ impl<R: Runtime> AcmeContext<R> {
         &self,
         domains: &[String],
         replacing: Option<&CertBundle>,
+        served_until: Option<UnixTime>,
         owner: ChallengeOwner,
         published: &mut Vec<(String, String)>,
         shared: &mut Vec<String>,
@@ -370,7 +374,7 @@ impl<R: Runtime> AcmeContext<R> {
                 });
             }
         }
-        if let Some(cert) = self.resume_pending(&account, domains).await? {
+        if let Some(cert) = self.resume_pending(&account, domains, served_until).await? {
             return Ok(cert);
         }
         let identifiers: Vec<Identifier> = domains.iter().map(|d| identifier_of(d)).collect();
@@ -593,11 +597,13 @@ impl<R: Runtime> AcmeContext<R> {
     }
 
     /// Collects the certificate of an order finalized by an earlier attempt, if one is
-    /// recorded. `Ok(None)`: nothing to collect (or the order is gone), order anew.
+    /// recorded. `Ok(None)`: nothing to collect (or the order is gone, or its certificate
+    /// would not outlast the one served until `served_until`), order anew.
     async fn resume_pending(
         &self,
         account: &Account,
         domains: &[String],
+        served_until: Option<UnixTime>,
     ) -> Result<Option<Certificate>, OrderError> {
         let names = domains.to_vec();
         let pending = self
@@ -650,6 +656,13 @@ impl<R: Runtime> AcmeContext<R> {
                     // not the CA's failure, order anew.
                     Ok(cert) if cert.info.not_after <= self.rt.wall_clock() => {
                         tracing::info!(order = %order_url, "the certificate of the order recorded earlier has expired since; ordering anew");
+                        self.forget_pending(domains).await;
+                        Ok(None)
+                    }
+                    // Already served: the earlier attempt stored this certificate but was
+                    // stopped before it removed the record. Not the CA's failure either.
+                    Ok(cert) if served_until.is_some_and(|until| cert.info.not_after <= until) => {
+                        tracing::info!(order = %order_url, "the certificate of the order recorded earlier is already served; ordering anew");
                         self.forget_pending(domains).await;
                         Ok(None)
                     }

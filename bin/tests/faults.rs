@@ -536,6 +536,61 @@ fn a_certificate_download_that_fails_after_finalize_collects_the_same_order() {
 }
 
 #[test]
+fn a_pending_order_whose_certificate_is_already_served_is_dropped_not_counted_as_a_failure() {
+    // A kill after the certificate was stored but before the pending-order record was removed
+    // leaves a record of an order whose certificate is the one served. The next renewal must
+    // drop the record and order anew, not take the same certificate back as a CA failure
+    // (that failure, persisted, once kept a later start from starting at all).
+    let pebble = Pebble::start();
+    let proxy = FaultProxy::start(&pebble);
+    let domain = "stored.certloop.test";
+    let config = config(&pebble, &proxy, "stored", domain, "30s");
+    let mut certloop = Certloop::start(&config, &[], None);
+    certloop.wait_ready();
+    let root = pebble.issuing_root_pem();
+    let (first, _) = fetch_verified(pebble.tls_port, domain, &root).expect("first certificate");
+    drop(certloop); // SIGKILL
+    let finalize = proxy
+        .requests()
+        .into_iter()
+        .find(|r| path_of(r, Path::Finalize))
+        .expect("a finalize request");
+    let order_id = finalize
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.strip_prefix("/finalize-order/"))
+        .expect("order id")
+        .to_owned();
+    let cache_dir = pebble.scratch("state").join("stored");
+    let cert_file =
+        certloop_acme::testing::cert_file_name(&[domain.to_owned()], &proxy.directory_url);
+    let bundle = std::fs::read_to_string(cache_dir.join(&cert_file)).expect("cached certificate");
+    let key_start = bundle
+        .find("-----BEGIN PRIVATE KEY-----")
+        .expect("key in the bundle");
+    let key_end = bundle.find("-----END PRIVATE KEY-----").expect("key end") + 25;
+    let order_url = proxy
+        .directory_url
+        .replace("/dir", &format!("/my-order/{order_id}"));
+    let record =
+        serde_json::json!({ "order_url": order_url, "key_pem": &bundle[key_start..key_end] });
+    let record_path = cache_dir.join(format!("{cert_file}.pending-order"));
+    std::fs::write(&record_path, record.to_string()).expect("record");
+    // Four years on (the certificate lasts five): renewal is due at start.
+    let ahead = faketime_wrapper("+4y");
+    let ahead: Vec<&str> = ahead.iter().map(String::as_str).collect();
+    let mut renewed = Certloop::start(&config, &[], Some(&ahead));
+    renewed.wait_ready();
+    certloop_tests::pebble::wait_until("a renewed certificate", Duration::from_secs(60), || {
+        fetch_verified(pebble.tls_port, domain, &root).is_ok_and(|(c, _)| c != first)
+    });
+    let log = renewed.log();
+    assert!(log.contains("already served; ordering anew"), "{log}");
+    assert!(!log.contains("unusable certificate"), "{log}");
+    assert!(!record_path.exists(), "the record is removed");
+}
+
+#[test]
 fn the_wall_clock_jumping_forward_and_back_at_runtime() {
     let pebble = Pebble::start();
     let proxy = FaultProxy::start(&pebble);
