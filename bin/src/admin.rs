@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::proxy::{ProxyBody, respond};
 use crate::server::{ListenerContext, accept_loop};
 use crate::status_page;
-use crate::watchdog::Protocol;
 
 /// What the admin endpoints read.
 pub(crate) struct Admin {
@@ -37,7 +36,7 @@ pub(crate) async fn serve_admin(
         async move {
             let _admitted = admitted;
             let handler = move |req: Request<Incoming>| std::future::ready(admin.answer(&req));
-            connection::serve(tcp, Protocol::Http1, handler, builders, stop).await;
+            connection::serve(tcp, handler, builders, stop).await;
         }
     };
     accept_loop(ctx.clone(), listener, serve).await

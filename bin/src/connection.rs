@@ -1,8 +1,9 @@
-//! Serving one HTTP connection under the watchdog: hyper does the protocol (HTTP/1.1 or
-//! HTTP/2, as ALPN chose: there is no version sniffing, so a connection told to stop right
-//! after its handshake still serves one request), the watchdog (`watchdog.rs`) decides when
-//! a slow head, a stalled body or an idle keep-alive has had its time, and a stop signal turns
-//! into a graceful shutdown (in-flight requests finish, idle connections close).
+//! Serving one HTTP connection under the watchdog: the proxy's own paths (`h1` for HTTP/1.1
+//! over TLS, `http2` for HTTP/2, as ALPN chose: there is no version sniffing, so a connection
+//! told to stop right after its handshake still serves one request) or hyper's HTTP/1.1 server
+//! (the plain-HTTP and admin listeners) do the protocol, the watchdog (`watchdog.rs`) decides
+//! when a slow head, a stalled body or an idle keep-alive has had its time, and a stop signal
+//! turns into a graceful shutdown (in-flight requests finish, idle connections close).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,22 +14,26 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 
-use crate::limits::{CLOSE_GRACE, Limits, MAX_CONCURRENT_STREAMS};
+use crate::http2::{Http2Context, ProxiedHttp2};
+use crate::limits::{
+    CLOSE_GRACE, HTTP2_LOCAL_ERROR_RESETS, HTTP2_SEND_BUFFER, HTTP2_WINDOW, Limits,
+    MAX_CONCURRENT_STREAMS,
+};
 use crate::observed_io::{IoObserver, Observed};
 use crate::proxy::ProxyBody;
 use crate::watchdog::{Activity, BodyId, Deadlines, Protocol, Verdict};
 
-/// hyper's connection settings for a listener, one per protocol.
+/// A listener's connection settings, one per protocol.
 pub(crate) struct HttpBuilders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: h2::server::Builder,
     deadlines: Deadlines,
     max_request_header_bytes: usize,
 }
@@ -43,9 +48,13 @@ impl HttpBuilders {
         http1
             .header_read_timeout(None)
             .max_header_size(limits.max_request_header_bytes);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = h2::server::Builder::new();
+        // hyper's settings, which the proxy served HTTP/2 with before it had its own loop.
         http2
-            .timer(TokioTimer::new())
+            .initial_window_size(HTTP2_WINDOW)
+            .initial_connection_window_size(HTTP2_WINDOW)
+            .max_send_buffer_size(HTTP2_SEND_BUFFER)
+            .max_local_error_reset_streams(Some(HTTP2_LOCAL_ERROR_RESETS))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .max_header_list_size(
                 u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
@@ -69,6 +78,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn new(protocol: Protocol) -> Arc<Self> {
+        Arc::new(Self {
+            activity: Mutex::new(Activity::new(protocol, Instant::now())),
+            head_began: Notify::new(),
+        })
+    }
+
     fn activity(&self) -> MutexGuard<'_, Activity> {
         self.activity.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -242,23 +258,16 @@ where
     }
 }
 
-impl<I, S> Drain for http2::Connection<I, S, TokioExecutor>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = TrackedBody>,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-{
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drain for ProxiedHttp2<T> {
     fn drain(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
+        self.get_mut().drain();
     }
 }
 
-/// Serves HTTP on `io` until the client leaves, the watchdog closes it, or `stop` turns true
-/// and the in-flight requests have finished.
+/// Serves HTTP/1.1 with hyper on `io` until the client leaves, the watchdog closes it, or
+/// `stop` turns true and the in-flight requests have finished.
 pub(crate) fn serve<T, H, F>(
     io: T,
-    protocol: Protocol,
     handler: H,
     builders: Arc<HttpBuilders>,
     stop: watch::Receiver<bool>,
@@ -268,10 +277,7 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let shared = Arc::new(Shared {
-        activity: Mutex::new(Activity::new(protocol, Instant::now())),
-        head_began: Notify::new(),
-    });
+    let shared = Shared::new(Protocol::Http1);
     let io = TokioIo::new(Observed {
         inner: io,
         observer: shared.clone(),
@@ -286,16 +292,8 @@ where
             Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, streaming }))
         }
     });
-    match protocol {
-        Protocol::Http1 => {
-            let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
-        }
-        Protocol::Http2 => {
-            let conn = builders.http2.serve_connection(io, service);
-            Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
-        }
-    }
+    let conn = builders.http1.serve_connection(io, service).with_upgrades();
+    Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
 }
 
 /// Serves a TLS connection that negotiated HTTP/1.1 (or nothing) on the proxy's own path,
@@ -309,10 +307,7 @@ pub(crate) fn serve_proxied_http1<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shared = Arc::new(Shared {
-        activity: Mutex::new(Activity::new(Protocol::Http1, Instant::now())),
-        head_began: Notify::new(),
-    });
+    let shared = Shared::new(Protocol::Http1);
     let io = Observed {
         inner: io,
         observer: shared.clone(),
@@ -324,6 +319,26 @@ where
     };
     let serving = Box::pin(crate::h1::serve(io, context, shared.clone(), ending_rx));
     let conn = ProxiedHttp1 { serving, ending };
+    Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
+}
+
+/// Serves a TLS connection that negotiated HTTP/2 on the proxy's own loop (`http2`), under
+/// the same watchdog as [`serve`].
+pub(crate) fn serve_proxied_http2<T>(
+    io: T,
+    context: Http2Context,
+    builders: &HttpBuilders,
+    stop: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Shared::new(Protocol::Http2);
+    let io = Observed {
+        inner: io,
+        observer: shared.clone(),
+    };
+    let conn = ProxiedHttp2::new(io, &builders.http2, context, shared.clone());
     Box::pin(watch_over(Box::pin(conn), shared, builders.deadlines, stop))
 }
 

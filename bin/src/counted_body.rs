@@ -1,54 +1,16 @@
-//! Bodies that count their bytes for the access log: request bodies add to a shared counter as
-//! the upstream reads them; response bodies report their total once, when they end or are
-//! dropped (a client that goes away mid-body still gets its line).
+//! Response bodies that count their bytes for the access log: they report their total once,
+//! when they end or are dropped (a client that goes away mid-body still gets its line).
+//! (Request bodies count into a shared counter as the upstream reads them:
+//! `http2::RequestBody`.)
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::proxy::ProxyBody;
-
-/// A request body on its way to the upstream, counting into `counter` when there is one.
-pub(crate) struct CountedBody {
-    inner: Incoming,
-    counter: Option<Arc<AtomicU64>>,
-}
-
-impl CountedBody {
-    pub(crate) fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, counter }
-    }
-}
-
-impl Body for CountedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, &self.counter)
-            && let Some(data) = frame.data_ref()
-        {
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// A response body that calls `ended` with the bytes sent, once, at its end or when dropped.
 pub(crate) struct ReportedBody<F: FnOnce(u64) + Send + Unpin> {

@@ -8,6 +8,18 @@ use std::time::Duration;
 /// about 100).
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
 
+/// The HTTP/2 flow-control window offered to a client, for each stream and for the connection
+/// (1 MiB): how much of a request body may be in flight before the upstream has read it.
+pub(crate) const HTTP2_WINDOW: u32 = 1024 * 1024;
+
+/// How much of a response one HTTP/2 stream may have queued for a client that is slow to
+/// make room for it (400 KiB).
+pub(crate) const HTTP2_SEND_BUFFER: usize = 400 * 1024;
+
+/// Streams a client may make the server reset for its errors before the connection is closed
+/// (the HTTP/2 "MadeYouReset" attack, CVE-2025-8671).
+pub(crate) const HTTP2_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// The smallest `max_request_header_bytes` accepted: below it, ordinary browser requests
 /// (cookies, long URLs) start failing.
 pub(crate) const MIN_REQUEST_HEADER_BYTES: usize = 8192;

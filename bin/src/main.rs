@@ -36,6 +36,7 @@ mod counted_body;
 mod forwarding;
 mod h1;
 mod h2_frames;
+mod http2;
 mod limits;
 mod manual;
 mod metrics;

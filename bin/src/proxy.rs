@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::http2::RequestBody;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::counted_body::{CountedBody, ReportedBody};
+use crate::counted_body::ReportedBody;
 use crate::forwarding::IpRange;
 use crate::h1::Rewrite;
 use crate::h1::UpstreamPool;
@@ -187,7 +187,7 @@ impl Proxy {
     /// its body has been sent.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         connection: Arc<ConnectionFacts>,
     ) -> Response<ProxyBody> {
         let Some(log) = self.access_log.clone() else {
@@ -238,11 +238,11 @@ impl Proxy {
     /// answer is returned with the response.
     async fn forward(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: SocketAddr,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> (Response<ProxyBody>, Option<Duration>) {
-        let req = req.map(|body| CountedBody::new(body, bytes_in));
+        let req = req.map(|body| body.counting(bytes_in));
         let asked = std::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, for_h2::send(&self, req, client)).await;
         let response = match answer {

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Admitted};
 use crate::connection::{self, HttpBuilders};
 use crate::h1::Http1Context;
+use crate::http2::Http2Context;
 use crate::limits::Limits;
 use crate::metrics::{Handshake, ListenerMetrics};
 use crate::proxy::{ConnectionFacts, ProxyBody, ProxySlot, text};
@@ -175,15 +176,8 @@ pub(crate) async fn serve_tls(
                     .await;
                 return;
             }
-            let handler = move |req: Request<Incoming>| proxy.current().handle(req, facts.clone());
-            connection::serve(
-                tls,
-                protocol,
-                handler,
-                ctx.builders.clone(),
-                ctx.stop.clone(),
-            )
-            .await;
+            let context = Http2Context { proxy, facts };
+            connection::serve_proxied_http2(tls, context, &ctx.builders, ctx.stop.clone()).await;
         }
     };
     accept_loop(ctx.clone(), listener, serve).await
@@ -212,7 +206,7 @@ pub(crate) async fn serve_http(
                 ctx.metrics.response(response.status().as_u16());
                 std::future::ready(response)
             };
-            connection::serve(tcp, Protocol::Http1, handler, builders, stop).await;
+            connection::serve(tcp, handler, builders, stop).await;
         }
     };
     accept_loop(ctx.clone(), listener, serve).await
