@@ -4,7 +4,9 @@
 #
 #   bench_setup NAME CERTLOOP_EXTRA NGINX_EVENTS NGINX_LISTEN NGINX_LOCATION_EXTRA [NGINX_HTTP_EXTRA]
 # sets $dir (target/NAME), $up, $cl (certloop's port) and $ng (nginx's port). CERTLOOP_EXTRA
-# goes at the top of certloop's configuration (e.g. a [limits] table).
+# goes at the top of certloop's configuration (e.g. a [limits] table). CERTLOOP_BIN, when set,
+# is the certloop binary to measure instead of this tree's release build (to compare two
+# builds, one after the other, against the same nginx).
 
 bench_setup() {
     local name=$1 certloop_extra=$2 nginx_events=$3 nginx_listen=$4 nginx_location_extra=$5
@@ -33,7 +35,7 @@ tls_mode = "manual"
 tls_cert = "$dir/cert.pem"
 tls_key = "$dir/key.pem"
 TOML
-    CERTLOOP_LOG=warn target/release/certloop --config "$dir/certloop.toml" 2>"$dir/certloop.log" & pids+=($!)
+    CERTLOOP_LOG=warn "${CERTLOOP_BIN:-target/release/certloop}" --config "$dir/certloop.toml" 2>"$dir/certloop.log" & pids+=($!)
     cat > "$dir/nginx/nginx.conf" <<NGINX
 pid $dir/nginx/nginx.pid;
 error_log $dir/nginx/error.log crit;

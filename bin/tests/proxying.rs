@@ -415,6 +415,38 @@ fn http2_streams_reach_the_upstream_through_the_same_pool() {
         ],
     );
     assert!(piped.contains("body-bytes: 100000\n"), "{piped}");
+    // Three times the flow-control window: the window is given back as the upstream reads.
+    std::fs::write(&body, vec![b'y'; 3 << 20]).expect("body");
+    let large = curl(port, &["--data-binary", &streamed, &url(port, "/large")]);
+    assert!(
+        large.contains(&format!("body-bytes: {}\n", 3 << 20)),
+        "{large}"
+    );
+
+    // Fifty streams at once on one connection: each answer reaches its own stream.
+    let paths: Vec<String> = (0..50).map(|i| url(port, &format!("/many/{i}"))).collect();
+    let mut args = vec!["-Z", "--parallel-max", "50"];
+    for path in &paths {
+        args.extend(["-w", "%{url_effective} %{num_connects}\n", path.as_str()]);
+    }
+    let many = curl(port, &args);
+    for i in 0..50 {
+        assert!(
+            many.contains(&format!("upstream saw GET /many/{i}\n")),
+            "stream {i}: {many}"
+        );
+    }
+    let connects: usize = many
+        .lines()
+        .filter_map(|l| l.strip_prefix(&url(port, "/many/")))
+        .map(|l| {
+            l.split(' ')
+                .nth(1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(connects, 1, "one connection for the fifty streams: {many}");
 
     // An answer streamed without a length, a large one, and a HEAD, all on one connection.
     let dripped = curl(port, &[&url(port, "/drip?ms=1&chunks=5")]);
@@ -432,6 +464,7 @@ fn http2_streams_reach_the_upstream_through_the_same_pool() {
     assert_eq!(big, format!("{} 2", 3 << 20));
     let head = curl(port, &["-I", &url(port, "/head")]);
     assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(head.contains("\ndate: "), "{head}");
 
     // Every pooled connection to the closing upstream is dead when reused: the requests,
     // streamed over one HTTP/2 connection, still get their answers.
