@@ -1,7 +1,7 @@
 //! HTTP/2 streams to the upstream, through the HTTP/1.1 path's pool: the request head is
-//! written straight from hyper's request (whose headers the proxy has already rewritten), the
-//! response head is parsed once into hyper's response, and the response body is read by the
-//! stream's own task as hyper asks for it. No connection task, no channel between tasks.
+//! written straight from the stream's request as it came, the response head is parsed once
+//! into an `http` response, and the response body is read as the stream's sender asks for it,
+//! in the client connection's task. No connection task, no channel between tasks.
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,7 +34,7 @@ pub(crate) enum SendError {
 }
 
 /// Sends `req`, from `client`, to `proxy`'s upstream and returns its response once the head
-/// has arrived; the body follows as hyper reads it. The head is written from the request as
+/// has arrived; the body follows as it is read. The head is written from the request as
 /// it came (hop-by-hop headers left out, forwarding headers set: `head::upstream_head`). A
 /// pooled connection the upstream has closed is replaced once, when the request has no body
 /// to send again.
@@ -182,7 +182,7 @@ where
 }
 
 /// Reads the response head (informational responses are dropped) and makes its header lines
-/// hyper's. The flag of an error says whether nothing at all came back.
+/// an `http` header map. The flag of an error says whether nothing at all came back.
 async fn response_head(
     mut upstream: Upstream,
     is_head: bool,
@@ -228,7 +228,7 @@ async fn response_head(
     }
 }
 
-/// A response body read from the upstream connection as hyper asks for it; the connection
+/// A response body read from the upstream connection as the stream asks for it; the connection
 /// goes back to the pool when the body has been read to its end.
 pub(crate) struct UpstreamBody {
     /// `None` once the body has ended.
