@@ -475,4 +475,31 @@ fn http2_streams_reach_the_upstream_through_the_same_pool() {
     args.extend(paths.iter().map(String::as_str));
     assert_eq!(curl(closing_listener, &args), "okokok");
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // A stop while a stream is being answered: the answer is finished, then certloop exits.
+    let mut proxy = _proxy;
+    let resolve = format!("{NAME}:{port}:127.0.0.1");
+    let mut dripping = std::process::Command::new("curl")
+        .args([
+            "--http2",
+            "-N",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-sS",
+        ])
+        .arg(url(port, "/drip?ms=100&chunks=20"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut out = dripping.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).expect("the answer has begun");
+    proxy.signal("TERM");
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).expect("the rest of the answer");
+    assert!(dripping.wait().expect("curl").success());
+    assert_eq!(1 + rest.len(), 20 * 1024, "the whole answer");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), 0);
 }
