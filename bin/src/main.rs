@@ -37,6 +37,7 @@ mod forwarding;
 mod h1;
 mod h2_frames;
 mod http2;
+mod http_date;
 mod limits;
 mod manual;
 mod metrics;

@@ -315,6 +315,7 @@ pub(crate) fn forward_response(
     bytes: &[u8],
     request: &ForwardedRequest,
     keep_client: bool,
+    date: &[u8],
 ) -> Result<Option<ForwardedResponse>, &'static str> {
     let mut close = false;
     let parsed = parse_response(
@@ -332,8 +333,13 @@ pub(crate) fn forward_response(
             head.push(b' ');
             head.extend_from_slice(reason.as_bytes());
             head.extend_from_slice(b"\r\n");
+            let mut dated = false;
             for (name, value) in lines {
+                dated |= name.eq_ignore_ascii_case("date");
                 line(&mut head, name.as_bytes(), value);
+            }
+            if !dated {
+                line(&mut head, b"date", date);
             }
             match framing {
                 Framing::Length(n) => line(&mut head, b"content-length", n.to_string().as_bytes()),
@@ -468,7 +474,7 @@ pub(crate) fn own_response(status: u16, reason: &str, body: &str, close: bool) -
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\ndate: {}\r\n",
         body.len(),
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        String::from_utf8_lossy(&crate::http_date::now()),
     );
     if close {
         head.push_str("connection: close\r\n");
@@ -791,13 +797,16 @@ mod tests {
         );
     }
 
+    const DATE_TEXT: &str = "Sun, 29 Nov 2026 21:25:05 GMT";
+    const DATE: &[u8] = DATE_TEXT.as_bytes();
+
     #[test]
     fn responses_are_framed_for_the_client() {
         let get = forward("GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
         let head = forward("HEAD / HTTP/1.1\r\n\r\n").unwrap().unwrap();
         let old = forward("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         let respond = |bytes: &str, request: &ForwardedRequest, keep: bool| {
-            forward_response(bytes.as_bytes(), request, keep)
+            forward_response(bytes.as_bytes(), request, keep, DATE)
                 .unwrap()
                 .unwrap()
         };
@@ -809,8 +818,17 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(r.client_head).unwrap(),
-            "HTTP/1.1 200 OK\r\nX-App: 1\r\ncontent-length: 2\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nX-App: 1\r\ndate: Sun, 29 Nov 2026 21:25:05 GMT\r\ncontent-length: 2\r\n\r\n"
         );
+        // The upstream's own date is kept, and not doubled.
+        let dated =
+            "HTTP/1.1 200 OK\r\nDate: Sat, 28 Nov 2026 10:00:00 GMT\r\nContent-Length: 0\r\n\r\n";
+        let kept = String::from_utf8(respond(dated, &get, true).client_head).unwrap();
+        assert!(
+            kept.contains("Date: Sat, 28 Nov 2026 10:00:00 GMT\r\n"),
+            "{kept}"
+        );
+        assert!(!kept.contains(DATE_TEXT), "{kept}");
         let r = respond(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             &get,
@@ -859,7 +877,7 @@ mod tests {
             "HTTP/1.1 099 Odd\r\n\r\n",
         ] {
             assert!(
-                forward_response(bad.as_bytes(), &get, true).is_err(),
+                forward_response(bad.as_bytes(), &get, true, DATE).is_err(),
                 "{bad}"
             );
         }
@@ -867,7 +885,8 @@ mod tests {
             forward_response(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                 &old,
-                true
+                true,
+                DATE
             )
             .is_err()
         );

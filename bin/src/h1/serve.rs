@@ -24,6 +24,7 @@ use super::pool::{READ_SIZE, Upstream};
 use crate::access_log::Entry;
 use crate::admission::Admitted;
 use crate::connection::{Awaiting, Ending, Shared};
+use crate::http_date;
 use crate::observed_io::IoObserver;
 use crate::proxy::{ConnectionFacts, Proxy, ProxySlot, UpstreamFailure};
 use crate::tunnel;
@@ -324,7 +325,7 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
                             Ok(0) | Err(_) => return,
                             Ok(_) => {}
                         }
-                        match forward_response(&upstream.buf, request, false) {
+                        match forward_response(&upstream.buf, request, false, &http_date::now()) {
                             Ok(Some(head)) if head.status < 200 && head.status != 101 => {
                                 upstream.buf.advance(head.head_len);
                             }
@@ -448,7 +449,7 @@ async fn read_response_head(
             // upstream worked still closes with `Connection: close`.
             let keep_client =
                 request.keep_alive && body_sent && *ending.borrow() == Ending::Serving;
-            match forward_response(&upstream.buf, request, keep_client) {
+            match forward_response(&upstream.buf, request, keep_client, &http_date::now()) {
                 Ok(Some(mut response)) if response.status == 101 && request.upgrade => {
                     response.client_head = switching_head(&upstream.buf[..response.head_len]);
                     upstream.buf.advance(response.head_len);

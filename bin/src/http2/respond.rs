@@ -25,11 +25,10 @@ pub(crate) async fn respond(
     let (parts, mut body) = response.into_parts();
     let mut head = Response::from_parts(parts, ());
     let headers = head.headers_mut();
-    if !headers.contains_key(DATE) {
-        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        if let Ok(now) = HeaderValue::from_str(&now) {
-            headers.insert(DATE, now);
-        }
+    if !headers.contains_key(DATE)
+        && let Ok(now) = HeaderValue::from_bytes(&crate::http_date::now())
+    {
+        headers.insert(DATE, now);
     }
     let end = body.is_end_stream();
     if !end
