@@ -78,6 +78,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// HTTP/2: whether responses handed over are still partly queued for the client.
+    pub(crate) fn unflushed(&self, unflushed: bool) {
+        self.activity().on_unflushed(unflushed);
+    }
+
     fn new(protocol: Protocol) -> Arc<Self> {
         Arc::new(Self {
             activity: Mutex::new(Activity::new(protocol, Instant::now())),

@@ -15,7 +15,9 @@
 //! - With no request in flight and no head begun, the connection may idle for
 //!   `idle_timeout`; pings and window updates do not count as requests. After the stop
 //!   signal, such a connection (one that just finished its handshake included) gets
-//!   [`STOP_GRACE`] to begin a request.
+//!   [`STOP_GRACE`] to begin a request. An HTTP/2 connection whose answered streams still
+//!   have bytes queued for the client is not idle for that rule: its GOAWAY is out, and it
+//!   closes itself once they are written (within the process's `shutdown_grace`).
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +83,8 @@ pub(crate) struct Activity {
     idle_since: Instant,
     head_began: Option<Instant>,
     stopping_since: Option<Instant>,
+    /// HTTP/2: every response was handed over, but some are still queued for the client.
+    unflushed: bool,
 }
 
 impl Activity {
@@ -96,6 +100,7 @@ impl Activity {
             idle_since: now,
             head_began: None,
             stopping_since: None,
+            unflushed: false,
         }
     }
 
@@ -169,6 +174,11 @@ impl Activity {
         self.settle(now);
     }
 
+    /// Whether the responses handed over are still partly queued for the client.
+    pub(crate) fn on_unflushed(&mut self, unflushed: bool) {
+        self.unflushed = unflushed;
+    }
+
     /// The stop signal arrived at `now`.
     pub(crate) fn on_stop(&mut self, now: Instant) {
         self.stopping_since.get_or_insert(now);
@@ -191,7 +201,7 @@ impl Activity {
         }
         if !self.in_flight() && self.head_began.is_none() {
             due.push((self.idle_since + deadlines.idle, CloseReason::Idle));
-            if let Some(stop) = self.stopping_since {
+            if let Some(stop) = self.stopping_since.filter(|_| !self.unflushed) {
                 due.push((stop.max(self.idle_since) + STOP_GRACE, CloseReason::Stopped));
             }
         }
@@ -354,5 +364,19 @@ mod tests {
         assert!(!a.head_pending());
         a.on_request_start();
         assert_eq!(a.verdict(secs(t0, 100), D), Verdict::CheckAt(secs(t0, 160)));
+    }
+
+    #[test]
+    fn a_stopped_http2_connection_is_given_time_to_write_what_it_queued() {
+        let t0 = Instant::now();
+        let mut a = Activity::new(Protocol::Http2, t0);
+        a.on_stop(t0);
+        a.on_unflushed(true);
+        assert_eq!(a.verdict(secs(t0, 5), D), Verdict::CheckAt(secs(t0, 60)));
+        a.on_unflushed(false);
+        assert_eq!(
+            a.verdict(secs(t0, 5), D),
+            Verdict::Close(CloseReason::Stopped)
+        );
     }
 }

@@ -468,9 +468,15 @@ pub(crate) fn switching_head(bytes: &[u8]) -> Vec<u8> {
     head
 }
 
-/// A response of the proxy's own: `status reason`, a plain-text `body`, and `close` to end the
-/// connection after it.
-pub(crate) fn own_response(status: u16, reason: &str, body: &str, close: bool) -> Vec<u8> {
+/// A response of the proxy's own: `status reason`, a plain-text `body` (its length only, to a
+/// `head_request`), and `close` to end the connection after it.
+pub(crate) fn own_response(
+    status: u16,
+    reason: &str,
+    body: &str,
+    close: bool,
+    head_request: bool,
+) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\ndate: {}\r\n",
         body.len(),
@@ -480,7 +486,9 @@ pub(crate) fn own_response(status: u16, reason: &str, body: &str, close: bool) -
         head.push_str("connection: close\r\n");
     }
     head.push_str("\r\n");
-    head.push_str(body);
+    if !head_request {
+        head.push_str(body);
+    }
     head.into_bytes()
 }
 
@@ -889,6 +897,22 @@ mod tests {
                 DATE
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn an_own_answer_to_head_states_its_length_and_sends_no_body() {
+        let get =
+            String::from_utf8(own_response(502, "Bad Gateway", "down\n", false, false)).unwrap();
+        let head =
+            String::from_utf8(own_response(502, "Bad Gateway", "down\n", false, true)).unwrap();
+        assert!(
+            get.contains("content-length: 5\r\n") && get.ends_with("\r\n\r\ndown\n"),
+            "{get}"
+        );
+        assert!(
+            head.contains("content-length: 5\r\n") && head.ends_with("\r\n\r\n"),
+            "{head}"
         );
     }
 }

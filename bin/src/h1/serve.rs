@@ -106,7 +106,7 @@ where
                             let _streaming = awaiting.responded();
                             proxy.metrics.response(status);
                             let _ = client
-                                .write_all(&own_response(status, reason, body, true))
+                                .write_all(&own_response(status, reason, body, true, false))
                                 .await;
                             let _ = client.shutdown().await;
                             return;
@@ -224,7 +224,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
             };
             let _streaming = awaiting.responded();
             proxy.metrics.response(status);
-            let response = own_response(status, reason, body, !keep_client);
+            let response = own_response(status, reason, body, !keep_client, request.is_head);
             let sent = client.write_all(&response).await.and(client.flush().await);
             record(status, body.len() as u64);
             return if sent.is_err() || !keep_client {

@@ -1,6 +1,7 @@
 //! Sends a response on an HTTP/2 stream: the head (with `Date` and a length added where the
-//! response lacks them), then the body as the client's flow-control window makes room for it.
-//! A client that resets the stream ends the sending at once.
+//! response lacks them), then the body as the client's flow-control window makes room for it
+//! (none to a HEAD request, whose answer states only the length). A client that resets the
+//! stream ends the sending at once.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -16,11 +17,13 @@ use hyper::header::{CONTENT_LENGTH, DATE, HeaderValue};
 use crate::connection::Streaming;
 use crate::proxy::ProxyBody;
 
-/// Sends `response` on `respond`; `streaming` hears of each piece of the body that goes out.
+/// Sends `response` to a request (a HEAD request when `head_request`) on `respond`;
+/// `streaming` hears of each piece of the body that goes out.
 pub(crate) async fn respond(
     respond: &mut SendResponse<Bytes>,
     response: Response<ProxyBody>,
     streaming: Streaming,
+    head_request: bool,
 ) {
     let (parts, mut body) = response.into_parts();
     let mut head = Response::from_parts(parts, ());
@@ -30,8 +33,8 @@ pub(crate) async fn respond(
     {
         headers.insert(DATE, now);
     }
-    let end = body.is_end_stream();
-    if !end
+    let end = head_request || body.is_end_stream();
+    if !body.is_end_stream()
         && !headers.contains_key(CONTENT_LENGTH)
         && let Some(length) = body.size_hint().exact()
     {

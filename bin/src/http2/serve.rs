@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use h2::RecvStream;
 use h2::server::{Connection, Handshake, SendResponse};
-use hyper::Request;
+use hyper::{Method, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::RequestBody;
@@ -43,6 +43,8 @@ pub(crate) struct ProxiedHttp2<T> {
     shared: Arc<Shared>,
     /// Set once asked to finish: no stream begins after the ones in flight.
     draining: bool,
+    /// What the watchdog was last told: every stream answered, some answers still queued.
+    unflushed: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ProxiedHttp2<T> {
@@ -59,6 +61,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ProxiedHttp2<T> {
             context,
             shared,
             draining: false,
+            unflushed: false,
         }
     }
 
@@ -115,6 +118,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for ProxiedHttp2
                 }
             }
             if !began {
+                // The h2 connection keeps a stream until its last bytes are written.
+                let unflushed = this.streams.is_empty() && conn.has_streams();
+                if unflushed != this.unflushed {
+                    this.unflushed = unflushed;
+                    this.shared.unflushed(unflushed);
+                }
                 return Poll::Pending;
             }
         }
@@ -136,20 +145,22 @@ fn stream(
     let facts = context.facts.clone();
     Box::pin(async move {
         let (parts, recv) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
         let body = RequestBody::new(recv, &parts.headers);
         let handling = proxy.handle(Request::from_parts(parts, body), facts);
         let mut handling = std::pin::pin!(handling);
         // A stream the client resets while the upstream works ends here; the exchange
-        // with the upstream is dropped with it.
+        // with the upstream is dropped with it. One reset already (a HEADERS frame and its
+        // RST_STREAM in one read) never reaches the upstream.
         let response = poll_fn(|cx| {
-            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
-                return Poll::Ready(Some(response));
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
             }
-            send.poll_reset(cx).map(|_| None)
+            handling.as_mut().poll(cx).map(Some)
         })
         .await;
         if let Some(response) = response {
-            respond(&mut send, response, awaiting.responded()).await;
+            respond(&mut send, response, awaiting.responded(), head_request).await;
         }
     })
 }
