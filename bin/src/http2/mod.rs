@@ -6,6 +6,7 @@
 //! make progress do so first, and what they queue goes out in the connection's next write.
 //! Requests reach the upstream through the HTTP/1.1 path's pool (`h1::for_h2`).
 
+mod batched_writes;
 mod request_body;
 mod respond;
 mod serve;

@@ -14,6 +14,7 @@ use hyper::{Method, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::RequestBody;
+use super::batched_writes::BatchedWrites;
 use super::respond::respond;
 use crate::connection::{Awaiting, Shared};
 use crate::proxy::{ConnectionFacts, Proxy, ProxySlot};
@@ -30,8 +31,8 @@ pub(crate) struct Http2Context {
 }
 
 enum State<T> {
-    Handshaking(Handshake<T, Bytes>),
-    Serving(Connection<T, Bytes>),
+    Handshaking(Handshake<BatchedWrites<T>, Bytes>),
+    Serving(Connection<BatchedWrites<T>, Bytes>),
     Ended,
 }
 
@@ -56,7 +57,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ProxiedHttp2<T> {
         shared: Arc<Shared>,
     ) -> Self {
         Self {
-            state: State::Handshaking(builder.handshake(io)),
+            state: State::Handshaking(builder.handshake(BatchedWrites::new(io))),
             streams: FuturesUnordered::new(),
             context,
             shared,
