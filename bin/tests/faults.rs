@@ -549,6 +549,7 @@ fn a_pending_order_whose_certificate_is_already_served_is_dropped_not_counted_as
     certloop.wait_ready();
     let root = pebble.issuing_root_pem();
     let (first, _) = fetch_verified(pebble.tls_port, domain, &root).expect("first certificate");
+    let issued = std::time::SystemTime::now();
     drop(certloop); // SIGKILL
     let finalize = proxy
         .requests()
@@ -576,6 +577,13 @@ fn a_pending_order_whose_certificate_is_already_served_is_dropped_not_counted_as
         serde_json::json!({ "order_url": order_url, "key_pem": &bundle[key_start..key_end] });
     let record_path = cache_dir.join(format!("{cert_file}.pending-order"));
     std::fs::write(&record_path, record.to_string()).expect("record");
+    // Pebble states validity to the second: a renewal issued within the second of the first
+    // certificate would end at the same second, and be refused as no newer.
+    certloop_tests::pebble::wait_until(
+        "the clock past the first certificate's second",
+        Duration::from_secs(5),
+        || std::time::SystemTime::now() >= issued + Duration::from_millis(1100),
+    );
     // Four years on (the certificate lasts five): renewal is due at start.
     let ahead = faketime_wrapper("+4y");
     let ahead: Vec<&str> = ahead.iter().map(String::as_str).collect();
