@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::http2::RequestBody;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -15,14 +14,16 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use tokio_util::task::TaskTracker;
 
+use certloop_acme::adapter::canonical_ip;
+
 use crate::access_log::{AccessLog, Entry};
 use crate::counted_body::ReportedBody;
 use crate::forwarding::IpRange;
 use crate::h1::Rewrite;
 use crate::h1::UpstreamPool;
 use crate::h1::for_h2::{self, SendError};
+use crate::http2::RequestBody;
 use crate::metrics::ListenerMetrics;
-use certloop_acme::adapter::canonical_ip;
 
 /// Response bodies: the upstream's, streamed, or a short one of our own.
 pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::chunked::{ChunkedBody, LAST_CHUNK, encode_chunk};
 use super::head::{
     ForwardedRequest, ForwardedResponse, Framing, forward_request, forward_response, own_response,
-    split_target, switching_head,
+    parse_response, split_target, switching_head,
 };
 use super::pool::{READ_SIZE, Upstream};
 use crate::access_log::Entry;
@@ -153,6 +153,16 @@ where
     }
 }
 
+/// Whether the client connection stays open after `request`'s answer: the client asked for
+/// it, its body was read whole, and no stop signal has come.
+fn keeps_client(
+    request: &ForwardedRequest,
+    body_sent: bool,
+    ending: &watch::Receiver<Ending>,
+) -> bool {
+    request.keep_alive && body_sent && *ending.borrow() == Ending::Serving
+}
+
 /// What a connection does after a request.
 enum Next {
     KeepAlive,
@@ -194,7 +204,7 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
         ),
     };
     let upstream_took = answer.is_ok().then(|| started.elapsed());
-    let keep_client = request.keep_alive && upload.done && *ending.borrow() == Ending::Serving;
+    let keep_client = keeps_client(request, upload.done, ending);
     let record = |status: u16, bytes_out: u64| {
         if let (Some(access_log), Some(facts)) = (&proxy.access_log, &log) {
             access_log.record(&facts.entry(
@@ -325,7 +335,14 @@ async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(
                             Ok(0) | Err(_) => return,
                             Ok(_) => {}
                         }
-                        match forward_response(&upstream.buf, request, false, &http_date::now()) {
+                        // Only the status matters here: no client head is written.
+                        let status = parse_response(
+                            &upstream.buf,
+                            request.is_head,
+                            request.http10,
+                            |_, _, _, _| (),
+                        );
+                        match status {
                             Ok(Some(head)) if head.status < 200 && head.status != 101 => {
                                 upstream.buf.advance(head.head_len);
                             }
@@ -447,8 +464,7 @@ async fn read_response_head(
         if !upstream.buf.is_empty() {
             // Decided as the head is written, so that a stop signal that came while the
             // upstream worked still closes with `Connection: close`.
-            let keep_client =
-                request.keep_alive && body_sent && *ending.borrow() == Ending::Serving;
+            let keep_client = keeps_client(request, body_sent, ending);
             match forward_response(&upstream.buf, request, keep_client, &http_date::now()) {
                 Ok(Some(mut response)) if response.status == 101 && request.upgrade => {
                     response.client_head = switching_head(&upstream.buf[..response.head_len]);
