@@ -11,6 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 protocol=${1:-h1} connections=${2:-20}
 command -v perf >/dev/null || { sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo); "${sudo_cmd[@]}" apt-get install -y -q linux-perf; }
+# The release build with line tables (Cargo.toml's `profiling` profile), so that inlined
+# frames have names.
+cargo build -q --profile profiling -p certloop
+export CERTLOOP_BIN=$PWD/target/profiling/certloop
 source scripts/bench-setup.sh
 bench_setup profile-proxy "[limits]
 max_connections_per_ip = 0" "events { worker_connections 4096; }" "ssl http2" ""

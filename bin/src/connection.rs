@@ -6,8 +6,9 @@
 //! turns into a graceful shutdown (in-flight requests finish, idle connections close).
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -19,7 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::http2::{Http2Context, ProxiedHttp2};
 use crate::limits::{
@@ -74,7 +75,8 @@ impl HttpBuilders {
 /// What the IO wrapper, the service and the response bodies tell the watchdog.
 pub(crate) struct Shared {
     activity: Mutex<Activity>,
-    head_began: Notify,
+    /// A request head began during the connection's last poll: the watchdog's deadline moved.
+    head_began: AtomicBool,
 }
 
 impl Shared {
@@ -86,7 +88,7 @@ impl Shared {
     fn new(protocol: Protocol) -> Arc<Self> {
         Arc::new(Self {
             activity: Mutex::new(Activity::new(protocol, Instant::now())),
-            head_began: Notify::new(),
+            head_began: AtomicBool::new(false),
         })
     }
 
@@ -195,7 +197,7 @@ impl IoObserver for Arc<Shared> {
             !was_pending && activity.head_pending()
         };
         if began {
-            self.head_began.notify_one();
+            self.head_began.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -378,10 +380,18 @@ async fn watch_over<C: Drain + Send>(
                 continue;
             }
         };
+        // Biased: whether a head began is known once the connection has been polled. It is
+        // set only while the connection is polled, by its reads, so the check needs no waker
+        // (a wake-up of its own task would send the task through the scheduler again and
+        // rouse an idle worker thread, once per request).
         tokio::select! {
+            biased;
             _ = conn.as_mut() => return,
+            () = poll_fn(|_| match shared.head_began.swap(false, Ordering::Relaxed) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }) => {}
             () = tokio::time::sleep_until(wake.into()) => {}
-            () = shared.head_began.notified() => {}
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 shared.activity().on_stop(Instant::now());

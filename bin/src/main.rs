@@ -50,6 +50,7 @@ mod server;
 mod status_command;
 mod status_page;
 mod supervisor;
+mod tls_stream;
 mod tunnel;
 mod watchdog;
 

@@ -14,7 +14,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Admitted};
@@ -24,6 +23,7 @@ use crate::http2::Http2Context;
 use crate::limits::Limits;
 use crate::metrics::{Handshake, ListenerMetrics};
 use crate::proxy::{ConnectionFacts, ProxyBody, ProxySlot, text};
+use crate::tls_stream;
 use crate::watchdog::Protocol;
 
 /// What every connection of one listener shares.
@@ -123,15 +123,15 @@ where
 pub(crate) async fn serve_tls(
     ctx: Arc<ListenerContext>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     proxy: Arc<ProxySlot>,
 ) -> TcpListener {
     let serve = |tcp: TcpStream, peer: SocketAddr, admitted: Admitted| {
-        let (ctx, acceptor, proxy) = (ctx.clone(), acceptor.clone(), proxy.clone());
+        let (ctx, tls, proxy) = (ctx.clone(), tls.clone(), proxy.clone());
         async move {
             let admitted = Arc::new(admitted);
             let _ = tcp.set_nodelay(true);
-            let handshake = acceptor.accept(tcp);
+            let handshake = tls_stream::accept(tcp, tls);
             let tls = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, handshake).await
             {
                 Ok(Ok(tls)) => {
@@ -149,7 +149,7 @@ pub(crate) async fn serve_tls(
                     return;
                 }
             };
-            let session = tls.get_ref().1;
+            let session = tls.session();
             let (protocol, alpn) = match session.alpn_protocol() {
                 Some(certloop_acme::adapter::ACME_TLS_ALPN) => return, // the handshake was the answer
                 Some(b"h2") => (Protocol::Http2, "h2"),

@@ -11,7 +11,6 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
@@ -291,9 +290,9 @@ impl Supervisor {
             stop_rx,
             metrics,
         );
-        let acceptor = TlsAcceptor::from(certificate.server_config.clone());
+        let tls = certificate.server_config.clone();
         tracing::info!(listener = %name, bind = %spec.bind, upstream = %spec.upstream, "listening");
-        let accept = tokio::spawn(serve_tls(ctx, socket, acceptor, proxy.clone()));
+        let accept = tokio::spawn(serve_tls(ctx, socket, tls, proxy.clone()));
         self.running.push(Running {
             spec,
             stop,

@@ -235,7 +235,11 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
             let _streaming = awaiting.responded();
             proxy.metrics.response(status);
             let response = own_response(status, reason, body, !keep_client, request.is_head);
-            let sent = client.write_all(&response).await.and(client.flush().await);
+            // A connection that closes sends the answer with its close_notify, at shutdown.
+            let mut sent = client.write_all(&response).await;
+            if keep_client {
+                sent = sent.and(client.flush().await);
+            }
             record(status, body.len() as u64);
             return if sent.is_err() || !keep_client {
                 Next::Close
@@ -258,7 +262,10 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
     let streaming = awaiting.responded();
     let keep_client = keep_client && !answer.response.close;
     let mut sent = 0;
-    let relayed = relay_body(client, answer, proxy, &mut sent, || streaming.progress()).await;
+    let relayed = relay_body(client, answer, proxy, keep_client, &mut sent, || {
+        streaming.progress()
+    })
+    .await;
     drop(streaming);
     record(status, sent);
     if relayed.is_err() || !keep_client {
@@ -502,11 +509,13 @@ async fn read_response_head(
 /// Sends the response head and body to the client, telling `progress` each time a piece
 /// went out and counting the body bytes into `sent`; gives the upstream connection back when
 /// it can carry another request. An error means either side failed (the client connection
-/// must close).
+/// must close). Unless `keep_client`, the end of the body is left for the shutdown to send
+/// with its close_notify.
 async fn relay_body<C: AsyncWrite + Unpin>(
     client: &mut C,
     answer: Answer,
     proxy: &Proxy,
+    keep_client: bool,
     sent: &mut u64,
     progress: impl Fn(),
 ) -> io::Result<()> {
@@ -548,7 +557,9 @@ async fn relay_body<C: AsyncWrite + Unpin>(
         progress();
         let extra = upstream.buf.len() > n;
         if done {
-            client.flush().await?;
+            if keep_client {
+                client.flush().await?;
+            }
             if response.upstream_reusable && !extra {
                 proxy.pool.give_back(upstream);
             }

@@ -1,7 +1,9 @@
 //! `tls-handshakes PORT SECONDS full|resumed`: TLS 1.3 handshakes to `bench.local` on
 //! 127.0.0.1:PORT for SECONDS from one thread, each on a new connection carrying one HTTP/1.1
 //! request, either full (no session kept) or resumed (each connection resumes the session of
-//! the one before). Prints `<handshakes/s> <share resumed> <handshakes>`. Not a test:
+//! the one before). The client speaks TLS 1.3 only, so a server that would choose TLS 1.2
+//! fails the run instead of being measured on another protocol. Prints
+//! `<handshakes/s> <share resumed> <handshakes>`. Not a test:
 //! `scripts/bench-proxy.sh` runs it against certloop and nginx, with the server's
 //! certificate in `BENCH_CERT`.
 
@@ -50,8 +52,17 @@ fn main() {
     };
     let root = std::env::var("BENCH_CERT").expect("BENCH_CERT: the server's certificate file");
     let root = std::fs::read_to_string(root).expect("certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(root.as_bytes()) {
+        roots.add(cert.expect("certificate")).expect("a root");
+    }
     let mut config =
-        (*certloop_tests::client_config(&root, b"http/1.1").expect("client TLS")).clone();
+        rustls::ClientConfig::builder_with_provider(certloop_acme::adapter::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = if resumed {
         Resumption::in_memory_sessions(16)
     } else {
