@@ -44,14 +44,20 @@ ticks() {
     done
     echo "$total"
 }
-# h2load prints "TLS Protocol: ..." and "finished in Xs, N req/s, ..."; take the req/s, after
-# checking the protocol.
+# h2load prints "TLS Protocol: ...", "finished in Xs, N req/s, ..." and "requests: N total,
+# ..., S succeeded, F failed, ..."; take the req/s, after checking the protocol and that every
+# request succeeded (h2load counts failed requests in its rate, and the CPU time is divided by them too).
 h2rate() {
     local out
     out=$(cat)
     if ! grep -q 'TLS Protocol: TLSv1.3' <<<"$out"; then
         echo "h2load did not negotiate TLS 1.3:" >&2
         grep -E 'TLS Protocol|error|fail' <<<"$out" >&2
+        exit 1
+    fi
+    if ! grep -qE '^requests: ([0-9]+) total, .* \1 succeeded, 0 failed' <<<"$out"; then
+        echo "h2load: not every request succeeded:" >&2
+        grep -E '^requests:' <<<"$out" >&2
         exit 1
     fi
     grep -o 'finished in [^,]*, [0-9.]* req/s' <<<"$out" | awk '{print $4}'

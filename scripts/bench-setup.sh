@@ -43,7 +43,11 @@ $nginx_events
 http {
     access_log off;
     $nginx_http_extra
-    upstream app { server 127.0.0.1:$up; keepalive 64; }
+    # As certloop: no cap on requests per connection, 256 idle upstream connections kept.
+    # (nginx's default of 1,000 requests per client connection closes h2load's HTTP/2
+    # connections half way through a 40,000-request run, and h2load does not reconnect.)
+    keepalive_requests 1000000;
+    upstream app { server 127.0.0.1:$up; keepalive 128; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$ng $nginx_listen;
         ssl_certificate $dir/cert.pem;
