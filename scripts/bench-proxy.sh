@@ -12,7 +12,10 @@
 #     a core at these rates: this row measures the client as much as the servers;
 #   - keep-alive requests/s through the proxy: HTTP/1.1 and HTTP/2 (10 streams per
 #     connection), at 20 and at 200 connections, 40,000 requests each.
-# Both servers keep their default session-resumption settings and log nothing per request.
+# Both servers keep their default session-resumption settings and log nothing per request,
+# and nginx sends the upstream the same forwarding headers as certloop (Host as the client
+# sent it, X-Forwarded-For/-Proto/-Host, X-Real-IP, Forwarded): the demo upstream echoes them,
+# so its answers are the same length from both.
 # Both speak TLS 1.3 (nginx 1.22 needs `ssl_protocols` for it): tls-handshakes offers nothing
 # else, and the run stops if h2load reports another protocol.
 # Usage: scripts/bench-proxy.sh [ROUNDS]   (default 3; FIGURES="h1-20 h2-20" runs only those)
@@ -24,13 +27,22 @@ source scripts/bench-setup.sh
 # none by default) so that both servers see the same load.
 bench_setup bench-proxy "[limits]
 max_connections_per_ip = 0" "worker_processes auto;
-events { worker_connections 4096; }" "ssl http2" 'proxy_set_header Host $host;
+events { worker_connections 4096; }" "ssl http2" 'proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto https;'
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header Forwarded "for=$remote_addr;host=\"$http_host\";proto=https";'
 cargo build -q --release -p certloop-tests --bin tls-handshakes
 export BENCH_CERT=$dir/cert.pem
-curl -sk --resolve "bench.local:$cl:127.0.0.1" "https://bench.local:$cl/" | head -1 >/dev/null
-curl -sk --resolve "bench.local:$ng:127.0.0.1" "https://bench.local:$ng/" | head -1 >/dev/null
+# What the upstream saw through each (it echoes the forwarding headers), ports aside: the
+# same, or the servers would not be doing the same work.
+seen() { curl -sk --resolve "bench.local:$1:127.0.0.1" "https://bench.local:$1/" | sed "s/$1/PORT/g"; }
+if [ "$(seen "$cl")" != "$(seen "$ng")" ]; then
+    echo "the upstream saw different requests through certloop and nginx:" >&2
+    diff <(seen "$cl") <(seen "$ng") >&2
+    exit 1
+fi
 certloop_pids=${pids[1]}
 nginx_pids="${pids[2]} $(pgrep -P "${pids[2]}" | tr '\n' ' ')"
 hz=$(getconf CLK_TCK)
