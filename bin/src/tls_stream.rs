@@ -303,16 +303,24 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    /// A client's TLS connection to `tls.test` over `io`.
+    async fn connect(
+        config: Arc<rustls::ClientConfig>,
+        io: DuplexStream,
+    ) -> tokio_rustls::client::TlsStream<DuplexStream> {
+        let name = rustls::pki_types::ServerName::try_from("tls.test").unwrap();
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, io)
+            .await
+            .unwrap()
+    }
+
     /// The client's side: connects over `io`, sends `ping`, reads to the end.
     async fn client(
         config: Arc<rustls::ClientConfig>,
         io: DuplexStream,
     ) -> (io::Result<Vec<u8>>, rustls::HandshakeKind) {
-        let name = rustls::pki_types::ServerName::try_from("tls.test").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, io)
-            .await
-            .unwrap();
+        let mut tls = connect(config, io).await;
         tls.write_all(b"ping").await.unwrap();
         let mut answer = Vec::new();
         let read = tls.read_to_end(&mut answer).await.map(|_| answer);
@@ -391,12 +399,8 @@ mod tests {
         let (client_io, server_io) = tokio::io::duplex(8 * 1024);
         let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let sent = upload.clone();
-        let name = rustls::pki_types::ServerName::try_from("tls.test").unwrap();
         let client = tokio::spawn(async move {
-            let mut tls = tokio_rustls::TlsConnector::from(client)
-                .connect(name, client_io)
-                .await
-                .unwrap();
+            let mut tls = connect(client, client_io).await;
             tls.write_all(&sent).await.unwrap();
             tls.shutdown().await.unwrap();
         });
@@ -426,12 +430,8 @@ mod tests {
     async fn a_client_that_leaves_without_close_notify_reads_as_unexpected_eof() {
         let (server, client) = configs(&rustls::version::TLS13);
         let (client_io, server_io) = tokio::io::duplex(8 * 1024);
-        let name = rustls::pki_types::ServerName::try_from("tls.test").unwrap();
         let client = tokio::spawn(async move {
-            let mut tls = tokio_rustls::TlsConnector::from(client)
-                .connect(name, client_io)
-                .await
-                .unwrap();
+            let mut tls = connect(client, client_io).await;
             tls.write_all(b"ping").await.unwrap();
             // The socket closes under the TLS session: no close_notify.
             drop(tls.into_inner().0);
