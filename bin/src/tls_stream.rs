@@ -25,6 +25,8 @@ pub(crate) struct TlsStream<IO> {
     tls: ServerConnection,
     /// close_notify is queued: nothing else is written.
     closing: bool,
+    /// The socket's write side is shut: a shutdown again is a no-op.
+    shut: bool,
     /// Plaintext rustls holds, ready to read.
     readable: usize,
 }
@@ -42,6 +44,7 @@ where
         io,
         tls,
         closing: false,
+        shut: false,
         readable: 0,
     };
     poll_fn(|cx| stream.poll_handshake(cx)).await?;
@@ -172,8 +175,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             this.tls.send_close_notify();
             this.closing = true;
         }
+        if this.shut {
+            return Poll::Ready(Ok(()));
+        }
         ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+        this.shut = true;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -347,6 +355,12 @@ mod tests {
         assert_eq!(&ping, b"ping");
         tls.write_all(answer).await.unwrap();
         tls.shutdown().await.unwrap();
+        // A second shutdown changes nothing; nothing is written after close_notify.
+        tls.shutdown().await.unwrap();
+        assert_eq!(
+            tls.write(b"late").await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
         let (read, kind) = client.await.unwrap();
         (writes.load(Ordering::SeqCst), read, kind)
     }

@@ -235,11 +235,10 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
             let _streaming = awaiting.responded();
             proxy.metrics.response(status);
             let response = own_response(status, reason, body, !keep_client, request.is_head);
-            // A connection that closes sends the answer with its close_notify, at shutdown.
-            let mut sent = client.write_all(&response).await;
-            if keep_client {
-                sent = sent.and(client.flush().await);
-            }
+            let sent = client
+                .write_all(&response)
+                .await
+                .and(finish(client, keep_client).await);
             record(status, body.len() as u64);
             return if sent.is_err() || !keep_client {
                 Next::Close
@@ -272,6 +271,17 @@ async fn one_request<C: AsyncRead + AsyncWrite + Unpin>(
         Next::Close
     } else {
         Next::KeepAlive
+    }
+}
+
+/// Sends the end of an answer: a flush, or for a connection that closes after it the shutdown,
+/// so that the last bytes leave with close_notify in one write. Called while the answer is
+/// still timed by the watchdog as a body in flight.
+async fn finish<C: AsyncWrite + Unpin>(client: &mut C, keep_client: bool) -> io::Result<()> {
+    if keep_client {
+        client.flush().await
+    } else {
+        client.shutdown().await
     }
 }
 
@@ -509,8 +519,7 @@ async fn read_response_head(
 /// Sends the response head and body to the client, telling `progress` each time a piece
 /// went out and counting the body bytes into `sent`; gives the upstream connection back when
 /// it can carry another request. An error means either side failed (the client connection
-/// must close). Unless `keep_client`, the end of the body is left for the shutdown to send
-/// with its close_notify.
+/// must close). Unless `keep_client`, the body ends with the connection's shutdown.
 async fn relay_body<C: AsyncWrite + Unpin>(
     client: &mut C,
     answer: Answer,
@@ -557,9 +566,7 @@ async fn relay_body<C: AsyncWrite + Unpin>(
         progress();
         let extra = upstream.buf.len() > n;
         if done {
-            if keep_client {
-                client.flush().await?;
-            }
+            finish(client, keep_client).await?;
             if response.upstream_reusable && !extra {
                 proxy.pool.give_back(upstream);
             }
