@@ -441,6 +441,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_update_the_client_asks_for_is_answered_before_the_next_answer() {
+        // A record that carries no plaintext (the client's KeyUpdate) must not read as the
+        // end of the stream; the server's KeyUpdate waits in rustls's buffer for the next
+        // flush, ahead of the answer, which the client must read with the new keys.
+        let (server, client) = configs(&rustls::version::TLS13);
+        let (client_io, server_io) = tokio::io::duplex(8 * 1024);
+        let client = tokio::spawn(async move {
+            let mut tls = connect(client, client_io).await;
+            tls.write_all(b"pi").await.unwrap();
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+            tls.write_all(b"ng").await.unwrap();
+            let mut answer = Vec::new();
+            tls.read_to_end(&mut answer).await.unwrap();
+            answer
+        });
+        let mut tls = accept(server_io, server).await.unwrap();
+        let mut ping = [0u8; 4];
+        tls.read_exact(&mut ping).await.unwrap();
+        assert_eq!(&ping, b"ping");
+        tls.write_all(b"pong").await.unwrap();
+        tls.shutdown().await.unwrap();
+        assert_eq!(client.await.unwrap(), b"pong");
+    }
+
+    #[tokio::test]
     async fn a_client_that_leaves_without_close_notify_reads_as_unexpected_eof() {
         let (server, client) = configs(&rustls::version::TLS13);
         let (client_io, server_io) = tokio::io::duplex(8 * 1024);
