@@ -421,9 +421,10 @@ mod tests {
         let mut tls = accept(server_io, server).await.unwrap();
         // Reads as the HTTP/1.1 path makes them (into spare, uninitialised capacity) and of a
         // single byte, by turns.
-        let mut received = Vec::new();
+        let (mut received, mut into_spare) = (Vec::new(), true);
         loop {
-            let n = if received.len() % 2 == 0 {
+            into_spare = !into_spare;
+            let n = if into_spare {
                 received.reserve(16 * 1024);
                 tls.read_buf(&mut received).await.unwrap()
             } else {
