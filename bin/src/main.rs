@@ -39,6 +39,7 @@ mod h2_frames;
 mod http2;
 mod http_date;
 mod limits;
+mod listen;
 mod manual;
 mod metrics;
 mod observed_io;
@@ -353,11 +354,11 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
     // Bound before any ACME order starts, so HTTP-01 validation finds it (connections wait in
     // the backlog until the accept loop below runs).
     let http = match &config.http {
-        Some(http) => Some((http.clone(), bind_table("[http]", http.bind).await?)),
+        Some(http) => Some((http.clone(), bind_table("[http]", http.bind)?)),
         None => None,
     };
     let admin = match &config.admin {
-        Some(admin) => Some((admin.clone(), bind_table("[admin]", admin.bind).await?)),
+        Some(admin) => Some((admin.clone(), bind_table("[admin]", admin.bind)?)),
         None => None,
     };
     let access_log = match &config.access_log {
@@ -475,11 +476,8 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
     Ok(())
 }
 
-async fn bind_table(
-    table: &str,
-    addr: std::net::SocketAddr,
-) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+fn bind_table(table: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    listen::listen(addr).map_err(|e| {
         let key = table.trim_matches(['[', ']']);
         format!("{table}: cannot listen on {addr}: {e}; free the port or change {key}.bind")
     })

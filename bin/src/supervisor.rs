@@ -111,7 +111,7 @@ impl Supervisor {
         retry_now: bool,
     ) -> Result<(), StartFailure> {
         for spec in listeners {
-            let socket = bind(&spec).await?;
+            let socket = bind(&spec)?;
             let certificate = self.certificate(&spec, retry_now).await?;
             self.run(spec, socket, certificate);
         }
@@ -151,7 +151,7 @@ impl Supervisor {
         let mut fresh: Vec<(SocketAddr, TcpListener)> = Vec::new();
         for spec in &new.listeners {
             if !held.contains(&spec.bind) {
-                fresh.push((spec.bind, bind(spec).await?));
+                fresh.push((spec.bind, bind(spec)?));
             }
         }
         let held_dirs: Vec<&std::path::Path> = (self.running.iter())
@@ -420,8 +420,8 @@ fn cache_dir(spec: &Listener) -> Option<&std::path::Path> {
     }
 }
 
-async fn bind(spec: &Listener) -> Result<TcpListener, String> {
-    TcpListener::bind(spec.bind).await.map_err(|e| {
+fn bind(spec: &Listener) -> Result<TcpListener, String> {
+    crate::listen::listen(spec.bind).map_err(|e| {
         format!(
             "listener {}: cannot listen on {}: {e}; free the port or change bind",
             spec.name, spec.bind
