@@ -9,11 +9,12 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::admission::Admitted;
 use crate::cert_status::{CertSources, live_rows, not_ready};
 use crate::connection;
+use crate::listen::ListenSocket;
 use crate::metrics::Metrics;
 use crate::proxy::{ProxyBody, respond};
 use crate::server::{ListenerContext, accept_loop};
@@ -28,10 +29,11 @@ pub(crate) struct Admin {
 /// Serves the admin endpoints until the context's stop signal.
 pub(crate) async fn serve_admin(
     ctx: Arc<ListenerContext>,
-    listener: TcpListener,
+    listener: ListenSocket,
     admin: Arc<Admin>,
-) -> TcpListener {
-    let serve = |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
+) -> ListenSocket {
+    let accepting = ctx.clone();
+    let serve = move |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
         let (admin, builders, stop) = (admin.clone(), ctx.builders(), ctx.stop());
         async move {
             let _admitted = admitted;
@@ -39,7 +41,7 @@ pub(crate) async fn serve_admin(
             connection::serve(tcp, handler, builders, stop).await;
         }
     };
-    accept_loop(ctx.clone(), listener, serve).await
+    accept_loop(accepting, listener, serve).await
 }
 
 impl Admin {

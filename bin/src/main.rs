@@ -48,6 +48,7 @@ mod preflight;
 mod proxy;
 mod reload_plan;
 mod server;
+mod shards;
 mod status_command;
 mod status_page;
 mod supervisor;
@@ -348,6 +349,11 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
     let mut signals = Signals::install()?;
     // Every connection and upgraded tunnel runs in here; shutdown waits for them.
     let tracker = TaskTracker::new();
+    // The connections' runtimes, one per core; dropped last, when `run` returns, which drops
+    // whatever connection the grace period left.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let (shards, _stop_shards) = shards::Shards::start(cores)
+        .map_err(|e| format!("cannot start the connection runtimes: {e}"))?;
     // Stops the [http] and [admin] listeners; each TLS listener has its own.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -370,6 +376,7 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
     let tokens: TokenLists = Arc::default();
     let mut supervisor = Supervisor::new(supervisor::Shared {
         tracker: tracker.clone(),
+        shards: shards.clone(),
         metrics: metrics.clone(),
         access_log: access_log.clone(),
         sources: sources.clone(),
@@ -385,6 +392,7 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
             "[http]",
             http.limits,
             tracker.clone(),
+            shards.clone(),
             stop_rx.clone(),
             metrics.listener("[http]"),
         );
@@ -398,6 +406,7 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
             "[admin]",
             admin.limits,
             tracker.clone(),
+            shards.clone(),
             stop_rx.clone(),
             metrics.listener("[admin]"),
         );
@@ -476,8 +485,8 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
     Ok(())
 }
 
-fn bind_table(table: &str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    listen::listen(addr).map_err(|e| {
+fn bind_table(table: &str, addr: std::net::SocketAddr) -> Result<listen::ListenSocket, String> {
+    listen::ListenSocket::bind(addr).map_err(|e| {
         let key = table.trim_matches(['[', ']']);
         format!("{table}: cannot listen on {addr}: {e}; free the port or change {key}.bind")
     })

@@ -113,7 +113,8 @@ impl Proxy {
     /// A proxy to `upstream` for the listener `listener`; forwarding headers from peers in
     /// `trusted_proxies` are kept and extended; upgraded tunnels run in `tunnels` and close
     /// after `tunnel_idle` without a byte moving; responses and upstream timings are counted
-    /// in `metrics`, and each request gets a line in `access_log` when there is one.
+    /// in `metrics`, and each request gets a line in `access_log` when there is one. Idle
+    /// upstream connections are kept for each of the `shards`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         listener: &str,
@@ -124,10 +125,11 @@ impl Proxy {
         tunnels: TaskTracker,
         metrics: ListenerMetrics,
         access_log: Option<AccessLog>,
+        shards: usize,
     ) -> Arc<Self> {
         let port = upstream.port_u16().unwrap_or(80);
         let host = upstream.host().unwrap_or_default();
-        let pool = UpstreamPool::new(format!("{}:{port}", host));
+        let pool = UpstreamPool::new(format!("{}:{port}", host), shards);
         Arc::new(Self {
             listener: listener.into(),
             prefix: upstream.path().trim_end_matches('/').to_owned(),

@@ -1,7 +1,8 @@
 //! Accept loops: TLS listeners (HTTP/1.1 and HTTP/2 through the proxy, TLS-ALPN-01 handshakes
 //! closed after the handshake) and the plain-HTTP listener (HTTP-01 answers, 308 to HTTPS).
 //! Both accept through the shared backoff, hold their connection caps, and run every
-//! connection in the process's task tracker so that shutdown waits for it.
+//! connection on a shard (`shards.rs`) in the process's task tracker so that shutdown waits
+//! for it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use certloop_tokio::{Http01Tokens, TokioRuntime};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -21,8 +22,10 @@ use crate::connection::{self, HttpBuilders};
 use crate::h1::Http1Context;
 use crate::http2::Http2Context;
 use crate::limits::Limits;
+use crate::listen::{ListenSocket, register};
 use crate::metrics::{Handshake, ListenerMetrics};
 use crate::proxy::{ConnectionFacts, ProxyBody, ProxySlot, text};
+use crate::shards::Shards;
 use crate::tls_stream;
 use crate::watchdog::Protocol;
 
@@ -33,17 +36,19 @@ pub(crate) struct ListenerContext {
     admission: Admission,
     builders: Arc<HttpBuilders>,
     tracker: TaskTracker,
+    shards: Arc<Shards>,
     stop: watch::Receiver<bool>,
     metrics: ListenerMetrics,
 }
 
 impl ListenerContext {
-    /// The context of listener `name`, whose connections run in `tracker`, close gracefully
-    /// when `stop` turns true, and are counted in `metrics`.
+    /// The context of listener `name`, whose connections run on `shards` in `tracker`, close
+    /// gracefully when `stop` turns true, and are counted in `metrics`.
     pub(crate) fn new(
         name: &str,
         limits: Limits,
         tracker: TaskTracker,
+        shards: Arc<Shards>,
         stop: watch::Receiver<bool>,
         metrics: ListenerMetrics,
     ) -> Arc<Self> {
@@ -53,6 +58,7 @@ impl ListenerContext {
             builders: Arc::new(HttpBuilders::new(&limits)),
             limits,
             tracker,
+            shards,
             stop,
             metrics,
         })
@@ -71,18 +77,20 @@ impl ListenerContext {
     }
 }
 
-/// Accepts connections until `stop` turns true, handing each admitted one to `serve` in the
-/// task tracker; each counts as open in the listener's metrics until `serve` ends. Returns
-/// the socket, still open, so that a reload can hand it to the listener's next accept loop.
+/// Accepts connections until `stop` turns true, handing each admitted one to `serve` on a
+/// shard, in the task tracker; each counts as open in the listener's metrics until `serve`
+/// ends. Returns the socket, still open, so that a reload can hand it to the listener's next
+/// accept loop.
 pub(crate) async fn accept_loop<S, Fut>(
     ctx: Arc<ListenerContext>,
-    listener: TcpListener,
+    listener: ListenSocket,
     serve: S,
-) -> TcpListener
+) -> ListenSocket
 where
-    S: Fn(TcpStream, SocketAddr, Admitted) -> Fut,
+    S: Fn(TcpStream, SocketAddr, Admitted) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     let rt = TokioRuntime::current();
     let mut backoff = AcceptBackoff::default();
     let mut stop = ctx.stop.clone();
@@ -110,9 +118,12 @@ where
             continue;
         };
         let open = ctx.metrics.connection_opened();
-        let served = serve(tcp, peer, admitted);
-        ctx.tracker.spawn(async move {
-            served.await;
+        let (serve, name) = (serve.clone(), ctx.clone());
+        ctx.shards.spawn(&ctx.tracker, async move {
+            match register(tcp) {
+                Ok(tcp) => serve(tcp, peer, admitted).await,
+                Err(e) => tracing::debug!(listener = %name.name, %peer, "closed: {e}"),
+            }
             drop(open);
         });
     }
@@ -122,11 +133,12 @@ where
 /// request goes to the proxy in `proxy` at the time it arrives.
 pub(crate) async fn serve_tls(
     ctx: Arc<ListenerContext>,
-    listener: TcpListener,
+    listener: ListenSocket,
     tls: Arc<rustls::ServerConfig>,
     proxy: Arc<ProxySlot>,
-) -> TcpListener {
-    let serve = |tcp: TcpStream, peer: SocketAddr, admitted: Admitted| {
+) -> ListenSocket {
+    let accepting = ctx.clone();
+    let serve = move |tcp: TcpStream, peer: SocketAddr, admitted: Admitted| {
         let (ctx, tls, proxy) = (ctx.clone(), tls.clone(), proxy.clone());
         async move {
             let admitted = Arc::new(admitted);
@@ -180,7 +192,7 @@ pub(crate) async fn serve_tls(
             connection::serve_proxied_http2(tls, context, &ctx.builders, ctx.stop.clone()).await;
         }
     };
-    accept_loop(ctx.clone(), listener, serve).await
+    accept_loop(accepting, listener, serve).await
 }
 
 /// The HTTP-01 tokens of every ACME listener, for the `[http]` listener; a reload changes the
@@ -190,11 +202,12 @@ pub(crate) type TokenLists = Arc<std::sync::RwLock<Vec<Arc<Http01Tokens>>>>;
 /// The `[http]` listener: HTTP-01 answers for every ACME listener, 308 to HTTPS otherwise.
 pub(crate) async fn serve_http(
     ctx: Arc<ListenerContext>,
-    listener: TcpListener,
+    listener: ListenSocket,
     tokens: TokenLists,
     https_port: u16,
-) -> TcpListener {
-    let serve = |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
+) -> ListenSocket {
+    let accepting = ctx.clone();
+    let serve = move |tcp: TcpStream, _peer: SocketAddr, admitted: Admitted| {
         let (ctx, tokens) = (ctx.clone(), tokens.clone());
         async move {
             let _admitted = admitted;
@@ -209,7 +222,7 @@ pub(crate) async fn serve_http(
             connection::serve(tcp, handler, builders, stop).await;
         }
     };
-    accept_loop(ctx.clone(), listener, serve).await
+    accept_loop(accepting, listener, serve).await
 }
 
 fn http_response(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use certloop_tokio::{AcmeConfig, AcmeHandle, Http01Tokens, StartError};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -16,11 +15,13 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLog;
 use crate::cert_status::{CertSource, CertSources};
 use crate::config::{Config, Listener, TlsMode};
+use crate::listen::ListenSocket;
 use crate::manual::ManualResolver;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySlot};
 use crate::reload_plan::{Change, change};
 use crate::server::{ListenerContext, TokenLists, serve_tls};
+use crate::shards::Shards;
 
 /// How long a relaunch waits for the previous driver of the same cache directory to let go
 /// of its lock.
@@ -29,6 +30,8 @@ const RELAUNCH_WAIT: Duration = Duration::from_secs(10);
 /// What every listener shares with the rest of the process.
 pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
+    /// Where the connections run.
+    pub(crate) shards: Arc<Shards>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) access_log: Option<AccessLog>,
     /// Read by the admin endpoints and the metrics.
@@ -63,7 +66,7 @@ impl Certificate {
 struct Running {
     spec: Listener,
     stop: watch::Sender<bool>,
-    accept: JoinHandle<TcpListener>,
+    accept: JoinHandle<ListenSocket>,
     proxy: Arc<ProxySlot>,
     certificate: Certificate,
 }
@@ -71,7 +74,7 @@ struct Running {
 impl Running {
     /// Stops accepting (open connections finish their requests and close) and returns the
     /// socket, still open.
-    async fn stop_accepting(&mut self) -> Option<TcpListener> {
+    async fn stop_accepting(&mut self) -> Option<ListenSocket> {
         let _ = self.stop.send(true);
         (&mut self.accept).await.ok()
     }
@@ -148,7 +151,7 @@ impl Supervisor {
         // Phase 1, nothing changes yet: bind every address no running listener holds, and
         // start the certificate sources that need nothing a running listener holds.
         let held: Vec<SocketAddr> = self.running.iter().map(|r| r.spec.bind).collect();
-        let mut fresh: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        let mut fresh: Vec<(SocketAddr, ListenSocket)> = Vec::new();
         for spec in &new.listeners {
             if !held.contains(&spec.bind) {
                 fresh.push((spec.bind, bind(spec)?));
@@ -188,7 +191,7 @@ impl Supervisor {
         }
         // Phase 2: stop what is removed or restarts, keeping sockets and certificates that
         // carry over.
-        let mut sockets: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        let mut sockets: Vec<(SocketAddr, ListenSocket)> = Vec::new();
         let mut kept_certificates: Vec<(String, Certificate)> = Vec::new();
         let mut carried = Vec::new();
         for mut running in std::mem::take(&mut self.running) {
@@ -278,7 +281,7 @@ impl Supervisor {
     }
 
     /// Starts serving `spec` on `socket` with `certificate`.
-    fn run(&mut self, spec: Listener, socket: TcpListener, certificate: Certificate) {
+    fn run(&mut self, spec: Listener, socket: ListenSocket, certificate: Certificate) {
         let name = spec.name.clone();
         let (stop, stop_rx) = watch::channel(false);
         let metrics = self.shared.metrics.listener(&name);
@@ -287,6 +290,7 @@ impl Supervisor {
             &name,
             spec.limits.clone(),
             self.shared.tracker.clone(),
+            self.shared.shards.clone(),
             stop_rx,
             metrics,
         );
@@ -312,6 +316,7 @@ impl Supervisor {
             self.shared.tracker.clone(),
             self.shared.metrics.listener(&spec.name),
             self.shared.access_log.clone(),
+            self.shared.shards.count(),
         )
     }
 
@@ -420,8 +425,8 @@ fn cache_dir(spec: &Listener) -> Option<&std::path::Path> {
     }
 }
 
-fn bind(spec: &Listener) -> Result<TcpListener, String> {
-    crate::listen::listen(spec.bind).map_err(|e| {
+fn bind(spec: &Listener) -> Result<ListenSocket, String> {
+    ListenSocket::bind(spec.bind).map_err(|e| {
         format!(
             "listener {}: cannot listen on {}: {e}; free the port or change bind",
             spec.name, spec.bind

@@ -1,7 +1,11 @@
-//! Idle keep-alive connections to one upstream, shared by a listener's connections: a request
-//! takes the one used last (its socket is the likeliest to be warm), gives it back once its
-//! response has been read to the end, and connects anew when none is idle. Each connection
-//! keeps its read buffer, so that a request allocates none.
+//! Idle keep-alive connections to one upstream, shared by a listener's connections on the
+//! same shard: a request takes the one used last (its socket is the likeliest to be warm),
+//! gives it back once its response has been read to the end, and connects anew when none is
+//! idle. Each connection keeps its read buffer, so that a request allocates none.
+//!
+//! Each shard has its own idle list: a connection is registered with the event loop of the
+//! shard that made it, and used from another shard, each of its readiness events would cross
+//! threads.
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,7 +19,7 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The read buffer each connection starts with (it grows for larger heads).
 pub(crate) const READ_SIZE: usize = 16 * 1024;
-/// Idle upstream connections kept, and for how long.
+/// Idle upstream connections kept (over all shards), and for how long.
 const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -30,28 +34,34 @@ pub(crate) struct Upstream {
 pub(crate) struct UpstreamPool {
     /// `host:port`.
     authority: String,
-    /// Oldest first.
-    idle: Mutex<VecDeque<(Upstream, Instant)>>,
+    /// For each shard, oldest first.
+    idle: Vec<Mutex<VecDeque<(Upstream, Instant)>>>,
+    /// Kept for each shard.
+    max_idle: usize,
 }
 
 impl UpstreamPool {
-    /// A pool for the upstream at `authority` (`host:port`).
-    pub(crate) fn new(authority: String) -> Self {
+    /// A pool for the upstream at `authority` (`host:port`), used from `shards` shards.
+    pub(crate) fn new(authority: String, shards: usize) -> Self {
+        let shards = shards.max(1);
         Self {
             authority,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..shards).map(|_| Mutex::default()).collect(),
+            max_idle: (MAX_IDLE / shards).max(1),
         }
+    }
+
+    /// The idle connections of the caller's shard.
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(Upstream, Instant)>> {
+        let shard = &self.idle[crate::shards::current() % self.idle.len()];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An idle connection the upstream has not closed, if there is one.
     pub(crate) fn take(&self) -> Option<Upstream> {
         let now = Instant::now();
         loop {
-            let (upstream, since) = self
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_back()?;
+            let (upstream, since) = self.idle().pop_back()?;
             if now.duration_since(since) < IDLE_TIMEOUT && still_open(&upstream) {
                 return Some(upstream);
             }
@@ -76,13 +86,13 @@ impl UpstreamPool {
     pub(crate) fn give_back(&self, mut upstream: Upstream) {
         upstream.buf.clear();
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         if let Some((oldest, since)) = idle.front()
             && (now.duration_since(*since) >= IDLE_TIMEOUT || !still_open(oldest))
         {
             idle.pop_front();
         }
-        if idle.len() >= MAX_IDLE {
+        if idle.len() >= self.max_idle {
             idle.pop_front();
         }
         idle.push_back((upstream, now));
