@@ -1,25 +1,24 @@
 //! The proxy's listening sockets, made in one place so that every listener has the same
-//! accept queue. The accept loops run on the main runtime, and what they accept belongs to no
-//! runtime yet: the shard that serves a connection registers it with its own event loop
-//! (`shards.rs`).
+//! accept queue. Each shard that accepts (`shards.rs`) registers its own descriptor of the
+//! socket with its own event loop; they all take from the one queue.
 
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
-/// Connections the kernel completes and holds until the accept loop takes them (the kernel
+/// Connections the kernel completes and holds until an accept loop takes them (the kernel
 /// caps it at `net.core.somaxconn`, 4096 by default). `TcpListener::bind` asks for 128, and a
 /// burst of a few hundred new clients overflowed that: the kernel drops the SYNs past it and
 /// those clients wait a second for their retransmit. nginx asks for 511.
 pub(crate) const BACKLOG: u32 = 1024;
 
-/// A listening socket, registered with the runtime that made it.
-pub(crate) struct ListenSocket(TcpListener);
+/// A listening socket, registered with no runtime.
+pub(crate) struct ListenSocket(std::net::TcpListener);
 
 impl ListenSocket {
     /// Listens on `addr` with the [`BACKLOG`] (`SO_REUSEADDR` set, as `TcpListener::bind`
-    /// does).
+    /// does). Called on a runtime.
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<Self> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -27,14 +26,14 @@ impl ListenSocket {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        Ok(Self(socket.listen(BACKLOG)?))
+        // Taken off the runtime's event loop again, still non-blocking.
+        Ok(Self(socket.listen(BACKLOG)?.into_std()?))
     }
 
-    /// The next connection, for [`register`] on the runtime that will serve it.
-    pub(crate) async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-        let (tcp, peer) = self.0.accept().await?;
-        // Taken off this runtime's event loop (still non-blocking).
-        Ok((tcp.into_std()?, peer))
+    /// A descriptor of the socket for one shard's accept loop, to register with
+    /// `tokio::net::TcpListener::from_std` on that shard.
+    pub(crate) fn for_shard(&self) -> io::Result<std::net::TcpListener> {
+        self.0.try_clone()
     }
 
     /// The address it listens on.
@@ -44,16 +43,11 @@ impl ListenSocket {
     }
 }
 
-/// An accepted connection, registered with the caller's runtime.
-pub(crate) fn register(tcp: std::net::TcpStream) -> io::Result<TcpStream> {
-    TcpStream::from_std(tcp)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -63,8 +57,8 @@ mod tests {
     #[tokio::test]
     async fn holds_a_burst_of_connections_before_any_accept() {
         const BURST: usize = 300;
-        let listener = ListenSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
+        let socket = ListenSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
         let mut clients = Vec::new();
         for _ in 0..BURST {
             let connect = TcpStream::connect(addr);
@@ -73,38 +67,38 @@ mod tests {
                 .expect("a connect within the listen queue completes at once");
             clients.push(client.unwrap());
         }
+        let listener = TcpListener::from_std(socket.for_shard().unwrap()).unwrap();
         for _ in 0..BURST {
             listener.accept().await.unwrap();
         }
     }
 
-    /// A connection accepted here and registered on another runtime carries bytes both ways.
+    /// Two runtimes accept from the one queue, each through its own descriptor.
     #[tokio::test]
-    async fn an_accepted_connection_is_served_on_another_runtime() {
-        let listener = ListenSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
-        let echo = std::thread::spawn(move || {
+    async fn shards_take_from_one_queue() {
+        let socket = ListenSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let _clients = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let other = socket.for_shard().unwrap();
+        let accepted_elsewhere = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let mut tcp = register(tcp).unwrap();
-                let mut ping = [0u8; 4];
-                tcp.read_exact(&mut ping).await.unwrap();
-                tcp.write_all(&ping).await.unwrap();
-            });
+                let listener = TcpListener::from_std(other).unwrap();
+                listener.accept().await.map(|(_, peer)| peer)
+            })
         });
-        client.write_all(b"ping").await.unwrap();
-        let mut pong = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut pong))
+        let here = TcpListener::from_std(socket.for_shard().unwrap()).unwrap();
+        let (_, first) = tokio::time::timeout(Duration::from_secs(5), here.accept())
             .await
-            .expect("the echo")
+            .expect("a connection here")
             .unwrap();
-        assert_eq!(&pong, b"ping");
-        echo.join().unwrap();
+        let second = accepted_elsewhere.join().unwrap().unwrap();
+        assert_ne!(first, second, "each connection is accepted once");
     }
 }

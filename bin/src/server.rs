@@ -13,7 +13,7 @@ use certloop_tokio::{Http01Tokens, TokioRuntime};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -22,10 +22,10 @@ use crate::connection::{self, HttpBuilders};
 use crate::h1::Http1Context;
 use crate::http2::Http2Context;
 use crate::limits::Limits;
-use crate::listen::{ListenSocket, register};
+use crate::listen::ListenSocket;
 use crate::metrics::{Handshake, ListenerMetrics};
 use crate::proxy::{ConnectionFacts, ProxyBody, ProxySlot, text};
-use crate::shards::Shards;
+use crate::shards::{self, Shards};
 use crate::tls_stream;
 use crate::watchdog::Protocol;
 
@@ -77,10 +77,10 @@ impl ListenerContext {
     }
 }
 
-/// Accepts connections until `stop` turns true, handing each admitted one to `serve` on a
-/// shard, in the task tracker; each counts as open in the listener's metrics until `serve`
-/// ends. Returns the socket, still open, so that a reload can hand it to the listener's next
-/// accept loop.
+/// Accepts connections until `stop` turns true, on several shards at once (`shards.rs`),
+/// handing each admitted one to `serve` in the task tracker; each counts as open in the
+/// listener's metrics until `serve` ends. Returns the socket, still open, so that a reload can
+/// hand it to the listener's next accept loop.
 pub(crate) async fn accept_loop<S, Fut>(
     ctx: Arc<ListenerContext>,
     listener: ListenSocket,
@@ -91,18 +91,42 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let serve = Arc::new(serve);
+    let mut loops = Vec::new();
+    for shard in ctx.shards.accepting() {
+        let (ctx, serve) = (ctx.clone(), serve.clone());
+        let socket = listener.for_shard();
+        loops.push(shard.spawn(async move {
+            match socket.and_then(TcpListener::from_std) {
+                Ok(socket) => accept_on_shard(ctx, socket, serve).await,
+                Err(e) => tracing::error!(listener = %ctx.name, "cannot accept on this core: {e}"),
+            }
+        }));
+    }
+    for accepting in loops {
+        let _ = accepting.await;
+    }
+    listener
+}
+
+/// One shard's accept loop. A connection is served where it was accepted, unless another
+/// shard serves fewer; then it moves there.
+async fn accept_on_shard<S, Fut>(ctx: Arc<ListenerContext>, listener: TcpListener, serve: Arc<S>)
+where
+    S: Fn(TcpStream, SocketAddr, Admitted) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let rt = TokioRuntime::current();
     let mut backoff = AcceptBackoff::default();
     let mut stop = ctx.stop.clone();
     loop {
         if *stop.borrow_and_update() {
-            return listener;
+            return;
         }
         let slot = tokio::select! {
             slot = ctx.admission.slot() => slot,
             changed = stop.changed() => match changed {
                 Ok(()) => continue,
-                Err(_) => return listener, // the stop sender is gone: stop too
+                Err(_) => return, // the stop sender is gone: stop too
             },
         };
         let accept = accept_with_backoff(&rt, &ctx.name, &mut backoff, || listener.accept());
@@ -110,7 +134,7 @@ where
             accepted = accept => accepted,
             changed = stop.changed() => match changed {
                 Ok(()) => continue,
-                Err(_) => return listener,
+                Err(_) => return,
             },
         };
         let Some(admitted) = ctx.admission.admit(slot, peer.ip()) else {
@@ -118,9 +142,19 @@ where
             continue;
         };
         let open = ctx.metrics.connection_opened();
-        let (serve, name) = (serve.clone(), ctx.clone());
-        ctx.shards.spawn(&ctx.tracker, async move {
-            match register(tcp) {
+        let serve = serve.clone();
+        let shard = ctx.shards.place();
+        if shard == shards::current() {
+            ctx.shards.spawn(shard, &ctx.tracker, async move {
+                serve(tcp, peer, admitted).await;
+                drop(open);
+            });
+            continue;
+        }
+        let name = ctx.clone();
+        let moved = tcp.into_std();
+        ctx.shards.spawn(shard, &ctx.tracker, async move {
+            match moved.and_then(TcpStream::from_std) {
                 Ok(tcp) => serve(tcp, peer, admitted).await,
                 Err(e) => tracing::debug!(listener = %name.name, %peer, "closed: {e}"),
             }

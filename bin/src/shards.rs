@@ -1,7 +1,9 @@
 //! The connections' runtimes: one single-threaded tokio runtime per core, each on its own
-//! thread with its own event loop. The accept loops run on the main runtime and hand each
-//! connection to the shard with the fewest open connections; it stays there for its whole
-//! life, with its upstream connections (each shard has its own pool: see `h1/pool.rs`).
+//! thread with its own event loop. Up to [`MAX_ACCEPTING`] shards run an accept loop on each
+//! listener, all taking from the socket's one queue (`listen.rs`). A connection stays on the
+//! shard that accepted it, unless another serves fewer connections by more than one: then it
+//! moves there once, before its first byte. It lives there, with its upstream connections
+//! (each shard has its own pool: see `h1/pool.rs`).
 //!
 //! Why not the main multi-thread runtime: it has one event loop for all its workers, so a
 //! worker that runs out of tasks sleeps on a condition variable while readiness waits in the
@@ -19,6 +21,11 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+
+/// Shards that accept on each listener. Every one of them is woken for each new connection
+/// and all but one find nothing, so on a machine with many cores the others only receive
+/// connections moved to them.
+pub(crate) const MAX_ACCEPTING: usize = 4;
 
 thread_local! {
     /// The index of the shard whose thread this is; 0 on any other thread.
@@ -92,17 +99,32 @@ impl Shards {
         self.shards.len()
     }
 
-    /// Runs `task` in `tracker` on the shard with the fewest open connections; it counts as
-    /// open there until it ends.
-    pub(crate) fn spawn<F>(&self, tracker: &TaskTracker, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+    /// The runtimes of the shards that accept.
+    pub(crate) fn accepting(&self) -> impl Iterator<Item = &Handle> {
+        self.shards.iter().take(MAX_ACCEPTING).map(|s| &s.handle)
+    }
+
+    /// The shard to serve a connection the caller's shard just accepted: that one, unless
+    /// another serves fewer connections by more than one.
+    pub(crate) fn place(&self) -> usize {
+        let here = current() % self.shards.len();
         let open: Vec<usize> = (self.shards.iter())
             .map(|s| s.open.load(Ordering::Relaxed))
             .collect();
-        let shard = &self.shards[least_loaded(&open, start)];
+        let least = least_loaded(&open, self.next.fetch_add(1, Ordering::Relaxed));
+        if open[here] > open[least] + 1 {
+            least
+        } else {
+            here
+        }
+    }
+
+    /// Runs `task` in `tracker` on shard `shard`, where it counts as open until it ends.
+    pub(crate) fn spawn<F>(&self, shard: usize, tracker: &TaskTracker, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shard = &self.shards[shard % self.shards.len()];
         let open = OpenCount::new(shard.open.clone());
         tracker.spawn_on(
             async move {
@@ -166,25 +188,42 @@ mod tests {
         assert_eq!(least_loaded(&[7], 3), 0);
     }
 
-    /// Tasks spread over the shards, each runs on its shard's own thread (which knows its
-    /// index), the tracker sees them end, and stopping ends the threads.
+    /// Each task runs on its shard's own thread, which knows its index; a shard serving more
+    /// than one task above the least loaded hands the next one over; the tracker sees them
+    /// end, and stopping ends the threads.
     #[tokio::test]
-    async fn tasks_spread_over_shard_threads() {
+    async fn tasks_run_on_their_shards_and_move_when_one_is_busier() {
         let (shards, stop) = Shards::start(2).unwrap();
+        assert_eq!(shards.accepting().count(), 2);
         let tracker = TaskTracker::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        // Tasks that stay open until released, so that each new one goes to the other shard.
+        // Tasks that stay open until released.
         let (release, released) = watch::channel(false);
-        for _ in 0..4 {
+        let spawn = |shard: usize| {
             let (seen, mut released) = (seen.clone(), released.clone());
-            shards.spawn(&tracker, async move {
+            shards.spawn(shard, &tracker, async move {
                 let thread = std::thread::current().name().map(str::to_owned);
                 seen.lock().unwrap().push((current(), thread));
                 let _ = released.wait_for(|r| *r).await;
             });
-        }
+        };
+        // From this (non-shard) thread `place` sees itself as shard 0.
+        assert_eq!(shards.place(), 0);
+        spawn(0);
+        assert_eq!(
+            shards.place(),
+            0,
+            "one more than the other is within the slack"
+        );
+        spawn(0);
+        assert_eq!(
+            shards.place(),
+            1,
+            "two more than the other moves the connection"
+        );
+        spawn(1);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while seen.lock().unwrap().len() < 4 {
+        while seen.lock().unwrap().len() < 3 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the tasks did not all run"
@@ -195,7 +234,7 @@ mod tests {
         seen.sort();
         assert_eq!(
             seen,
-            [0, 0, 1, 1].map(|i| (i, Some(format!("certloop-shard-{i}"))))
+            [0, 0, 1].map(|i| (i, Some(format!("certloop-shard-{i}"))))
         );
         release.send_replace(true);
         tracker.close();
