@@ -1,4 +1,4 @@
-//! Connection caps of one listener: a total cap (at the cap the accept loop waits, so new
+//! Connection caps of one listener: a total cap (at the cap its accept loops wait, so new
 //! connections queue in the kernel's backlog and nothing spins) and a per-client cap
 //! (a connection over it is closed at once, so one client cannot take every slot).
 
@@ -8,6 +8,8 @@ use std::sync::Arc;
 use certloop_acme::adapter::{ClientSlot, PerClientSlots};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::shards::ShardLoad;
+
 /// The caps of one listener.
 pub(crate) struct Admission {
     slots: Arc<Semaphore>,
@@ -15,10 +17,11 @@ pub(crate) struct Admission {
 }
 
 /// One admitted connection; dropping it (after the connection and any tunnel it became have
-/// ended) frees its slots.
+/// ended) frees its slots and its place on its shard.
 pub(crate) struct Admitted {
     _slot: OwnedSemaphorePermit,
     _client: Option<ClientSlot>,
+    shard: Option<ShardLoad>,
 }
 
 impl Admission {
@@ -45,7 +48,16 @@ impl Admission {
         Some(Admitted {
             _slot: slot,
             _client: client,
+            shard: None,
         })
+    }
+}
+
+impl Admitted {
+    /// Counts the connection as open on its shard for as long as it is admitted.
+    pub(crate) fn on_shard(mut self, load: ShardLoad) -> Self {
+        self.shard = Some(load);
+        self
     }
 }
 

@@ -349,10 +349,10 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
     let mut signals = Signals::install()?;
     // Every connection and upgraded tunnel runs in here; shutdown waits for them.
     let tracker = TaskTracker::new();
-    // The connections' runtimes, one per core; dropped last, when `run` returns, which drops
-    // whatever connection the grace period left.
+    // The connections' runtimes, one per core; stopping them drops whatever connection the
+    // grace period left (and they stop whenever `run` returns).
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let (shards, _stop_shards) = shards::Shards::start(cores)
+    let (shards, stop_shards) = shards::Shards::start(cores)
         .map_err(|e| format!("cannot start the connection runtimes: {e}"))?;
     // Stops the [http] and [admin] listeners; each TLS listener has its own.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -478,6 +478,7 @@ async fn run(config: Config, path: PathBuf, retry_now: bool) -> Result<(), Start
             tracing::warn!("second stop signal; closing remaining connections now");
         }
     }
+    drop(stop_shards);
     drop(supervisor); // stops certificate management
     if let Some(log) = &access_log {
         log.close();

@@ -91,26 +91,25 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let serve = Arc::new(serve);
-    let mut loops = Vec::new();
-    for shard in ctx.shards.accepting() {
-        let (ctx, serve) = (ctx.clone(), serve.clone());
-        let socket = listener.for_shard();
-        loops.push(shard.spawn(async move {
-            match socket.and_then(TcpListener::from_std) {
-                Ok(socket) => accept_on_shard(ctx, socket, serve).await,
-                Err(e) => tracing::error!(listener = %ctx.name, "cannot accept on this core: {e}"),
-            }
-        }));
-    }
+    let loops: Vec<_> = (ctx.shards.accepting())
+        .map(|shard| {
+            shard.spawn(accept_on_shard(
+                ctx.clone(),
+                listener.clone(),
+                serve.clone(),
+            ))
+        })
+        .collect();
     for accepting in loops {
         let _ = accepting.await;
     }
     listener
 }
 
-/// One shard's accept loop. A connection is served where it was accepted, unless another
-/// shard serves fewer; then it moves there.
-async fn accept_on_shard<S, Fut>(ctx: Arc<ListenerContext>, listener: TcpListener, serve: Arc<S>)
+/// One shard's accept loop, on its own descriptor of the socket (made again with the accept
+/// backoff if that fails, as when out of file descriptors). A connection is served where it
+/// was accepted, unless another shard serves fewer; then it moves there.
+async fn accept_on_shard<S, Fut>(ctx: Arc<ListenerContext>, socket: ListenSocket, serve: Arc<S>)
 where
     S: Fn(TcpStream, SocketAddr, Admitted) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -118,6 +117,21 @@ where
     let rt = TokioRuntime::current();
     let mut backoff = AcceptBackoff::default();
     let mut stop = ctx.stop.clone();
+    let listener = loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let register = accept_with_backoff(&rt, &ctx.name, &mut backoff, || {
+            std::future::ready(socket.for_shard().and_then(TcpListener::from_std))
+        });
+        tokio::select! {
+            listener = register => break listener,
+            changed = stop.changed() => if changed.is_err() {
+                return; // the stop sender is gone: stop too
+            },
+        }
+    };
+    drop(socket);
     loop {
         if *stop.borrow_and_update() {
             return;
@@ -144,7 +158,8 @@ where
         let open = ctx.metrics.connection_opened();
         let serve = serve.clone();
         let shard = ctx.shards.place();
-        if shard == shards::current() {
+        let admitted = admitted.on_shard(ctx.shards.open(shard));
+        if Some(shard) == shards::current() {
             ctx.shards.spawn(shard, &ctx.tracker, async move {
                 serve(tcp, peer, admitted).await;
                 drop(open);
@@ -294,4 +309,77 @@ fn http_response(
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// Two shards accept on one socket and the connections they hold end up on both; stopping
+    /// hands the socket back, and a new accept loop on it serves again, as after a reload.
+    #[tokio::test]
+    async fn shards_share_a_socket_and_hand_it_back_for_the_next_accept_loop() {
+        let (shards, stop_shards) = Shards::start(2).unwrap();
+        let tracker = TaskTracker::new();
+        let metrics = Metrics::new();
+        let served_on = Arc::new(Mutex::new(Vec::new()));
+        let mut socket = ListenSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        for round in 0..2 {
+            let (stop, stop_rx) = watch::channel(false);
+            let ctx = ListenerContext::new(
+                "test",
+                Limits::default(),
+                tracker.clone(),
+                shards.clone(),
+                stop_rx,
+                metrics.listener("test"),
+            );
+            let seen = served_on.clone();
+            // Greets, then holds the connection (and its admission) until the client closes it.
+            let serve = move |mut tcp: TcpStream, _: SocketAddr, admitted: Admitted| {
+                seen.lock().unwrap().push(shards::current());
+                async move {
+                    let _admitted = admitted;
+                    let _ = tcp.write_all(b"hi").await;
+                    let _ = tcp.read(&mut [0u8; 1]).await;
+                }
+            };
+            let accepting = tokio::spawn(accept_loop(ctx, socket, serve));
+            let mut clients = Vec::new();
+            for _ in 0..4 {
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                let mut greeting = [0u8; 2];
+                tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut greeting))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: no greeting"))
+                    .unwrap();
+                clients.push(client);
+            }
+            let mut on = served_on.lock().unwrap().split_off(0);
+            on.sort();
+            on.dedup();
+            assert_eq!(
+                on,
+                [Some(0), Some(1)],
+                "round {round}: served on both shards"
+            );
+            stop.send_replace(true);
+            socket = tokio::time::timeout(Duration::from_secs(10), accepting)
+                .await
+                .expect("the accept loops stop")
+                .unwrap();
+        }
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("every connection ends once its client has gone");
+        drop(stop_shards);
+    }
 }

@@ -3,7 +3,8 @@
 //! listener, all taking from the socket's one queue (`listen.rs`). A connection stays on the
 //! shard that accepted it, unless another serves fewer connections by more than one: then it
 //! moves there once, before its first byte. It lives there, with its upstream connections
-//! (each shard has its own pool: see `h1/pool.rs`).
+//! (each shard has its own pool: see `h1/pool.rs`) and the tunnel it may turn into, and counts
+//! as open there until both have ended.
 //!
 //! Why not the main multi-thread runtime: it has one event loop for all its workers, so a
 //! worker that runs out of tasks sleeps on a condition variable while readiness waits in the
@@ -17,6 +18,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -27,13 +29,17 @@ use tokio_util::task::TaskTracker;
 /// connections moved to them.
 pub(crate) const MAX_ACCEPTING: usize = 4;
 
+/// How long a stopping shard waits for its blocking tasks (name lookups of an upstream).
+const STOP_WAIT: Duration = Duration::from_millis(500);
+
 thread_local! {
-    /// The index of the shard whose thread this is; 0 on any other thread.
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// The index of the shard whose thread this is.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// The index of the shard running the caller (0 outside the shards, as in unit tests).
-pub(crate) fn current() -> usize {
+/// The index of the shard running the caller; `None` on any other thread (the main
+/// runtime's, a unit test's).
+pub(crate) fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
@@ -61,37 +67,50 @@ impl Shards {
     /// Starts `count` shards (at least one).
     pub(crate) fn start(count: usize) -> io::Result<(Arc<Self>, StopShards)> {
         let (stop, stopped) = watch::channel(());
+        let mut stop_shards = StopShards {
+            stop: Some(stop),
+            threads: Vec::new(),
+        };
         let mut shards = Vec::new();
-        let mut threads = Vec::new();
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            shards.push(Shard {
-                handle: runtime.handle().clone(),
-                open: Arc::default(),
-            });
+            let (started, handle) = std::sync::mpsc::sync_channel(1);
             let mut stopped = stopped.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("certloop-shard-{index}"))
                 .spawn(move || {
-                    INDEX.with(|i| i.set(index));
+                    // Built and dropped on its own thread, never inside another runtime.
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(runtime.handle().clone()));
+                    INDEX.with(|i| i.set(Some(index)));
                     // Runs every task spawned on the shard until the stop.
                     runtime.block_on(async move {
                         let _ = stopped.changed().await;
                     });
+                    runtime.shutdown_timeout(STOP_WAIT);
                 })?;
-            threads.push(thread);
+            stop_shards.threads.push(thread);
+            let handle = handle
+                .recv()
+                .map_err(|_| io::Error::other("a shard's thread ended at its start"))??;
+            shards.push(Shard {
+                handle,
+                open: Arc::default(),
+            });
         }
         let shards = Arc::new(Self {
             shards,
             next: AtomicUsize::new(0),
         });
-        let stop = StopShards {
-            stop: Some(stop),
-            threads,
-        };
-        Ok((shards, stop))
+        Ok((shards, stop_shards))
     }
 
     /// How many shards there are.
@@ -105,34 +124,29 @@ impl Shards {
     }
 
     /// The shard to serve a connection the caller's shard just accepted: that one, unless
-    /// another serves fewer connections by more than one.
+    /// another serves fewer connections by more than one. Off the shards, the least loaded.
     pub(crate) fn place(&self) -> usize {
-        let here = current() % self.shards.len();
         let open: Vec<usize> = (self.shards.iter())
             .map(|s| s.open.load(Ordering::Relaxed))
             .collect();
         let least = least_loaded(&open, self.next.fetch_add(1, Ordering::Relaxed));
-        if open[here] > open[least] + 1 {
-            least
-        } else {
-            here
+        match current() {
+            Some(here) if here < open.len() && open[here] <= open[least] + 1 => here,
+            _ => least,
         }
     }
 
-    /// Runs `task` in `tracker` on shard `shard`, where it counts as open until it ends.
+    /// Counts one connection as open on shard `shard` until the returned guard is dropped.
+    pub(crate) fn open(&self, shard: usize) -> ShardLoad {
+        ShardLoad::new(self.shards[shard % self.shards.len()].open.clone())
+    }
+
+    /// Runs `task` in `tracker` on shard `shard`.
     pub(crate) fn spawn<F>(&self, shard: usize, tracker: &TaskTracker, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let shard = &self.shards[shard % self.shards.len()];
-        let open = OpenCount::new(shard.open.clone());
-        tracker.spawn_on(
-            async move {
-                task.await;
-                drop(open);
-            },
-            &shard.handle,
-        );
+        tracker.spawn_on(task, &self.shards[shard % self.shards.len()].handle);
     }
 }
 
@@ -146,18 +160,18 @@ fn least_loaded(counts: &[usize], start: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// One connection counted as open on a shard, until dropped (when its task ends, or is
-/// dropped with its runtime).
-struct OpenCount(Arc<AtomicUsize>);
+/// One connection counted as open on a shard, until dropped (with the connection's
+/// admission, which a tunnel keeps).
+pub(crate) struct ShardLoad(Arc<AtomicUsize>);
 
-impl OpenCount {
+impl ShardLoad {
     fn new(open: Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         Self(open)
     }
 }
 
-impl Drop for OpenCount {
+impl Drop for ShardLoad {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -188,41 +202,54 @@ mod tests {
         assert_eq!(least_loaded(&[7], 3), 0);
     }
 
-    /// Each task runs on its shard's own thread, which knows its index; a shard serving more
-    /// than one task above the least loaded hands the next one over; the tracker sees them
-    /// end, and stopping ends the threads.
+    /// Where `place` puts a connection accepted on shard `on`.
+    async fn place_on(shards: &Arc<Shards>, on: usize) -> usize {
+        let (placed, place) = tokio::sync::oneshot::channel();
+        let of = shards.clone();
+        shards.spawn(on, &TaskTracker::new(), async move {
+            let _ = placed.send(of.place());
+        });
+        place.await.unwrap()
+    }
+
+    /// Each task runs on its shard's own thread, which knows its index; a connection stays
+    /// on the shard that accepted it unless that one serves more than one above the least
+    /// loaded; loads end with their guards; stopping ends the threads.
     #[tokio::test]
-    async fn tasks_run_on_their_shards_and_move_when_one_is_busier() {
+    async fn connections_stay_where_accepted_unless_that_shard_is_busier() {
         let (shards, stop) = Shards::start(2).unwrap();
         assert_eq!(shards.accepting().count(), 2);
+        assert_eq!(current(), None, "not a shard's thread");
         let tracker = TaskTracker::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        // Tasks that stay open until released.
+        // Connections that stay open until released.
         let (release, released) = watch::channel(false);
-        let spawn = |shard: usize| {
+        let open = |shard: usize| {
             let (seen, mut released) = (seen.clone(), released.clone());
+            let load = shards.open(shard);
             shards.spawn(shard, &tracker, async move {
                 let thread = std::thread::current().name().map(str::to_owned);
                 seen.lock().unwrap().push((current(), thread));
                 let _ = released.wait_for(|r| *r).await;
+                drop(load);
             });
         };
-        // From this (non-shard) thread `place` sees itself as shard 0.
-        assert_eq!(shards.place(), 0);
-        spawn(0);
+        open(0);
         assert_eq!(
-            shards.place(),
+            place_on(&shards, 0).await,
             0,
-            "one more than the other is within the slack"
+            "one above the other is within the slack"
         );
-        spawn(0);
+        assert_eq!(place_on(&shards, 1).await, 1);
+        assert_eq!(shards.place(), 1, "off the shards: the least loaded");
+        open(0);
         assert_eq!(
-            shards.place(),
+            place_on(&shards, 0).await,
             1,
-            "two more than the other moves the connection"
+            "two above the other: it moves"
         );
-        spawn(1);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        open(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while seen.lock().unwrap().len() < 3 {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -232,13 +259,11 @@ mod tests {
         }
         let mut seen = seen.lock().unwrap().clone();
         seen.sort();
-        assert_eq!(
-            seen,
-            [0, 0, 1].map(|i| (i, Some(format!("certloop-shard-{i}"))))
-        );
+        let expected = [0, 0, 1].map(|i| (Some(i), Some(format!("certloop-shard-{i}"))));
+        assert_eq!(seen, expected);
         release.send_replace(true);
         tracker.close();
-        tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
             .await
             .expect("the tasks end");
         assert!(

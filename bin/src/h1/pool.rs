@@ -53,7 +53,8 @@ impl UpstreamPool {
 
     /// The idle connections of the caller's shard.
     fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<(Upstream, Instant)>> {
-        let shard = &self.idle[crate::shards::current() % self.idle.len()];
+        let shard = crate::shards::current().unwrap_or(0);
+        let shard = &self.idle[shard % self.idle.len()];
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
