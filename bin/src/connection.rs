@@ -383,8 +383,7 @@ async fn watch_over<C: Drain + Send>(
         // Biased: whether a head began is known once the connection has been polled. The
         // flag is set by the connection's reads, which happen only while it is polled here (a
         // tunnel's come after this loop has returned), so the check needs no waker (a wake-up
-        // of its own task would send the task through the scheduler again and rouse an idle
-        // worker thread, once per request).
+        // of its own task would send the task through the scheduler again, once per request).
         tokio::select! {
             biased;
             _ = conn.as_mut() => return,

@@ -40,7 +40,8 @@ pub(crate) struct Limits {
     pub(crate) request_header_timeout: Duration,
     /// Keep-alive with no request in flight (HTTP/1.1 and HTTP/2).
     pub(crate) idle_timeout: Duration,
-    /// Open connections per listener; at the cap new ones wait in the kernel's backlog.
+    /// Open connections per listener; at the cap new ones wait in the kernel's backlog
+    /// (`listen::BACKLOG`).
     pub(crate) max_connections: usize,
     /// Open connections per client address; 0 is unlimited.
     pub(crate) max_connections_per_ip: usize,

@@ -77,8 +77,8 @@ impl ListenerContext {
     }
 }
 
-/// Accepts connections until `stop` turns true, on several shards at once (`shards.rs`),
-/// handing each admitted one to `serve` in the task tracker; each counts as open in the
+/// Accepts connections until `stop` turns true, on a shard (`shards.rs`), handing each
+/// admitted one to `serve` in the task tracker; each counts as open in the
 /// listener's metrics until `serve` ends. Returns the socket, still open, so that a reload can
 /// hand it to the listener's next accept loop.
 pub(crate) async fn accept_loop<S, Fut>(
@@ -90,23 +90,16 @@ where
     S: Fn(TcpStream, SocketAddr, Admitted) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let serve = Arc::new(serve);
-    let loops: Vec<_> = (ctx.shards.accepting())
-        .map(|shard| {
-            shard.spawn(accept_on_shard(
-                ctx.clone(),
-                listener.clone(),
-                serve.clone(),
-            ))
-        })
-        .collect();
-    for accepting in loops {
-        let _ = accepting.await;
-    }
+    let accepting = ctx.shards.acceptor().spawn(accept_on_shard(
+        ctx.clone(),
+        listener.clone(),
+        Arc::new(serve),
+    ));
+    let _ = accepting.await;
     listener
 }
 
-/// One shard's accept loop, on its own descriptor of the socket (made again with the accept
+/// The accept loop, on its shard's own descriptor of the socket (made again with the accept
 /// backoff if that fails, as when out of file descriptors). A connection is served where it
 /// was accepted, unless another shard serves fewer; then it moves there.
 async fn accept_on_shard<S, Fut>(ctx: Arc<ListenerContext>, socket: ListenSocket, serve: Arc<S>)
@@ -321,10 +314,10 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    /// Two shards accept on one socket and the connections they hold end up on both; stopping
-    /// hands the socket back, and a new accept loop on it serves again, as after a reload.
+    /// The connections an accept loop holds end up on both shards; stopping hands the socket
+    /// back, and a new accept loop on it (on the other shard) serves again, as after a reload.
     #[tokio::test]
-    async fn shards_share_a_socket_and_hand_it_back_for_the_next_accept_loop() {
+    async fn connections_spread_over_shards_and_the_socket_comes_back_for_the_next_loop() {
         let (shards, stop_shards) = Shards::start(2).unwrap();
         let tracker = TaskTracker::new();
         let metrics = Metrics::new();
