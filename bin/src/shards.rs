@@ -1,10 +1,9 @@
 //! The connections' runtimes: one single-threaded tokio runtime per core, each on its own
 //! thread with its own event loop. One shard runs each listener's accept loop (the listeners
-//! take turns choosing). A connection stays on the shard that accepted it, unless another
-//! serves fewer connections by more than one: then it moves there once, before its first
-//! byte. It lives there, with its upstream connections
-//! (each shard has its own pool: see `h1/pool.rs`) and the tunnel it may turn into, and counts
-//! as open there until both have ended.
+//! take turns). A connection stays on the shard that accepted it, unless another serves fewer
+//! connections by more than one: then it moves there once, before its first byte. It lives
+//! there with its upstream connections (each shard has its own pool: see `h1/pool.rs`) and
+//! the tunnel it may turn into, and counts as open there until both have ended.
 //!
 //! Why not the main multi-thread runtime: it has one event loop for all its workers, so a
 //! worker that runs out of tasks sleeps on a condition variable while readiness waits in the
