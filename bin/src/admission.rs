@@ -1,4 +1,4 @@
-//! Connection caps of one listener: a total cap (at the cap its accept loops wait, so new
+//! Connection caps of one listener: a total cap (at the cap its accept loop waits, so new
 //! connections queue in the kernel's backlog and nothing spins) and a per-client cap
 //! (a connection over it is closed at once, so one client cannot take every slot).
 
@@ -21,7 +21,7 @@ pub(crate) struct Admission {
 pub(crate) struct Admitted {
     _slot: OwnedSemaphorePermit,
     _client: Option<ClientSlot>,
-    shard: Option<ShardLoad>,
+    _shard: Option<ShardLoad>,
 }
 
 impl Admission {
@@ -48,7 +48,7 @@ impl Admission {
         Some(Admitted {
             _slot: slot,
             _client: client,
-            shard: None,
+            _shard: None,
         })
     }
 }
@@ -56,7 +56,7 @@ impl Admission {
 impl Admitted {
     /// Counts the connection as open on its shard for as long as it is admitted.
     pub(crate) fn on_shard(mut self, load: ShardLoad) -> Self {
-        self.shard = Some(load);
+        self._shard = Some(load);
         self
     }
 }

@@ -1,6 +1,7 @@
 //! The proxy's listening sockets, made in one place so that every listener has the same
-//! accept queue. Each shard that accepts (`shards.rs`) registers its own descriptor of the
-//! socket with its own event loop; they all take from the one queue.
+//! accept queue. A socket belongs to no runtime: the shard that runs a listener's accept loop
+//! (`shards.rs`) registers its own descriptor of it, and after a reload the next accept loop
+//! does the same, on the same queue.
 
 use std::io;
 use std::net::SocketAddr;

@@ -322,6 +322,7 @@ mod tests {
         let tracker = TaskTracker::new();
         let metrics = Metrics::new();
         let served_on = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut socket = ListenSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
         for round in 0..2 {
@@ -334,14 +335,17 @@ mod tests {
                 stop_rx,
                 metrics.listener("test"),
             );
-            let seen = served_on.clone();
-            // Greets, then holds the connection (and its admission) until the client closes it.
+            let (seen, done) = (served_on.clone(), ended.clone());
+            // Greets, then holds the connection (and its admission, with its shard load) until
+            // the client closes it.
             let serve = move |mut tcp: TcpStream, _: SocketAddr, admitted: Admitted| {
                 seen.lock().unwrap().push(shards::current());
+                let done = done.clone();
                 async move {
-                    let _admitted = admitted;
                     let _ = tcp.write_all(b"hi").await;
                     let _ = tcp.read(&mut [0u8; 1]).await;
+                    drop(admitted);
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             };
             let accepting = tokio::spawn(accept_loop(ctx, socket, serve));
@@ -366,8 +370,18 @@ mod tests {
             stop.send_replace(true);
             socket = tokio::time::timeout(Duration::from_secs(10), accepting)
                 .await
-                .expect("the accept loops stop")
+                .expect("the accept loop stops")
                 .unwrap();
+            // The next round starts with both shards empty.
+            drop(clients);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while ended.load(std::sync::atomic::Ordering::Relaxed) < 4 * (round + 1) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "round {round}: the connections did not end"
+                );
+                tokio::task::yield_now().await;
+            }
         }
         tracker.close();
         tokio::time::timeout(Duration::from_secs(10), tracker.wait())
